@@ -1,0 +1,3 @@
+"""ainode: a PACS-integrated AI inference node."""
+
+__version__ = "0.1.0"

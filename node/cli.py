@@ -1,0 +1,224 @@
+"""``ainode``: run the node, talk to peers, inspect its state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from node import __version__
+from node.app import DB_FILE, Node, open_store
+from node.egress.dimse import PeerUnavailable, echo, send_files
+from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
+
+app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+console = Console()
+errors = Console(stderr=True)
+
+DEFAULT_CONFIG = Path("config/node.yaml")
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: config/node.yaml if present)."),
+]
+
+
+def _settings(path: Path | None) -> Settings:
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        errors.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run the node: DICOM Storage SCP, spool, series assembly."""
+    settings = _settings(config)
+    _logging(log_level)
+    node = Node(settings)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        node.start()
+    except OSError as exc:
+        errors.print(f"[red]cannot start: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    node.wait()
+    node.stop()
+
+
+@app.command("echo")
+def echo_command(
+    peer: Annotated[str, typer.Argument(help="Peer name from the configuration.")],
+    config: ConfigOption = None,
+) -> None:
+    """C-ECHO a configured peer."""
+    settings = _settings(config)
+    target = _peer(settings, peer)
+    try:
+        status = echo(target, settings.node.ae_title)
+    except PeerUnavailable as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"C-ECHO {target.name}: status 0x{status:04X}")
+    if status != 0:
+        raise typer.Exit(1)
+
+
+def _peer(settings: Settings, name: str) -> Peer:
+    try:
+        return settings.peer(name)
+    except KeyError as exc:
+        errors.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.print(f"[red]no such file or directory: {path}[/red]")
+            raise typer.Exit(2)
+    return files
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM files.")],
+    to: Annotated[str, typer.Option("--to", help="Peer name from the configuration.")],
+    config: ConfigOption = None,
+) -> None:
+    """C-STORE files to a configured peer; exits non-zero if any file failed."""
+    settings = _settings(config)
+    target = _peer(settings, to)
+    files = _expand(paths)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=errors, transient=True) as progress:
+        task = progress.add_task(f"sending to {to}", total=len(files))
+        try:
+            report = send_files(
+                files,
+                target,
+                settings.node.ae_title,
+                on_progress=lambda _p, _s: progress.advance(task),
+            )
+        except PeerUnavailable as exc:
+            errors.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    table = Table("status", "files", title=f"sent {len(files)} file(s) to {to}")
+    for status, count in sorted(report.summary.items()):
+        table.add_row(status, str(count))
+    console.print(table)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option(help="How many series to list.")] = 20,
+) -> None:
+    """Series receiving / complete, and counts, read from the job store."""
+    settings = _settings(config)
+    if not (settings.node.data_dir / DB_FILE).exists():
+        errors.print(f"no job store under {settings.node.data_dir}: has the node run yet?")
+        raise typer.Exit(1)
+    store = open_store(settings.node.data_dir)
+    try:
+        totals = store.totals()
+        series = store.list_series(limit)
+    finally:
+        store.close()
+    console.print(
+        f"instances {totals['instances']}  series receiving {totals['series_receiving']}  "
+        f"complete {totals['series_complete']}  duplicates {totals['duplicates']}"
+    )
+    table = Table(
+        "series",
+        "rev",
+        "modality",
+        "from",
+        "state",
+        "instances",
+        "dup",
+        "last received",
+        "completed (reason)",
+    )
+    for s in series:
+        table.add_row(
+            s.series_instance_uid,
+            str(s.revision),
+            s.modality,
+            s.calling_ae,
+            s.state.value,
+            f"{s.instance_count}" + (f"/{s.expected_count}" if s.expected_count else ""),
+            str(s.duplicate_count),
+            _when(s.last_received_at),
+            f"{_when(s.completed_at)} ({s.completion_reason})" if s.completed_at else "-",
+        )
+    console.print(table)
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="Configuration file to validate.")],
+) -> None:
+    """Validate a configuration file and print the effective configuration."""
+    settings = _settings(file)
+    console.print(dump_settings(settings), highlight=False, markup=False)
+    errors.print(f"{file}: valid")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,137 @@
+"""DIMSE SCU towards a configured peer: C-ECHO and C-STORE of Part 10 files (PS3.4 A, B)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A
+
+from node.settings import Peer
+
+log = logging.getLogger(__name__)
+
+MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
+NOT_SENT = "not sent"
+
+
+class PeerUnavailable(ConnectionError):
+    """The association with the peer could not be established."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    """Per-file outcome: ``0x0000``-style status strings, or a reason it was not sent."""
+
+    outcomes: dict[Path, str]
+
+    @property
+    def summary(self) -> Counter[str]:
+        return Counter(self.outcomes.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for status in self.outcomes.values() if status not in ("0x0000",))
+
+
+def _client(calling_ae: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def echo(peer: Peer, calling_ae: str, timeout_s: float = 10) -> int:
+    """C-ECHO the peer; returns the DIMSE status. Raises :class:`PeerUnavailable`."""
+    ae = _client(calling_ae, timeout_s)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise PeerUnavailable(
+            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+        )
+    try:
+        response = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in response:
+        raise PeerUnavailable(f"{peer.name} sent no C-ECHO response")
+    return int(response.Status)
+
+
+def _contexts_for(paths: Sequence[Path]) -> tuple[dict[Path, tuple[str, str]], dict[Path, str]]:
+    """(SOP class, transfer syntax) of each readable file, and a reason for each unreadable one."""
+    readable: dict[Path, tuple[str, str]] = {}
+    unreadable: dict[Path, str] = {}
+    for path in paths:
+        try:
+            header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            readable[path] = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
+        except (InvalidDicomError, OSError, AttributeError, ValueError, KeyError, EOFError) as exc:
+            unreadable[path] = f"{NOT_SENT}: unreadable ({exc.__class__.__name__})"
+    return readable, unreadable
+
+
+def send_files(
+    paths: Sequence[Path],
+    peer: Peer,
+    calling_ae: str,
+    on_progress: Callable[[Path, str], None] | None = None,
+    timeout_s: float = 30,
+) -> SendReport:
+    """C-STORE each file as stored (no transcoding) over one association.
+
+    Proposes each (SOP class, file's transfer syntax) pair with the uncompressed syntaxes as
+    fallback. Raises :class:`PeerUnavailable` when no association can be made.
+    """
+    readable, outcomes = _contexts_for(paths)
+    for path, reason in outcomes.items():
+        if on_progress:
+            on_progress(path, reason)
+    ae = _client(calling_ae, timeout_s)
+    syntaxes: dict[str, set[str]] = {}
+    for sop_class, transfer_syntax in readable.values():
+        syntaxes.setdefault(sop_class, set()).add(transfer_syntax)
+    for sop_class in sorted(syntaxes):
+        proposed = sorted(syntaxes[sop_class] | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+        for transfer_syntax in proposed:  # one context each, so the peer may accept any
+            if len(ae.requested_contexts) < MAX_PRESENTATION_CONTEXTS:
+                ae.add_requested_context(sop_class, transfer_syntax)
+    if not readable:
+        return SendReport(outcomes)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise PeerUnavailable(
+            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+        )
+    try:
+        for path in readable:
+            if not assoc.is_established:
+                outcome = f"{NOT_SENT}: association lost"
+            else:
+                try:
+                    response = assoc.send_c_store(path)
+                    outcome = (
+                        f"0x{int(response.Status):04X}"
+                        if "Status" in response
+                        else (f"{NOT_SENT}: no response")
+                    )
+                except (ValueError, AttributeError) as exc:
+                    outcome = f"{NOT_SENT}: {exc}"[:120]
+            outcomes[path] = outcome
+            if on_progress:
+                on_progress(path, outcome)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return SendReport(outcomes)

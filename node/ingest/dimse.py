@@ -1,0 +1,219 @@
+"""DIMSE Storage SCP (PS3.4 Annex B) and Verification SCP (Annex A) on pynetdicom.
+
+Every C-STORE is written to the spool (fsync) and indexed in the job store *before* the
+response is sent. Handlers return a DIMSE status; no exception escapes them:
+
+- ``0x0000`` success (a duplicate SOP Instance UID replaces the earlier copy and is counted);
+- ``0xA700`` out of resources: free disk under ``node.min_free_disk_mb``, or the write failed;
+- ``0xA900`` data set does not match SOP class: header UIDs differ from the request's;
+- ``0xC210`` cannot understand: the data set cannot be parsed or lacks the UIDs we need.
+
+Associations from calling AE titles not in ``peers`` are rejected (A-ASSOCIATE-RJ, reason
+"calling AE title not recognised") unless ``node.accept_unknown_callers``; a wrong called AE
+title is rejected likewise (PS3.8 9.3.4).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any, cast
+
+from pydicom import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+
+from node.dicomfile import UnreadableInstance, read_identity
+from node.domain import InstanceRef, StoreOutcome
+from node.settings import Settings
+from node.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A
+
+InstanceRecorder = Callable[[InstanceRef, float], StoreOutcome]
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A C-STORE response status with an Error Comment (0000,0902), at most 64 characters."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+@dataclass
+class _AssociationStats:
+    calling_ae: str
+    started: float
+    stored: int = 0
+    duplicates: int = 0
+    failed: dict[int, int] = field(default_factory=dict)
+
+
+class StorageHandlers:
+    """The C-STORE / association event handlers, independent of the network plumbing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        record: InstanceRecorder,
+        on_recorded: Callable[[StoreOutcome, int], None],
+        on_association_end: Callable[[int, bool], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._record = record
+        self._on_recorded = on_recorded
+        self._on_association_end = on_association_end
+        self._clock = clock
+        self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
+        self._stats: dict[int, _AssociationStats] = {}
+        self._lock = threading.Lock()
+
+    # -- association lifecycle -------------------------------------------------------------
+    def on_established(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        with self._lock:
+            self._stats[id(event.assoc)] = _AssociationStats(
+                calling_ae=str(requestor.ae_title), started=time.monotonic()
+            )
+
+    def on_released(self, event: evt.Event) -> None:
+        self._association_closed(event, released=True)
+
+    def on_aborted(self, event: evt.Event) -> None:
+        self._association_closed(event, released=False)
+
+    def _association_closed(self, event: evt.Event, *, released: bool) -> None:
+        with self._lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is not None:
+            failed = sum(stats.failed.values())
+            log.info(
+                "association from %s %s: %d stored (%d duplicates), %d failed %s in %.1f s",
+                stats.calling_ae,
+                "released" if released else "aborted",
+                stats.stored,
+                stats.duplicates,
+                failed,
+                {f"0x{k:04X}": v for k, v in stats.failed.items()} if failed else "",
+                time.monotonic() - stats.started,
+            )
+        try:
+            self._on_association_end(id(event.assoc), released)
+        except Exception:
+            log.exception("series bookkeeping failed after association end")
+
+    # -- C-STORE ---------------------------------------------------------------------------
+    def on_store(self, event: evt.Event) -> Dataset | int:
+        stats = self._stats.get(id(event.assoc))
+        try:
+            status = self._store(event, stats)
+        except Exception as exc:  # the last line of defence: log it, answer, keep serving
+            log.exception("C-STORE failed unexpectedly (%s)", exc.__class__.__name__)
+            status = _status(OUT_OF_RESOURCES, "internal error; instance not stored")
+        if stats is not None and isinstance(status, Dataset):
+            code = int(status.Status)
+            stats.failed[code] = stats.failed.get(code, 0) + 1
+        return status
+
+    def _store(self, event: evt.Event, stats: _AssociationStats | None) -> Dataset | int:
+        request = cast(C_STORE, event.request)
+        calling_ae = str(event.assoc.requestor.ae_title)
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes:
+            log.warning(
+                "C-STORE from %s refused: free disk below node.min_free_disk_mb (%d MB)",
+                calling_ae,
+                self._settings.node.min_free_disk_mb,
+            )
+            return _status(OUT_OF_RESOURCES, "disk space below configured floor")
+        encoded = event.encoded_dataset(include_meta=True)
+        try:
+            identity = read_identity(BytesIO(encoded))
+        except UnreadableInstance as exc:
+            log.warning("C-STORE from %s refused, 0xC210: %s (SOP %s)", calling_ae, exc, sop_uid)
+            return _status(CANNOT_UNDERSTAND, str(exc))
+        if identity.sop_class_uid != str(request.AffectedSOPClassUID):
+            log.warning("C-STORE from %s refused, 0xA900: SOP Class UID differs", calling_ae)
+            return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from request")
+        if identity.sop_instance_uid != sop_uid:
+            log.warning("C-STORE from %s refused, 0xA900: SOP Instance UID differs", calling_ae)
+            return _status(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from request"
+            )
+        path = self._spool.path_for(
+            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+        )
+        try:
+            size = self._spool.write(path, (encoded,))
+        except OSError as exc:
+            reason = "disk full" if exc.errno == errno.ENOSPC else "write failed"
+            log.error("C-STORE from %s refused, 0xA700: %s (%s)", calling_ae, reason, exc.strerror)
+            return _status(OUT_OF_RESOURCES, reason)
+        ref = InstanceRef(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=identity.transfer_syntax_uid,
+            modality=identity.modality,
+            path=str(path),
+            size_bytes=size,
+            calling_ae=calling_ae,
+            called_ae=self._settings.node.ae_title,
+            expected_count=identity.expected_count,
+        )
+        outcome = self._record(ref, self._clock())
+        if stats is not None:
+            stats.stored += 1
+            stats.duplicates += int(outcome.duplicate)
+        if outcome.duplicate:
+            log.info(
+                "duplicate SOP Instance %s from %s replaced the earlier copy", sop_uid, calling_ae
+            )
+        self._on_recorded(outcome, id(event.assoc))
+        return SUCCESS
+
+
+def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE, list[Any]]:
+    """An AE accepting every storage SOP class with every transfer syntax, plus Verification."""
+    node = settings.node
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_associations = node.max_associations
+    ae.acse_timeout = node.acse_timeout_s
+    ae.dimse_timeout = node.dimse_timeout_s
+    ae.network_timeout = node.network_timeout_s
+    ae.maximum_pdu_size = node.max_pdu_size
+    ae.require_called_aet = True
+    if not node.accept_unknown_callers:
+        ae.require_calling_aet = [peer.ae_title for peer in settings.peers]
+        if not settings.peers:
+            log.warning(
+                "no peers configured and accept_unknown_callers is false: every caller "
+                "will be rejected"
+            )
+    for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
+    event_handlers = [
+        (evt.EVT_C_STORE, handlers.on_store),
+        (evt.EVT_ESTABLISHED, handlers.on_established),
+        (evt.EVT_RELEASED, handlers.on_released),
+        (evt.EVT_ABORTED, handlers.on_aborted),
+    ]
+    return ae, event_handlers

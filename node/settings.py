@@ -1,0 +1,173 @@
+"""Typed node configuration: one YAML file plus ``AINODE__SECTION__KEY`` environment overrides.
+
+Invalid configuration raises :class:`ConfigError` whose message names each offending key
+(``node.dicom_port: ...``), so a PACS administrator can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "AINODE__"
+ENV_SEPARATOR = "__"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key(s) at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    """AE titles are 1-16 characters of the default repertoire, no backslash (PS3.5 6.2, AE VR)."""
+    stripped = value.strip()
+    if not 1 <= len(stripped) <= 16:
+        raise ValueError("an AE title has 1 to 16 characters")
+    if "\\" in stripped or not stripped.isascii() or not stripped.isprintable():
+        raise ValueError("an AE title is printable ASCII without backslash")
+    return stripped
+
+
+class NodeSection(_Strict):
+    """This node's own identity, listeners and storage."""
+
+    ae_title: str = "AINODE"
+    dicom_port: int = Field(11112, ge=1, le=65535)
+    http_port: int = Field(8080, ge=1, le=65535)
+    bind: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
+    data_dir: Path = Path("var")
+    accept_unknown_callers: bool = False
+    min_free_disk_mb: int = Field(1024, ge=0)
+    max_associations: int = Field(16, ge=1)
+    acse_timeout_s: float = Field(30, gt=0)
+    dimse_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(60, gt=0)
+    max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest for large instances)")
+    fsync: bool = Field(True, description="fsync every instance before acknowledging it")
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class Peer(_Strict):
+    """A known application entity: may send to us, and may receive results."""
+
+    name: str = Field(min_length=1)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class InferenceSection(_Strict):
+    backend: Literal["embedded", "triton"] = "embedded"
+    triton_url: str | None = None
+
+    @model_validator(mode="after")
+    def _triton_needs_url(self) -> InferenceSection:
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError("triton_url is required when backend is triton")
+        return self
+
+
+class SeriesSection(_Strict):
+    """When a series counts as complete (any of these, whichever comes first)."""
+
+    quiet_seconds: float = Field(5, gt=0)
+    complete_on_release: bool = False
+    use_expected_count: bool = True
+    sweep_interval_s: float = Field(0.5, gt=0)
+
+
+class Settings(_Strict):
+    node: NodeSection = NodeSection()
+    peers: list[Peer] = []
+    inference: InferenceSection = InferenceSection()
+    pipelines: list[dict[str, Any]] = []
+    series: SeriesSection = SeriesSection()
+
+    @model_validator(mode="after")
+    def _unique_peer_names(self) -> Settings:
+        names = [p.name for p in self.peers]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"peer names must be unique, repeated: {', '.join(duplicated)}")
+        return self
+
+    def peer(self, name: str) -> Peer:
+        """The peer called ``name`` (case-sensitive); ``KeyError`` naming the known ones."""
+        for candidate in self.peers:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(p.name for p in self.peers) or "none"
+        raise KeyError(f"no peer named {name!r} in peers (known: {known})")
+
+    def peer_by_ae(self, ae_title: str) -> Peer | None:
+        for candidate in self.peers:
+            if candidate.ae_title == ae_title.strip():
+                return candidate
+        return None
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``AINODE__NODE__DICOM_PORT=104``-style variables (values parsed as YAML)."""
+    merged = dict(raw)
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR) if part]
+        if not path:
+            continue
+        cursor = merged
+        for part in path[:-1]:
+            child = cursor.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            cursor[part] = child
+            cursor = child
+        cursor[path[-1]] = yaml.safe_load(value) if value else value
+    return merged
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (or defaults when ``None``), apply env overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration {path} must be a mapping at the top level")
+        raw = loaded
+    raw = _apply_env(raw, os.environ if environ is None else environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc
+    return settings
+
+
+def dump_settings(settings: Settings) -> str:
+    """The effective configuration as YAML (what ``ainode config check`` prints)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,246 @@
+"""The job store: SQLite (WAL) index of received instances, series revisions and their state.
+
+The spool files are the durable truth (fsynced before any acknowledgement); this index is
+committed before the acknowledgement too, and :func:`reconcile` re-indexes any spool file the
+index lacks, so even a power loss that rolls back the last transactions loses nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from node.domain import (
+    CompletionReason,
+    InstanceRef,
+    SeriesKey,
+    SeriesState,
+    SeriesSummary,
+    StoreOutcome,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    called_ae TEXT NOT NULL,
+    state TEXT NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    duplicate_count INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    completed_at REAL,
+    completion_reason TEXT,
+    PRIMARY KEY (series_uid, revision)
+);
+CREATE INDEX IF NOT EXISTS series_state ON series (state, last_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, revision);
+"""
+
+
+class JobStore:
+    """Thread-safe access to the node's SQLite database (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives any process crash; the spool + reconcile cover power loss.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
+        """Index a spooled instance into the open revision of its series (opening one if needed)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT revision, state FROM series WHERE series_uid=? "
+                "ORDER BY revision DESC LIMIT 1",
+                (ref.series_instance_uid,),
+            ).fetchone()
+            if row is None or row[1] == SeriesState.COMPLETE:
+                revision = 1 if row is None else row[0] + 1
+                db.execute(
+                    "INSERT INTO series (series_uid, revision, study_uid, modality, calling_ae,"
+                    " called_ae, state, first_at, last_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        ref.series_instance_uid,
+                        revision,
+                        ref.study_instance_uid,
+                        ref.modality,
+                        ref.calling_ae,
+                        ref.called_ae,
+                        SeriesState.RECEIVING,
+                        now,
+                        now,
+                    ),
+                )
+            else:
+                revision = row[0]
+            previous = db.execute(
+                "SELECT series_uid, revision FROM instances WHERE sop_uid=?",
+                (ref.sop_instance_uid,),
+            ).fetchone()
+            duplicate = previous is not None
+            new_to_revision = previous != (ref.series_instance_uid, revision)
+            db.execute(
+                "INSERT INTO instances (sop_uid, sop_class_uid, series_uid, revision, study_uid,"
+                " transfer_syntax_uid, path, size_bytes, received_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(sop_uid) DO UPDATE SET sop_class_uid=excluded.sop_class_uid,"
+                " series_uid=excluded.series_uid, revision=excluded.revision,"
+                " study_uid=excluded.study_uid, transfer_syntax_uid=excluded.transfer_syntax_uid,"
+                " path=excluded.path, size_bytes=excluded.size_bytes,"
+                " received_at=excluded.received_at",
+                (
+                    ref.sop_instance_uid,
+                    ref.sop_class_uid,
+                    ref.series_instance_uid,
+                    revision,
+                    ref.study_instance_uid,
+                    ref.transfer_syntax_uid,
+                    ref.path,
+                    ref.size_bytes,
+                    now,
+                ),
+            )
+            db.execute(
+                "UPDATE series SET last_at=?, instance_count=instance_count+?,"
+                " duplicate_count=duplicate_count+?, expected_count=COALESCE(?, expected_count)"
+                " WHERE series_uid=? AND revision=?",
+                (
+                    now,
+                    int(new_to_revision),
+                    int(duplicate),
+                    ref.expected_count,
+                    ref.series_instance_uid,
+                    revision,
+                ),
+            )
+            count, expected = db.execute(
+                "SELECT instance_count, expected_count FROM series WHERE series_uid=? AND revision=?",
+                (ref.series_instance_uid, revision),
+            ).fetchone()
+        return StoreOutcome(
+            series=SeriesKey(ref.series_instance_uid, revision),
+            duplicate=duplicate,
+            instance_count=count,
+            expected_count=expected,
+        )
+
+    def complete_series(self, key: SeriesKey, reason: CompletionReason, now: float) -> bool:
+        """Mark a receiving revision complete; ``False`` when it already was (idempotent)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE series SET state=?, completed_at=?, completion_reason=?"
+                " WHERE series_uid=? AND revision=? AND state=?",
+                (
+                    SeriesState.COMPLETE,
+                    now,
+                    reason,
+                    key.series_instance_uid,
+                    key.revision,
+                    SeriesState.RECEIVING,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def quiet_series(self, received_before: float) -> list[SeriesKey]:
+        """Receiving revisions whose last instance arrived before ``received_before``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_uid, revision FROM series WHERE state=? AND last_at<?",
+                (SeriesState.RECEIVING, received_before),
+            ).fetchall()
+        return [SeriesKey(uid, rev) for uid, rev in rows]
+
+    def list_series(self, limit: int = 100) -> list[SeriesSummary]:
+        """Most recently active revisions first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_uid, revision, study_uid, modality, calling_ae, state,"
+                " instance_count, duplicate_count, expected_count, first_at, last_at,"
+                " completed_at, completion_reason FROM series ORDER BY last_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            SeriesSummary(
+                series_instance_uid=r[0],
+                revision=r[1],
+                study_instance_uid=r[2],
+                modality=r[3],
+                calling_ae=r[4],
+                state=SeriesState(r[5]),
+                instance_count=r[6],
+                duplicate_count=r[7],
+                expected_count=r[8],
+                first_received_at=r[9],
+                last_received_at=r[10],
+                completed_at=r[11],
+                completion_reason=r[12],
+            )
+            for r in rows
+        ]
+
+    def instance_paths(self, key: SeriesKey | None = None) -> list[str]:
+        """Spool paths of one series (all its revisions up to ``key``), or of every instance."""
+        with self._lock:
+            if key is None:
+                rows = self._db.execute("SELECT path FROM instances").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT path FROM instances WHERE series_uid=? AND revision<=? ORDER BY path",
+                    (key.series_instance_uid, key.revision),
+                ).fetchall()
+        return [r[0] for r in rows]
+
+    def totals(self) -> dict[str, int]:
+        """Counts for ``ainode status``: instances, series by state, duplicates."""
+        with self._lock:
+            instances = self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+            by_state = dict(
+                self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall()
+            )
+            duplicates = self._db.execute(
+                "SELECT COALESCE(SUM(duplicate_count), 0) FROM series"
+            ).fetchone()[0]
+        return {
+            "instances": instances,
+            "series_receiving": by_state.get(SeriesState.RECEIVING, 0),
+            "series_complete": by_state.get(SeriesState.COMPLETE, 0),
+            "duplicates": duplicates,
+        }

@@ -1,0 +1,65 @@
+"""Start-up recovery: drop partial temporaries and re-index spool files the index lacks.
+
+Covers a crash (or power loss) between the spool's fsync and the index commit: such an
+instance may or may not have been acknowledged, so it is kept and joins its series again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from node.dicomfile import UnreadableInstance, read_identity
+from node.domain import InstanceRef
+from node.store.jobs import JobStore
+from node.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+RECOVERED_AE = "(recovered)"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    temporaries_removed: int
+    reindexed: int
+    unreadable: int
+
+
+def recover(spool: Spool, store: JobStore, now: float) -> RecoveryReport:
+    removed = spool.remove_temporaries()
+    indexed = set(store.instance_paths())
+    reindexed = unreadable = 0
+    for path in spool.iter_files():
+        if str(path) in indexed:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                identity = read_identity(handle)
+        except (UnreadableInstance, OSError) as exc:
+            unreadable += 1
+            log.error("spool file %s cannot be re-indexed: %s", path.name, exc)
+            continue
+        ref = InstanceRef(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=identity.transfer_syntax_uid,
+            modality=identity.modality,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            calling_ae=RECOVERED_AE,
+            called_ae=RECOVERED_AE,
+            expected_count=identity.expected_count,
+        )
+        store.record_instance(ref, now)
+        reindexed += 1
+    if removed or reindexed or unreadable:
+        log.warning(
+            "recovery: %d partial temporaries removed, %d instances re-indexed, %d unreadable",
+            removed,
+            reindexed,
+            unreadable,
+        )
+    return RecoveryReport(removed, reindexed, unreadable)

@@ -1,0 +1,77 @@
+"""Series completeness: quiet period, expected instance count, association release.
+
+A series revision is complete at the first of: ``quiet_seconds`` without a new instance; its
+expected count (0020,1209) reached; the sending association released (when enabled). The clock
+is injected so tests control time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.domain import CompletionReason, SeriesKey, StoreOutcome
+from node.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+CompletionListener = Callable[[SeriesKey, CompletionReason], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionPolicy:
+    quiet_seconds: float
+    complete_on_release: bool = False
+    use_expected_count: bool = True
+
+
+class SeriesAssembler:
+    """Decides when series revisions are complete and records it in the job store."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        policy: CompletionPolicy,
+        clock: Callable[[], float],
+        on_complete: CompletionListener | None = None,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._clock = clock
+        self._on_complete = on_complete
+        self._by_association: dict[int, set[SeriesKey]] = {}
+        self._lock = threading.Lock()
+
+    def instance_recorded(self, outcome: StoreOutcome, association_id: int) -> None:
+        with self._lock:
+            self._by_association.setdefault(association_id, set()).add(outcome.series)
+        expected = outcome.expected_count
+        if self._policy.use_expected_count and expected and outcome.instance_count >= expected:
+            self._complete(outcome.series, CompletionReason.EXPECTED_COUNT)
+
+    def association_ended(self, association_id: int, *, released: bool) -> None:
+        """An association closed; on a normal release its series may be complete."""
+        with self._lock:
+            keys = self._by_association.pop(association_id, set())
+        if released and self._policy.complete_on_release:
+            for key in sorted(keys, key=lambda k: (k.series_instance_uid, k.revision)):
+                self._complete(key, CompletionReason.RELEASE)
+
+    def sweep(self) -> list[SeriesKey]:
+        """Complete every revision quiet for ``quiet_seconds``; returns those completed now."""
+        cutoff = self._clock() - self._policy.quiet_seconds
+        return [
+            key
+            for key in self._store.quiet_series(cutoff)
+            if self._complete(key, CompletionReason.QUIET)
+        ]
+
+    def _complete(self, key: SeriesKey, reason: CompletionReason) -> bool:
+        if not self._store.complete_series(key, reason, self._clock()):
+            return False
+        log.info("series complete (%s): %s rev %d", reason, key.series_instance_uid, key.revision)
+        if self._on_complete is not None:
+            self._on_complete(key, reason)
+        return True

@@ -1,0 +1,110 @@
+"""The spool: received instances as DICOM Part 10 files, written atomically and durably.
+
+Write to a temporary file on the same filesystem, ``fsync`` it, ``rename`` it into place and
+``fsync`` the directory: after :meth:`Spool.write` returns, a crash or power loss never leaves a
+partial file under its final name, and the file survives. Layout: ``<study>/<series>/<sop>.dcm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+TMP_DIR_NAME = ".tmp"
+SUFFIX = ".dcm"
+
+
+def path_component(uid: str) -> str:
+    """A UID as a safe file name: itself when well-formed (PS3.5 9.1), else a hash of it.
+
+    Malformed UIDs do occur in the wild; hashing keeps them storable without letting a
+    crafted value such as ``../..`` escape the spool.
+    """
+    if len(uid) <= 64 and _UID.match(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable instance files under ``root``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.tmp_dir = root / TMP_DIR_NAME
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+        self._tmp_names = itertools.count()
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return (
+            self.root
+            / path_component(study_uid)
+            / path_component(series_uid)
+            / (path_component(sop_uid) + SUFFIX)
+        )
+
+    def write(self, final: Path, chunks: Iterable[bytes]) -> int:
+        """Write ``chunks`` to ``final`` atomically; returns the byte count. Replaces any old copy."""
+        directory = final.parent
+        if directory not in self._known_dirs:
+            self._make_dirs(directory)
+        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{next(self._tmp_names)}.part"
+        size = 0
+        try:
+            with open(tmp, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    size += len(chunk)
+                handle.flush()
+                if self.fsync:
+                    os.fdatasync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            _fsync_dir(directory)
+        return size
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing = [p for p in (directory, *directory.parents) if not p.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            for created in reversed(missing):
+                _fsync_dir(created.parent)
+        self._known_dirs.add(directory)
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every stored instance file (not temporaries)."""
+        for study in self.root.iterdir():
+            if study.name == TMP_DIR_NAME or not study.is_dir():
+                continue
+            for series in study.iterdir():
+                if series.is_dir():
+                    yield from series.glob("*" + SUFFIX)
+
+    def remove_temporaries(self) -> int:
+        """Delete partial files left by a crash mid-write; they were never acknowledged."""
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
