@@ -8,6 +8,8 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A.4
+
 _IDENTITY_TAGS = [
     "SOPClassUID",
     "SOPInstanceUID",

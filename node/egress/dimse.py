@@ -7,14 +7,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A
-
+from node.dicomfile import VERIFICATION
 from node.settings import Peer
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,19 @@ def _client(calling_ae: str, timeout_s: float) -> AE:
     return ae
 
 
+def _associate(ae: AE, peer: Peer) -> Any:
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+        raise PeerUnavailable(f"no association with {peer.name} ({where})")
+    return assoc
+
+
 def echo(peer: Peer, calling_ae: str, timeout_s: float = 10) -> int:
     """C-ECHO the peer; returns the DIMSE status. Raises :class:`PeerUnavailable`."""
     ae = _client(calling_ae, timeout_s)
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise PeerUnavailable(
-            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
-        )
+    assoc = _associate(ae, peer)
     try:
         response = assoc.send_c_echo()
     finally:
@@ -109,11 +113,7 @@ def send_files(
                 ae.add_requested_context(sop_class, transfer_syntax)
     if not readable:
         return SendReport(outcomes)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise PeerUnavailable(
-            f"no association with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
-        )
+    assoc = _associate(ae, peer)
     try:
         for path in readable:
             if not assoc.is_established:

@@ -28,7 +28,7 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from node.dicomfile import UnreadableInstance, read_identity
+from node.dicomfile import VERIFICATION, UnreadableInstance, read_identity
 from node.domain import InstanceRef, StoreOutcome
 from node.settings import Settings
 from node.store.spool import Spool
@@ -39,7 +39,6 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A
 
 InstanceRecorder = Callable[[InstanceRef, float], StoreOutcome]
 

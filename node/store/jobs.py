@@ -152,7 +152,8 @@ class JobStore:
                 ),
             )
             count, expected = db.execute(
-                "SELECT instance_count, expected_count FROM series WHERE series_uid=? AND revision=?",
+                "SELECT instance_count, expected_count FROM series"
+                " WHERE series_uid=? AND revision=?",
                 (ref.series_instance_uid, revision),
             ).fetchone()
         return StoreOutcome(

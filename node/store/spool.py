@@ -59,7 +59,7 @@ class Spool:
         )
 
     def write(self, final: Path, chunks: Iterable[bytes]) -> int:
-        """Write ``chunks`` to ``final`` atomically; returns the byte count. Replaces any old copy."""
+        """Write ``chunks`` atomically to ``final`` (replacing any old copy); returns the size."""
         directory = final.parent
         if directory not in self._known_dirs:
             self._make_dirs(directory)

@@ -1,0 +1,215 @@
+"""Shared fixtures: test data paths, free ports, a real `ainode serve` process, real dcmtk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+CT_DIR = DATA / "ct-abdomen"
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def require(tool: str) -> str:
+    """A real peer the test needs; CI installs them all, so a missing one is a failure there."""
+    if not Path(tool).exists() and shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed (make test installs it)")
+        pytest.skip(f"{tool} is not installed; run `make test`")
+    return tool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@dataclass
+class NodeProcess:
+    """`ainode serve` as a real subprocess (so it can be SIGKILLed)."""
+
+    config_path: Path
+    data_dir: Path
+    port: int
+    log_path: Path
+    ae_title: str = "AINODE"
+    proc: subprocess.Popen[bytes] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> NodeProcess:
+        ainode = str(Path(sys.executable).parent / "ainode")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [ainode, "serve", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+            )
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.data_dir / "jobs.sqlite3") as db:
+            return db.execute(sql, args).fetchall()
+
+    def stored_files(self) -> list[Path]:
+        return sorted((self.data_dir / "spool").glob("*/*/*.dcm"))
+
+
+def write_config(path: Path, port: int, data_dir: Path, **sections: Any) -> None:
+    config: dict[str, Any] = {
+        "node": {
+            "ae_title": "AINODE", "dicom_port": port, "bind": "127.0.0.1",
+            "data_dir": str(data_dir), "min_free_disk_mb": 64,
+        },
+        "peers": [
+            {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 11113},
+            {"name": "ECHO", "ae_title": "ECHOSCU", "host": "127.0.0.1", "port": 11114},
+        ],
+        "series": {"quiet_seconds": 2, "sweep_interval_s": 0.2},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[NodeProcess] = []
+
+    def make(**sections: Any) -> NodeProcess:
+        port = free_port()
+        data_dir = tmp_path / f"var{len(started)}"
+        config_path = tmp_path / f"node{len(started)}.yaml"
+        write_config(config_path, port, data_dir, **sections)
+        node = NodeProcess(config_path, data_dir, port, tmp_path / f"node{len(started)}.log")
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory: Any) -> NodeProcess:
+    require(STORESCU)
+    return node_factory().start()  # type: ignore[no-any-return]
+
+
+def storescu(node: NodeProcess, *files: Path | str, calling: str = "STORESCU",
+             called: str | None = None, extra: tuple[str, ...] = (),
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Real dcmtk storescu, verbose so each response status is visible."""
+    cmd = [STORESCU, "-v", "-aet", calling, "-aec", called or node.ae_title, *extra,
+           "127.0.0.1", str(node.port), *map(str, files)]
+    return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def ct_files() -> list[Path]:
+    files = sorted(CT_DIR.glob("*.dcm"))
+    assert len(files) == 134, "the shared CT has 134 slices"
+    return files
+
+
+def ainode_send(node: NodeProcess, *files: Path, to: str = "SELF") -> subprocess.CompletedProcess[str]:
+    """`ainode send` as a real process, from a config whose peer SELF is ``node``."""
+    config = node.config_path.with_name(node.config_path.stem + "-sender.yaml")
+    settings = yaml.safe_load(node.config_path.read_text())
+    settings["node"]["ae_title"] = "STORESCU"
+    settings["peers"].append({"name": "SELF", "ae_title": node.ae_title, "host": "127.0.0.1",
+                              "port": node.port})
+    config.write_text(yaml.safe_dump(settings))
+    ainode = str(Path(sys.executable).parent / "ainode")
+    return subprocess.run([ainode, "send", "--config", str(config), "--to", to, *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def send_raw(node: NodeProcess, path: Path, calling: str = "STORESCU") -> pydicom.Dataset | None:
+    """C-STORE a file's bytes exactly as on disk (pynetdicom chunked send: SOP class and
+    transfer syntax from its meta, dataset never decoded). ``None`` when it cannot be sent."""
+    from pynetdicom import AE, _config
+
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+    except Exception:
+        return None
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    if not assoc.is_established:
+        return None
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+    except Exception:
+        return None
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        if assoc.is_established:
+            assoc.release()
+    return status if "Status" in status else None
