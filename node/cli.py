@@ -23,7 +23,8 @@ from node.settings import ConfigError, Peer, Settings, dump_settings, load_setti
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-console = Console()
+# Wide when piped (logs, scripts), so UIDs in tables are never cut.
+console = Console() if sys.stdout.isatty() else Console(width=220)
 errors = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("config/node.yaml")
@@ -109,16 +110,31 @@ def _peer(settings: Settings, name: str) -> Peer:
         raise typer.Exit(2) from exc
 
 
+def _is_part10(path: Path) -> bool:
+    """A DICOM Part 10 file starts with a 128-byte preamble and ``DICM`` (PS3.10 7.1)."""
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
 def _expand(paths: list[Path]) -> list[Path]:
+    """Files named, plus the Part 10 files under folders named (other files there are skipped)."""
     files: list[Path] = []
+    skipped = 0
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+                if _is_part10(candidate):
+                    files.append(candidate)
+                else:
+                    skipped += 1
         elif path.is_file():
             files.append(path)
         else:
             errors.print(f"[red]no such file or directory: {path}[/red]")
             raise typer.Exit(2)
+    if skipped:
+        errors.print(f"skipped {skipped} file(s) without a DICOM Part 10 header in the folders")
     return files
 
 
@@ -127,6 +143,9 @@ def send(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM files.")],
     to: Annotated[str, typer.Option("--to", help="Peer name from the configuration.")],
     config: ConfigOption = None,
+    calling_ae: Annotated[
+        str | None, typer.Option(help="Calling AE title (default: this node's ae_title).")
+    ] = None,
 ) -> None:
     """C-STORE files to a configured peer; exits non-zero if any file failed."""
     settings = _settings(config)
@@ -144,7 +163,7 @@ def send(
             report = send_files(
                 files,
                 target,
-                settings.node.ae_title,
+                calling_ae or settings.node.ae_title,
                 on_progress=lambda _p, _s: progress.advance(task),
             )
         except PeerUnavailable as exc:

@@ -173,7 +173,7 @@ def ct_files() -> list[Path]:
     return files
 
 
-def ainode_send(node: NodeProcess, *files: Path, to: str = "SELF") -> subprocess.CompletedProcess[str]:
+def ainode_send(node: NodeProcess, *files: Path) -> subprocess.CompletedProcess[str]:
     """`ainode send` as a real process, from a config whose peer SELF is ``node``."""
     config = node.config_path.with_name(node.config_path.stem + "-sender.yaml")
     settings = yaml.safe_load(node.config_path.read_text())
@@ -182,7 +182,8 @@ def ainode_send(node: NodeProcess, *files: Path, to: str = "SELF") -> subprocess
                               "port": node.port})
     config.write_text(yaml.safe_dump(settings))
     ainode = str(Path(sys.executable).parent / "ainode")
-    return subprocess.run([ainode, "send", "--config", str(config), "--to", to, *map(str, files)],
+    return subprocess.run([ainode, "send", "--config", str(config), "--to", "SELF",
+                           *map(str, files)],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -15,11 +15,11 @@ from tests.conftest import (
     DATA,
     DCMTK_ENV,
     ECHOSCU,
-    ainode_send,
-    send_raw,
     NodeProcess,
+    ainode_send,
     ct_files,
     require,
+    send_raw,
     storescu,
     wait_for,
 )
@@ -220,7 +220,7 @@ def test_sop_class_mismatch_answers_a900(node: NodeProcess, tmp_path: Path) -> N
     source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
     source.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
     mismatched = tmp_path / "mismatch.dcm"
-    source.save_as(mismatched, enforce_file_format=True)
+    source.save_as(mismatched)  # keeps the (mismatching) meta as set
 
     status = send_raw(node, mismatched)
     assert status is not None

@@ -1,0 +1,42 @@
+# Public contract: make install | make demo | make test  (see README.md)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
+
+.PHONY: install install-dev system-deps demo test lint bench-ingest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python  ## the node and what it needs at run time
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools (Debian)
+	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: install system-deps  ## start the node, send it the sample CT, show the completed series
+	$(BIN)/python scripts/demo.py
+
+lint: install-dev
+	$(BIN)/ruff check node tests bench scripts
+	$(BIN)/mypy node
+
+test: install-dev system-deps lint  ## everything CI runs
+	CI=$${CI:-} $(BIN)/pytest -q
+
+bench-ingest: install system-deps
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

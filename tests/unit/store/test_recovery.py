@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from node.store.jobs import JobStore
+from node.store.recovery import recover
+from node.store.spool import Spool
+
+CT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ct-abdomen" / "1-001.dcm"
+
+
+def test_unindexed_spool_file_is_reindexed(tmp_path: Path) -> None:
+    spool, store = Spool(tmp_path / "spool"), JobStore(tmp_path / "jobs.sqlite3")
+    ds = pydicom.dcmread(CT, stop_before_pixels=True)
+    target = spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    spool.write(target, [CT.read_bytes()])  # written, then "crashed" before indexing
+    (spool.tmp_dir / "half.part").write_bytes(b"x")
+    (target.parent / "9.9.dcm").write_bytes(b"not dicom")
+
+    report = recover(spool, store, now=5.0)
+    assert (report.reindexed, report.temporaries_removed, report.unreadable) == (1, 1, 1)
+    assert store.instance_paths() == [str(target)]
+    assert recover(spool, store, now=6.0).reindexed == 0
