@@ -100,7 +100,8 @@ def run_storescp(files: list[Path], work: Path, env: dict[str, str]) -> float:
         shutil.rmtree(out)
 
 
-def run_ainode(files: list[Path], work: Path, env: dict[str, str]) -> tuple[float, float]:
+def run_ainode(files: list[Path], work: Path, env: dict[str, str],
+               overrides: dict[str, str]) -> tuple[float, float]:
     port, data = free_port(), work / "ainode-var"
     config = work / "node.yaml"
     config.write_text(json.dumps({
@@ -112,7 +113,8 @@ def run_ainode(files: list[Path], work: Path, env: dict[str, str]) -> tuple[floa
     }))
     ainode = str(Path(sys.executable).parent / "ainode")
     proc = subprocess.Popen([ainode, "serve", "--config", str(config), "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**env, **overrides}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
         elapsed = send(port, "AINODE", files, env)
@@ -128,39 +130,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/ct-abdomen")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run ainode with these AINODE__* overrides, e.g. "
+             "nofsync:AINODE__NODE__FSYNC=false",
+    )
     args = parser.parse_args()
+    variants: dict[str, dict[str, str]] = {"ainode": {}}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        variants[f"ainode_{name}"] = dict(a.split("=", 1) for a in assignments.split(",") if a)
     env = {**os.environ, "TCP_NODELAY": "1"}
     with tempfile.TemporaryDirectory(prefix="ainode-bench-", dir=ROOT.parent) as tmp:
         work = Path(tmp)
         all_files = make_copies(args.data, work / "data", copies=3)
         workloads = {"ct134": all_files[:134], "ct402": all_files[134:]}
         size_mb = {k: sum(f.stat().st_size for f in v) / 1e6 for k, v in workloads.items()}
-        times: dict[str, dict[str, list[float]]] = {k: {"storescp": [], "ainode": []}
-                                                    for k in workloads}
-        rss: list[float] = []
+        peers = ["storescp", *variants]
+        times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in peers} for k in workloads}
+        rss: dict[str, list[float]] = {v: [] for v in variants}
         for round_no in range(args.rounds):
             for name, files in workloads.items():
-                order = ["storescp", "ainode"] if round_no % 2 == 0 else ["ainode", "storescp"]
+                order = peers if round_no % 2 == 0 else peers[::-1]
                 for peer in order:
                     if peer == "storescp":
                         times[name][peer].append(run_storescp(files, work, env))
                     else:
-                        elapsed, peak = run_ainode(files, work, env)
+                        elapsed, peak = run_ainode(files, work, env, variants[peer])
                         times[name][peer].append(elapsed)
-                        rss.append(peak)
+                        rss[peer].append(peak)
         result: dict[str, object] = {"rounds": args.rounds, "tcp_nodelay": True,
-                                     "ainode_fsync": True, "workloads": {}}
+                                     "ainode_fsync": True, "variants": variants, "workloads": {}}
         for name, files in workloads.items():
             entry: dict[str, float] = {"instances": len(files), "mb": round(size_mb[name], 1)}
-            for peer in ("storescp", "ainode"):
+            for peer in peers:
                 median = statistics.median(times[name][peer])
                 entry[f"{peer}_seconds_median"] = round(median, 3)
                 entry[f"{peer}_instances_per_s"] = round(len(files) / median, 1)
                 entry[f"{peer}_mb_per_s"] = round(size_mb[name] / median, 1)
-            entry["ratio_ainode_over_storescp"] = round(
-                entry["ainode_instances_per_s"] / entry["storescp_instances_per_s"], 3)
+            for variant in variants:
+                entry[f"ratio_{variant}_over_storescp"] = round(
+                    entry[f"{variant}_instances_per_s"] / entry["storescp_instances_per_s"], 3)
             result["workloads"][name] = entry  # type: ignore[index]
-        result["ainode_peak_rss_mb"] = round(max(rss), 1)
+        for variant in variants:
+            result[f"{variant}_peak_rss_mb"] = round(max(rss[variant]), 1)
         print(json.dumps(result, indent=2))
 
 

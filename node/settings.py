@@ -52,6 +52,12 @@ class NodeSection(_Strict):
     network_timeout_s: float = Field(60, gt=0)
     max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest for large instances)")
     fsync: bool = Field(True, description="fsync every instance before acknowledging it")
+    receive_to_disk: bool = Field(
+        True, description="stream each data set to its spool file as it arrives"
+    )
+    event_driven_reactor: bool = Field(
+        True, description="wake pynetdicom's reactors on events instead of 1 ms polling"
+    )
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

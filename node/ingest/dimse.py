@@ -22,14 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from node.dicomfile import VERIFICATION, UnreadableInstance, read_identity
+from node.dicomfile import VERIFICATION, InstanceIdentity, UnreadableInstance, read_identity
 from node.domain import InstanceRef, StoreOutcome
+from node.ingest import receive_path
 from node.settings import Settings
 from node.store.spool import Spool
 
@@ -80,7 +82,12 @@ class StorageHandlers:
         self._clock = clock
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
         self._stats: dict[int, _AssociationStats] = {}
+
         self._lock = threading.Lock()
+
+    @property
+    def spool_tmp_dir(self) -> Path:
+        return self._spool.tmp_dir
 
     # -- association lifecycle -------------------------------------------------------------
     def on_established(self, event: evt.Event) -> None:
@@ -129,20 +136,17 @@ class StorageHandlers:
             stats.failed[code] = stats.failed.get(code, 0) + 1
         return status
 
-    def _store(self, event: evt.Event, stats: _AssociationStats | None) -> Dataset | int:
-        request = cast(C_STORE, event.request)
-        calling_ae = str(event.assoc.requestor.ae_title)
+    def _identify(
+        self, received: Path | None, encoded: bytes, request: C_STORE, calling_ae: str
+    ) -> InstanceIdentity | Dataset:
+        """The instance's identity, or the failure status that refuses it."""
         sop_uid = str(request.AffectedSOPInstanceUID)
-        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes:
-            log.warning(
-                "C-STORE from %s refused: free disk below node.min_free_disk_mb (%d MB)",
-                calling_ae,
-                self._settings.node.min_free_disk_mb,
-            )
-            return _status(OUT_OF_RESOURCES, "disk space below configured floor")
-        encoded = event.encoded_dataset(include_meta=True)
         try:
-            identity = read_identity(BytesIO(encoded))
+            if received:
+                with open(received, "rb") as stream:
+                    identity = read_identity(stream)
+            else:
+                identity = read_identity(BytesIO(encoded))
         except UnreadableInstance as exc:
             log.warning("C-STORE from %s refused, 0xC210: %s (SOP %s)", calling_ae, exc, sop_uid)
             return _status(CANNOT_UNDERSTAND, str(exc))
@@ -154,11 +158,32 @@ class StorageHandlers:
             return _status(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from request"
             )
+        return identity
+
+    def _store(self, event: evt.Event, stats: _AssociationStats | None) -> Dataset | int:
+        request = cast(C_STORE, event.request)
+        calling_ae = str(event.assoc.requestor.ae_title)
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes:
+            log.warning(
+                "C-STORE from %s refused: free disk below node.min_free_disk_mb (%d MB)",
+                calling_ae,
+                self._settings.node.min_free_disk_mb,
+            )
+            return _status(OUT_OF_RESOURCES, "disk space below configured floor")
+        received: Path | None = getattr(request, "_dataset_path", None)  # chunked receive
+        encoded = b"" if received else event.encoded_dataset(include_meta=True)
+        identity = self._identify(received, encoded, request, calling_ae)
+        if isinstance(identity, Dataset):
+            return identity
         path = self._spool.path_for(
-            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+            identity.study_instance_uid, identity.series_instance_uid, sop_uid
         )
         try:
-            size = self._spool.write(path, (encoded,))
+            if received:
+                size = self._spool.adopt(received, path)
+            else:
+                size = self._spool.write(path, (encoded,))
         except OSError as exc:
             reason = "disk full" if exc.errno == errno.ENOSPC else "write failed"
             log.error("C-STORE from %s refused, 0xA700: %s (%s)", calling_ae, reason, exc.strerror)
@@ -191,6 +216,10 @@ class StorageHandlers:
 def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE, list[Any]]:
     """An AE accepting every storage SOP class with every transfer syntax, plus Verification."""
     node = settings.node
+    if node.event_driven_reactor:
+        receive_path.install()
+    if node.receive_to_disk:
+        receive_path.stream_to(handlers.spool_tmp_dir)
     ae = AE(ae_title=node.ae_title)
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s

@@ -81,6 +81,32 @@ class Spool:
             _fsync_dir(directory)
         return size
 
+    def sync_data(self, path: Path) -> None:
+        """``fdatasync`` a file (when durability is on)."""
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def adopt(self, received: Path, final: Path) -> int:
+        """Durably move a complete file received under :attr:`tmp_dir` to ``final``.
+
+        The file stays under its temporary name until it is on disk, so a crash never leaves a
+        partial file under a final name. Returns its size.
+        """
+        directory = final.parent
+        if directory not in self._known_dirs:
+            self._make_dirs(directory)
+        self.sync_data(received)
+        size = received.stat().st_size
+        os.replace(received, final)
+        if self.fsync:
+            _fsync_dir(directory)
+        return size
+
     def _make_dirs(self, directory: Path) -> None:
         missing = [p for p in (directory, *directory.parents) if not p.exists()]
         directory.mkdir(parents=True, exist_ok=True)

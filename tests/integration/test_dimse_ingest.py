@@ -41,7 +41,14 @@ def test_echoscu_gets_success(node: NodeProcess) -> None:
     assert "Received Echo Response (Success)" in result.stdout + result.stderr
 
 
-def test_all_ct_slices_arrive_byte_identical_and_series_completes(node: NodeProcess) -> None:
+@pytest.mark.parametrize("receive_path", ["tuned", "stock"])
+def test_all_ct_slices_arrive_byte_identical_and_series_completes(
+    node_factory, receive_path: str  # type: ignore[no-untyped-def]
+) -> None:
+    """Both receive paths: streamed to disk with event wake-ups (default), and pynetdicom's own."""
+    require("/usr/bin/storescu")
+    tuned = receive_path == "tuned"
+    node = node_factory(node={"receive_to_disk": tuned, "event_driven_reactor": tuned}).start()
     result = storescu(node, *ct_files())
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
@@ -56,6 +63,7 @@ def test_all_ct_slices_arrive_byte_identical_and_series_completes(node: NodeProc
         assert copy.PixelData == original.PixelData
         assert copy.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert copy.SeriesInstanceUID == original.SeriesInstanceUID
+    assert list((node.data_dir / "spool" / ".tmp").iterdir()) == []
 
     state = wait_for(lambda: node.query("SELECT state, instance_count, completion_reason "
                                         "FROM series WHERE revision=1"), 10)
@@ -178,6 +186,7 @@ def test_bad_input_gets_a_status_and_the_node_stays_up(node: NodeProcess) -> Non
     refused = [name for name, s in answered.items() if any(x.startswith("0xC") for x in s)]
     assert refused, answered  # truly unparseable data is refused, not stored
     assert "Traceback" not in node.log()
+    assert list((node.data_dir / "spool" / ".tmp").iterdir()) == [], "refused data not kept"
     # the node still serves good data afterwards
     assert storescu(node, ct_files()[0]).returncode == 0
 
