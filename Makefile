@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
 
-.PHONY: install install-dev system-deps demo test lint bench-ingest clean
+.PHONY: install install-dev system-deps demo test lint bench-ingest bench-infer triton-up triton-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,20 @@ lint: install-dev
 	$(BIN)/ruff check node tests bench scripts
 	$(BIN)/mypy node
 
-test: install-dev system-deps lint  ## everything CI runs
-	CI=$${CI:-} $(BIN)/pytest -q
+triton-up:  ## a real tritonserver on loopback serving model_repository/ (TRITON_HTTP_PORT/TRITON_GRPC_PORT)
+	scripts/triton.sh up
+
+triton-down:
+	scripts/triton.sh down
+
+test: install-dev system-deps lint triton-up  ## everything CI runs
+	status=0; CI=$${CI:-} $(BIN)/pytest -q || status=$$?; scripts/triton.sh down; exit $$status
 
 bench-ingest: install system-deps
 	$(BIN)/python bench/ingest.py
+
+bench-infer: install triton-up
+	$(BIN)/python bench/infer.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

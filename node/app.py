@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from node.domain import CompletionReason, SeriesKey
+from node.infer.backend import Backend
+from node.infer.embedded import EmbeddedBackend
+from node.infer.triton import TritonBackend
 from node.ingest.dimse import StorageHandlers, build_storage_ae
+from node.pipeline import Orchestrator
 from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.recovery import recover
@@ -25,6 +29,20 @@ DB_FILE = "jobs.sqlite3"
 
 def open_store(data_dir: Path) -> JobStore:
     return JobStore(data_dir / DB_FILE)
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The configured inference backend (embedded by default)."""
+    inference = settings.inference
+    if inference.backend == "triton":
+        return TritonBackend(
+            inference.triton_url or "",
+            protocol=inference.triton_protocol,
+            timeout_s=inference.timeout_s,
+            retries=inference.retries,
+            shared_memory=inference.triton_shared_memory,
+        )
+    return EmbeddedBackend()
 
 
 class Node:
@@ -42,6 +60,7 @@ class Node:
             complete_on_release=settings.series.complete_on_release,
             use_expected_count=settings.series.use_expected_count,
         )
+        self.orchestrator = Orchestrator(settings, self.store, make_backend(settings), clock)
         self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
         self._handlers = StorageHandlers(
             settings,
@@ -58,7 +77,7 @@ class Node:
         self._sweeper: threading.Thread | None = None
 
     def _series_complete(self, key: SeriesKey, reason: CompletionReason) -> None:
-        """Hook for routing: pipelines are matched here once routing exists."""
+        self.orchestrator.series_complete(key)
 
     def start(self) -> None:
         report = recover(self.spool, self.store, self._clock())
@@ -76,6 +95,7 @@ class Node:
             target=self._sweep_loop, name="series-sweeper", daemon=True
         )
         self._sweeper.start()
+        self.orchestrator.start()
         log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
 
     def _sweep_loop(self) -> None:
@@ -92,6 +112,7 @@ class Node:
             self._server.shutdown()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+        self.orchestrator.stop()
         self.store.close()
 
     def wait(self) -> None:

@@ -16,13 +16,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node import __version__
-from node.app import DB_FILE, Node, open_store
+from node.app import DB_FILE, Node, make_backend, open_store
 from node.egress.dimse import PeerUnavailable, echo, send_files
+from node.infer.backend import BackendUnavailable
+from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
+from node.store.queue import JobQueue
 
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+models_app = typer.Typer(help="Model repository commands.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 # Wide when piped (logs, scripts), so UIDs in tables are never cut.
 console = Console() if sys.stdout.isatty() else Console(width=220)
 errors = Console(stderr=True)
@@ -197,6 +202,9 @@ def status(
     try:
         totals = store.totals()
         series = store.list_series(limit)
+        queue = JobQueue(store)
+        job_counts = queue.counts()
+        jobs = queue.jobs(limit)
     finally:
         store.close()
     console.print(
@@ -213,6 +221,7 @@ def status(
         "dup",
         "last received",
         "completed (reason)",
+        "routing",
     )
     for s in series:
         table.add_row(
@@ -225,8 +234,56 @@ def status(
             str(s.duplicate_count),
             _when(s.last_received_at),
             f"{_when(s.completed_at)} ({s.completion_reason})" if s.completed_at else "-",
+            f"{s.route_state}: {s.route_detail}" if s.route_state else "-",
         )
     console.print(table)
+    console.print("jobs " + "  ".join(f"{state} {count}" for state, count in job_counts.items()))
+    if jobs:
+        job_table = Table(
+            "job", "series", "rev", "pipeline", "model", "state", "attempts", "updated", "detail"
+        )
+        for job in jobs:
+            detail = job.error or (
+                ", ".join(f"{k} {v['volume_ml']} ml" for k, v in job.result["labels"].items())
+                if job.result and "labels" in job.result
+                else ""
+            )
+            job_table.add_row(
+                str(job.id),
+                job.series_instance_uid,
+                str(job.revision),
+                job.pipeline,
+                job.model,
+                job.state.value,
+                str(job.attempts),
+                _when(job.updated_at),
+                detail,
+            )
+        console.print(job_table)
+
+
+@models_app.command("check")
+def models_check(config: ConfigOption = None) -> None:
+    """Check every model the pipelines use: in the repository, and ready on the backend."""
+    settings = _settings(config)
+    backend = make_backend(settings)
+    names = sorted({p.model for p in settings.pipelines})
+    if not names:
+        errors.print("no pipelines configured: nothing to check")
+    table = Table("model", "version", "backend", "state")
+    failed = 0
+    for name in names:
+        try:
+            spec = load_model_spec(settings.inference.model_repository, name)
+            backend.check(spec)
+            table.add_row(name, spec.version, backend.name, "ready")
+        except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
+            failed += 1
+            table.add_row(name, "-", backend.name, f"[red]{exc}[/red]")
+    backend.close()
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @config_app.command("check")

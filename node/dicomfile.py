@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from node.domain import InstanceRef
 
 VERIFICATION = "1.2.840.10008.1.1"  # Verification SOP Class, PS3.4 A.4
 
@@ -16,6 +19,10 @@ _IDENTITY_TAGS = [
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "ImageType",
+    "SliceThickness",
     "NumberOfSeriesRelatedInstances",
 ]
 
@@ -33,6 +40,30 @@ class InstanceIdentity:
     modality: str
     transfer_syntax_uid: str
     expected_count: int | None
+    body_part: str = ""
+    series_description: str = ""
+    image_type: str = ""
+    slice_thickness_mm: float | None = None
+
+    def ref(self, path: str, size_bytes: int, calling_ae: str, called_ae: str) -> InstanceRef:
+        """The spooled instance this identity describes."""
+        return InstanceRef(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            series_instance_uid=self.series_instance_uid,
+            study_instance_uid=self.study_instance_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            modality=self.modality,
+            path=path,
+            size_bytes=size_bytes,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            expected_count=self.expected_count,
+            body_part=self.body_part,
+            series_description=self.series_description,
+            image_type=self.image_type,
+            slice_thickness_mm=self.slice_thickness_mm,
+        )
 
 
 def read_identity(stream: BinaryIO) -> InstanceIdentity:
@@ -64,10 +95,12 @@ def read_identity(stream: BinaryIO) -> InstanceIdentity:
         expected = None
     if expected is not None and expected <= 0:
         expected = None
+    modality = _text(dataset, "Modality")
     try:
-        modality = str(dataset.get("Modality", "") or "").strip()
+        thickness = dataset.get("SliceThickness")
+        slice_thickness = float(thickness) if thickness not in (None, "") else None
     except (ValueError, TypeError):
-        modality = ""
+        slice_thickness = None
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     return InstanceIdentity(
@@ -78,4 +111,21 @@ def read_identity(stream: BinaryIO) -> InstanceIdentity:
         modality=modality or "OT",
         transfer_syntax_uid=transfer_syntax,
         expected_count=expected,
+        body_part=_text(dataset, "BodyPartExamined"),
+        series_description=_text(dataset, "SeriesDescription"),
+        image_type=_text(dataset, "ImageType"),
+        slice_thickness_mm=slice_thickness,
     )
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    """A text attribute, multi-values joined by backslashes; empty when absent or undecodable."""
+    try:
+        value = dataset.get(keyword)
+    except (ValueError, TypeError, KeyError):
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()

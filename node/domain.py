@@ -32,6 +32,10 @@ class InstanceRef:
     calling_ae: str
     called_ae: str
     expected_count: int | None = None
+    body_part: str = ""
+    series_description: str = ""
+    image_type: str = ""
+    slice_thickness_mm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,38 @@ class StoreOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesAttributes:
+    """What routing rules may look at: a completed series revision, no patient data."""
+
+    key: SeriesKey
+    called_ae: str
+    calling_ae: str
+    modality: str
+    body_part: str
+    sop_class_uid: str
+    series_description: str
+    image_type: str
+    instance_count: int
+    slice_thickness_mm: float | None
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # permanent: a reason a retry cannot fix, or attempts exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    series: SeriesKey
+    pipeline: str
+    model: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class SeriesSummary:
     series_instance_uid: str
     revision: int
@@ -67,3 +103,5 @@ class SeriesSummary:
     last_received_at: float
     completed_at: float | None
     completion_reason: str | None
+    route_state: str | None = None
+    route_detail: str | None = None

@@ -74,14 +74,56 @@ class Peer(_Strict):
 
 
 class InferenceSection(_Strict):
+    """Where models run: in-process (onnxruntime) or on a Triton Inference Server."""
+
     backend: Literal["embedded", "triton"] = "embedded"
     triton_url: str | None = None
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_shared_memory: bool = Field(
+        False, description="pass tensors through system shared memory (server on this host)"
+    )
+    timeout_s: float = Field(300, gt=0)
+    retries: int = Field(3, ge=0, description="retries of a failed request, with backoff")
+    model_repository: Path = Path("model_repository")
+    workers: int = Field(1, ge=1, description="jobs processed at once")
+    job_attempts: int = Field(5, ge=1, description="attempts before a job is dead-lettered")
+    job_retry_s: float = Field(10, gt=0, description="first retry delay; doubles each attempt")
 
     @model_validator(mode="after")
     def _triton_needs_url(self) -> InferenceSection:
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("triton_url is required when backend is triton")
         return self
+
+
+class MatchRule(_Strict):
+    """Declarative series match (no code, no eval). Every given condition must hold.
+
+    Text conditions are shell-style patterns (``*``, ``?``, ``[..]``), case-insensitive;
+    ``image_type`` is matched against the values joined by backslashes (``ORIGINAL\\PRIMARY*``).
+    """
+
+    called_ae: str | None = None
+    calling_ae: str | None = None
+    modality: str | list[str] | None = None
+    body_part: str | None = None
+    sop_class_uid: str | list[str] | None = None
+    series_description: str | None = None
+    image_type: str | None = None
+    min_instances: int | None = Field(None, ge=1)
+    max_instances: int | None = Field(None, ge=1)
+    min_slice_thickness_mm: float | None = Field(None, ge=0)
+    max_slice_thickness_mm: float | None = Field(None, ge=0)
+
+
+class Pipeline(_Strict):
+    """match -> model -> outputs -> destinations."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: MatchRule = MatchRule()
+    model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    outputs: list[Literal["seg", "sr", "sc"]] = ["seg", "sr"]
+    destinations: list[str] = []
 
 
 class SeriesSection(_Strict):
@@ -97,7 +139,7 @@ class Settings(_Strict):
     node: NodeSection = NodeSection()
     peers: list[Peer] = []
     inference: InferenceSection = InferenceSection()
-    pipelines: list[dict[str, Any]] = []
+    pipelines: list[Pipeline] = []
     series: SeriesSection = SeriesSection()
 
     @model_validator(mode="after")
@@ -106,6 +148,21 @@ class Settings(_Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"peer names must be unique, repeated: {', '.join(duplicated)}")
+        return self
+
+    @model_validator(mode="after")
+    def _pipelines_are_consistent(self) -> Settings:
+        names = [p.name for p in self.pipelines]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"pipeline names must be unique, repeated: {', '.join(repeated)}")
+        known = {p.name for p in self.peers}
+        for index, pipeline in enumerate(self.pipelines):
+            unknown = [d for d in pipeline.destinations if d not in known]
+            if unknown:
+                raise ValueError(
+                    f"pipelines.{index}.destinations: unknown peer(s) {', '.join(unknown)}"
+                )
         return self
 
     def peer(self, name: str) -> Peer:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make demo`: start the node on the shipped config, send it the sample CT, show it complete.
+"""`make demo`: start the node on the shipped config, send it the sample CT, show the results.
 
 The node runs with config/node.yaml (ports moved off the defaults if they are taken), its data
 in var/demo; the CT is sent with dcmtk storescu when installed, else with `ainode send`.
@@ -64,13 +64,21 @@ def main() -> int:
             print(f"sending {len(files)} CT slices with ainode send", flush=True)
             subprocess.run([BIN / "ainode", "send", "--config", config_path, "--to", "SELF",
                             "--calling-ae", "STORESCU", CT], check=True)
-        print(f"sent in {time.perf_counter() - started:.2f} s; waiting for the series to complete")
+        print(f"sent in {time.perf_counter() - started:.2f} s; waiting for the series to complete"
+              " and its jobs to finish", flush=True)
         db = demo / "data" / "jobs.sqlite3"
-        for _ in range(100):
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
             with sqlite3.connect(db) as conn:
-                if conn.execute("SELECT COUNT(*) FROM series WHERE state='complete'").fetchone()[0]:
-                    break
-            time.sleep(0.2)
+                complete = conn.execute(
+                    "SELECT COUNT(*) FROM series WHERE state='complete' AND route_state IS NOT NULL"
+                ).fetchone()[0]
+                pending = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"
+                ).fetchone()[0]
+            if complete and not pending:
+                break
+            time.sleep(0.5)
         subprocess.run([BIN / "ainode", "status", "--config", config_path], check=True)
         return 0
     finally:

@@ -188,19 +188,7 @@ class StorageHandlers:
             reason = "disk full" if exc.errno == errno.ENOSPC else "write failed"
             log.error("C-STORE from %s refused, 0xA700: %s (%s)", calling_ae, reason, exc.strerror)
             return _status(OUT_OF_RESOURCES, reason)
-        ref = InstanceRef(
-            sop_instance_uid=identity.sop_instance_uid,
-            sop_class_uid=identity.sop_class_uid,
-            series_instance_uid=identity.series_instance_uid,
-            study_instance_uid=identity.study_instance_uid,
-            transfer_syntax_uid=identity.transfer_syntax_uid,
-            modality=identity.modality,
-            path=str(path),
-            size_bytes=size,
-            calling_ae=calling_ae,
-            called_ae=self._settings.node.ae_title,
-            expected_count=identity.expected_count,
-        )
+        ref = identity.ref(str(path), size, calling_ae, self._settings.node.ae_title)
         outcome = self._record(ref, self._clock())
         if stats is not None:
             stats.stored += 1

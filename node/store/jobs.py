@@ -16,6 +16,7 @@ from pathlib import Path
 from node.domain import (
     CompletionReason,
     InstanceRef,
+    SeriesAttributes,
     SeriesKey,
     SeriesState,
     SeriesSummary,
@@ -30,6 +31,11 @@ CREATE TABLE IF NOT EXISTS series (
     modality TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
     called_ae TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    series_description TEXT NOT NULL,
+    image_type TEXT NOT NULL,
+    slice_thickness REAL,
     state TEXT NOT NULL,
     instance_count INTEGER NOT NULL DEFAULT 0,
     duplicate_count INTEGER NOT NULL DEFAULT 0,
@@ -38,6 +44,8 @@ CREATE TABLE IF NOT EXISTS series (
     last_at REAL NOT NULL,
     completed_at REAL,
     completion_reason TEXT,
+    route_state TEXT,
+    route_detail TEXT,
     PRIMARY KEY (series_uid, revision)
 );
 CREATE INDEX IF NOT EXISTS series_state ON series (state, last_at);
@@ -53,6 +61,24 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, revision);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    model TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL,
+    lease_until REAL,
+    error TEXT,
+    result TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (series_uid, revision, pipeline)
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, priority, not_before);
 """
 
 
@@ -73,6 +99,18 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads, under the store's lock."""
+        with self._lock:
+            yield self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
+        with self._transaction() as db:
+            yield db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -97,7 +135,9 @@ class JobStore:
                 revision = 1 if row is None else row[0] + 1
                 db.execute(
                     "INSERT INTO series (series_uid, revision, study_uid, modality, calling_ae,"
-                    " called_ae, state, first_at, last_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " called_ae, sop_class_uid, body_part, series_description, image_type,"
+                    " slice_thickness, state, first_at, last_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         ref.series_instance_uid,
                         revision,
@@ -105,6 +145,11 @@ class JobStore:
                         ref.modality,
                         ref.calling_ae,
                         ref.called_ae,
+                        ref.sop_class_uid,
+                        ref.body_part,
+                        ref.series_description,
+                        ref.image_type,
+                        ref.slice_thickness_mm,
                         SeriesState.RECEIVING,
                         now,
                         now,
@@ -180,6 +225,53 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
+    def series_attributes(self, key: SeriesKey) -> SeriesAttributes | None:
+        """What routing rules see of a revision (counting its earlier revisions' instances)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT called_ae, calling_ae, modality, body_part, sop_class_uid,"
+                " series_description, image_type, slice_thickness FROM series"
+                " WHERE series_uid=? AND revision=?",
+                (key.series_instance_uid, key.revision),
+            ).fetchone()
+            count = self._db.execute(
+                "SELECT COUNT(*) FROM instances WHERE series_uid=? AND revision<=?",
+                (key.series_instance_uid, key.revision),
+            ).fetchone()[0]
+        if row is None:
+            return None
+        called, calling, modality, body_part, sop_class, description, image_type, thickness = row
+        return SeriesAttributes(
+            key=key,
+            called_ae=called,
+            calling_ae=calling,
+            modality=modality,
+            body_part=body_part,
+            sop_class_uid=sop_class,
+            series_description=description,
+            image_type=image_type,
+            instance_count=count,
+            slice_thickness_mm=thickness,
+        )
+
+    def set_route(self, key: SeriesKey, state: str, detail: str) -> None:
+        """Record what routing decided for a revision (``routed`` / ``skipped``)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE series SET route_state=?, route_detail=? WHERE series_uid=? AND revision=?",
+                (state, detail, key.series_instance_uid, key.revision),
+            )
+
+    def unrouted_complete_series(self) -> list[SeriesKey]:
+        """Complete revisions that routing has not decided on (e.g. after a crash)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_uid, revision FROM series WHERE state=? AND route_state IS NULL"
+                " ORDER BY completed_at",
+                (SeriesState.COMPLETE,),
+            ).fetchall()
+        return [SeriesKey(uid, rev) for uid, rev in rows]
+
     def quiet_series(self, received_before: float) -> list[SeriesKey]:
         """Receiving revisions whose last instance arrived before ``received_before``."""
         with self._lock:
@@ -195,7 +287,8 @@ class JobStore:
             rows = self._db.execute(
                 "SELECT series_uid, revision, study_uid, modality, calling_ae, state,"
                 " instance_count, duplicate_count, expected_count, first_at, last_at,"
-                " completed_at, completion_reason FROM series ORDER BY last_at DESC LIMIT ?",
+                " completed_at, completion_reason, route_state, route_detail FROM series"
+                " ORDER BY last_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
@@ -213,6 +306,8 @@ class JobStore:
                 last_received_at=r[10],
                 completed_at=r[11],
                 completion_reason=r[12],
+                route_state=r[13],
+                route_detail=r[14],
             )
             for r in rows
         ]

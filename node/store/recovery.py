@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 
 from node.dicomfile import UnreadableInstance, read_identity
-from node.domain import InstanceRef
 from node.store.jobs import JobStore
 from node.store.spool import Spool
 
@@ -40,19 +39,7 @@ def recover(spool: Spool, store: JobStore, now: float) -> RecoveryReport:
             unreadable += 1
             log.error("spool file %s cannot be re-indexed: %s", path.name, exc)
             continue
-        ref = InstanceRef(
-            sop_instance_uid=identity.sop_instance_uid,
-            sop_class_uid=identity.sop_class_uid,
-            series_instance_uid=identity.series_instance_uid,
-            study_instance_uid=identity.study_instance_uid,
-            transfer_syntax_uid=identity.transfer_syntax_uid,
-            modality=identity.modality,
-            path=str(path),
-            size_bytes=path.stat().st_size,
-            calling_ae=RECOVERED_AE,
-            called_ae=RECOVERED_AE,
-            expected_count=identity.expected_count,
-        )
+        ref = identity.ref(str(path), path.stat().st_size, RECOVERED_AE, RECOVERED_AE)
         store.record_instance(ref, now)
         reindexed += 1
     if removed or reindexed or unreadable:

@@ -1,0 +1,110 @@
+"""Models in Triton layout: `<repo>/<name>/config.pbtxt` and `<repo>/<name>/<v>/model.onnx`.
+
+The same directory serves Triton and the embedded backend. ainode's contract for a model is in
+its config.pbtxt ``parameters`` (Triton ignores them): ``ainode_version``, ``ainode_labels`` (JSON
+list, index = label value), ``ainode_output_kind`` (``labels`` or ``probabilities``),
+``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`) and
+optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from tritonclient.grpc import model_config_pb2
+
+
+class ModelNotFound(LookupError):
+    """The model is not in the repository (or its files are incomplete)."""
+
+
+class ModelConfigError(ValueError):
+    """The model's config.pbtxt cannot be used; the message names the model and the key."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton name without TYPE_, e.g. FP32, UINT8
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str  # ainode_version (semantic), for result provenance
+    triton_version: int  # numbered directory served
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...]
+    output_kind: str
+    preprocess: tuple[dict[str, Any], ...]
+    sliding_window: dict[str, Any] | None
+    model_file: Path
+
+
+def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
+    if key not in config.parameters:
+        return default
+    raw = config.parameters[key].string_value
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{model}: parameter {key} is not valid JSON") from exc
+
+
+def load_model_spec(repository: Path, name: str) -> ModelSpec:
+    """Read ``name``'s config.pbtxt and locate its newest numbered version."""
+    model_dir = repository / name
+    config_path = model_dir / "config.pbtxt"
+    if not config_path.is_file():
+        raise ModelNotFound(f"model {name!r} is not in {repository}")
+    message: Message = model_config_pb2.ModelConfig()
+    try:
+        config: Any = text_format.Parse(config_path.read_text(), message)
+    except text_format.ParseError as exc:
+        raise ModelConfigError(f"{name}: config.pbtxt does not parse: {exc}") from exc
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise ModelNotFound(f"model {name!r} has no numbered version directory")
+    filename = config.default_model_filename or "model.onnx"
+    model_file = model_dir / str(versions[-1]) / filename
+    if not model_file.is_file():
+        raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
+    labels = _json_parameter(config, "ainode_labels", [], name)
+    output_kind = (
+        config.parameters["ainode_output_kind"].string_value
+        if ("ainode_output_kind" in config.parameters)
+        else "probabilities"
+    )
+    if output_kind not in ("labels", "probabilities"):
+        raise ModelConfigError(f"{name}: ainode_output_kind must be labels or probabilities")
+    if len(config.input) != 1 or len(config.output) != 1:
+        raise ModelConfigError(f"{name}: ainode runs models with one input and one output")
+
+    def tensors(items: Any) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(t.name, model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"))
+            for t in items
+        )
+
+    return ModelSpec(
+        name=name,
+        version=config.parameters["ainode_version"].string_value
+        if "ainode_version" in config.parameters
+        else str(versions[-1]),
+        triton_version=versions[-1],
+        platform=config.platform or config.backend,
+        inputs=tensors(config.input),
+        outputs=tensors(config.output),
+        labels=tuple(str(label) for label in labels),
+        output_kind=output_kind,
+        preprocess=tuple(_json_parameter(config, "ainode_preprocess", [], name)),
+        sliding_window=_json_parameter(config, "ainode_sliding_window", None, name),
+        model_file=model_file,
+    )

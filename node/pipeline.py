@@ -1,0 +1,188 @@
+"""The one orchestrator: route completed series to jobs; run a job: volume -> model -> result.
+
+Every step ends in a durable state change in the job store: a job is ``done`` with its result
+summary, ``queued`` again with a retry time (backend unreachable, unexpected error), or
+``failed`` with a reason a retry cannot fix (unknown model, a series that is not a volume).
+Results (label map + summary) are written under ``data_dir/results`` before the job is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from node.domain import Job, SeriesKey
+from node.imaging.volume import Volume, VolumeError, load_series
+from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
+from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.infer.runner import StageTimes, run_model
+from node.route import route
+from node.settings import Settings
+from node.store.jobs import JobStore
+from node.store.queue import JobQueue
+
+log = logging.getLogger(__name__)
+
+PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed)
+LEASE_SECONDS = 1800.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    labels: NDArray[np.uint8]
+    volume: Volume
+    summary: dict[str, Any]
+
+
+def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
+    return data_dir / "results" / key.series_instance_uid / str(key.revision) / pipeline
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fdatasync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Orchestrator:
+    """Routes completed series and runs jobs on a backend, on ``workers`` threads."""
+
+    def __init__(self, settings: Settings, store: JobStore, backend: Backend,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._store = store
+        self._queue = JobQueue(store)
+        self._backend = backend
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- routing ---------------------------------------------------------------------------
+    def series_complete(self, key: SeriesKey) -> int:
+        """Queue a job per matching pipeline (or record the series as skipped)."""
+        attributes = self._store.series_attributes(key)
+        if attributes is None:
+            return 0
+        matched = route(attributes, self._settings.pipelines)
+        if not matched:
+            self._store.set_route(key, "skipped", "no pipeline matched")
+            log.info("series %s rev %d: no pipeline matched (skipped)",
+                     key.series_instance_uid, key.revision)
+            return 0
+        queued = self._queue.enqueue(key, [(p.name, p.model) for p in matched], self._clock())
+        self._store.set_route(key, "routed", ", ".join(p.name for p in matched))
+        log.info("series %s rev %d: queued %s", key.series_instance_uid, key.revision,
+                 ", ".join(p.name for p in matched))
+        self._wake.set()
+        return queued
+
+    def route_pending(self) -> None:
+        """Route complete revisions that a crash left unrouted."""
+        for key in self._store.unrouted_complete_series():
+            self.series_complete(key)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def run_next(self) -> Job | None:
+        """Claim and run one ready job; ``None`` when there is none."""
+        job = self._queue.claim(self._clock(), LEASE_SECONDS)
+        if job is None:
+            return None
+        try:
+            result = self.execute(job)
+        except PERMANENT_ERRORS as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            log.error("job %d (%s) failed: %s", job.id, job.pipeline, reason)
+            self._queue.fail(job.id, reason, self._clock())
+        except Exception as exc:  # retried: backend down, disk, anything transient
+            self._retry_or_fail(job, exc)
+        else:
+            self._queue.complete(job.id, result.summary, self._clock())
+            log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
+        return job
+
+    def _retry_or_fail(self, job: Job, exc: Exception) -> None:
+        inference = self._settings.inference
+        reason = f"{exc.__class__.__name__}: {exc}"[:300]
+        if job.attempts >= inference.job_attempts:
+            log.error("job %d gave up after %d attempts: %s", job.id, job.attempts, reason)
+            self._queue.fail(job.id, f"gave up after {job.attempts} attempts: {reason}",
+                             self._clock())
+            return
+        delay = inference.job_retry_s * 2 ** (job.attempts - 1)
+        if not isinstance(exc, BackendUnavailable):
+            log.exception("job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts,
+                          delay)
+        else:
+            log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)
+        self._queue.retry(job.id, reason, delay, self._clock())
+
+    def execute(self, job: Job) -> JobResult:
+        times = StageTimes()
+        started = time.perf_counter()
+        spec = load_model_spec(self._settings.inference.model_repository, job.model)
+        self._backend.check(spec)
+        paths = self._store.instance_paths(job.series)
+        volume = load_series(paths)
+        times.add("load", started)
+        labels = run_model(volume, spec, self._backend, times)
+        counts = np.bincount(labels.ravel(), minlength=max(len(spec.labels), 1))
+        summary: dict[str, Any] = {
+            "model": spec.name,
+            "model_version": spec.version,
+            "backend": self._backend.name,
+            "shape": list(labels.shape),
+            "labels": {
+                name: {"voxels": int(counts[value]),
+                       "volume_ml": round(float(counts[value]) * volume.voxel_volume_ml, 3)}
+                for value, name in enumerate(spec.labels) if value > 0
+            },
+            "seconds": {k: round(v, 3) for k, v in times.seconds.items()},
+        }
+        target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
+        target.mkdir(parents=True, exist_ok=True)
+        _write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        _write_atomically(target / "slices.json", lambda handle: handle.write(json.dumps(
+            [[s.sop_instance_uid, s.frame_number] for s in volume.slices]).encode()))
+        _write_atomically(target / "summary.json",
+                          lambda handle: handle.write(json.dumps(summary, indent=1).encode()))
+        summary["result_dir"] = str(target)
+        return JobResult(labels, volume, summary)
+
+    # -- threads ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.route_pending()
+        for index in range(self._settings.inference.workers):
+            thread = threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.run_next() is not None:
+                    continue
+            except Exception:
+                log.exception("worker loop error; continuing")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._backend.close()

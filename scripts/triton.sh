@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Start/stop a real tritonserver (PyPI nvidia-pytriton wheel, CPU) serving model_repository/.
+#   scripts/triton.sh install | up | down | status
+# Ports: TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001); TRITON_METRICS_PORT (8002).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.triton-venv
+RUN=$ROOT/var/triton
+HTTP=${TRITON_HTTP_PORT:-8000}
+GRPC=${TRITON_GRPC_PORT:-8001}
+METRICS=${TRITON_METRICS_PORT:-8002}
+SITE=$VENV/lib/python3.11/site-packages
+
+install() {
+  # The server's python backend stub links Debian's libpython3.11: use that interpreter, and keep
+  # this venv apart from the project's (the wheel needs numpy<2).
+  if [ ! -x "$SITE/pytriton/tritonserver/bin/tritonserver" ]; then
+    /usr/bin/python3.11 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
+  fi
+  mkdir -p "$RUN/backends"
+  rm -rf "$RUN/backends/python" "$RUN/backends/onnxruntime"
+  cp -r "$SITE/pytriton/tritonserver/backends/python" "$RUN/backends/python"
+  cp "$SITE/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub" "$RUN/backends/python/"
+  cp -r "$ROOT/triton/backends/onnxruntime" "$RUN/backends/onnxruntime"
+}
+
+up() {
+  install
+  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then echo "tritonserver already running"; return; fi
+  export PATH=$VENV/bin:$PATH
+  export LD_LIBRARY_PATH=$SITE/nvidia_pytriton.libs:$SITE/pytriton/tritonserver/external_libs:${LD_LIBRARY_PATH:-}
+  "$SITE/pytriton/tritonserver/bin/tritonserver" \
+    --model-repository "$ROOT/model_repository" --backend-directory "$RUN/backends" \
+    --http-address 127.0.0.1 --http-port "$HTTP" --grpc-address 127.0.0.1 --grpc-port "$GRPC" \
+    --metrics-port "$METRICS" --allow-metrics false --exit-on-error false --strict-readiness true \
+    > "$RUN/tritonserver.log" 2>&1 &
+  echo $! > "$RUN/pid"
+  for _ in $(seq 1 120); do
+    if curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" >/dev/null 2>&1; then echo "tritonserver ready on $HTTP/$GRPC"; return; fi
+    kill -0 "$(cat "$RUN/pid")" 2>/dev/null || { tail -30 "$RUN/tritonserver.log"; exit 1; }
+    sleep 0.5
+  done
+  echo "tritonserver not ready after 60 s"; tail -30 "$RUN/tritonserver.log"; exit 1
+}
+
+down() {
+  if [ -f "$RUN/pid" ]; then
+    pid=$(cat "$RUN/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$RUN/pid"
+  fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  up) up ;;
+  down) down ;;
+  status) curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" && echo ready ;;
+  *) echo "usage: $0 install|up|down|status"; exit 2 ;;
+esac
