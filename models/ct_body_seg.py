@@ -8,7 +8,8 @@ written as a torch module so that it exports to ONNX and runs unchanged in Trito
 
 Input ``hu``: float32 [N, 1, D, H, W] in Hounsfield units, H and W divisible by 4 (the
 pre-processing pads with air). Output ``labels``: uint8 [N, 1, D, H, W], 0 background, 1 body,
-2 lungs, 3 bone (a label map, not probabilities: 35 MB instead of 560 MB over the wire). Steps, each with its exact numpy/scipy twin in the tests:
+2 lungs, 3 bone (a label map, not probabilities: 35 MB instead of 560 MB over the wire).
+Steps, each with an independent numpy/scipy twin in tests/independent.py:
 
 1. air = HU < -500; tissue = not air, opened per slice with a 1x7x7 box, which removes thin
    shells such as the table top and cables so that they do not enclose air; free = not tissue.

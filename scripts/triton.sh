@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Start/stop a real tritonserver (PyPI nvidia-pytriton wheel, CPU) serving model_repository/.
-#   scripts/triton.sh install | up | down | status
-# Ports: TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001); TRITON_METRICS_PORT (8002).
+#   scripts/triton.sh install | up | down | kill | status
+# Ports: TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002);
+# TRITON_RUN_DIR (var/triton) holds the pid file, log and backend directory of one server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.triton-venv
-RUN=$ROOT/var/triton
+RUN=${TRITON_RUN_DIR:-$ROOT/var/triton}
 HTTP=${TRITON_HTTP_PORT:-8000}
 GRPC=${TRITON_GRPC_PORT:-8001}
 METRICS=${TRITON_METRICS_PORT:-8002}
@@ -56,10 +57,15 @@ down() {
   fi
 }
 
+crash() {  # SIGKILL, as a crash would; for tests
+  if [ -f "$RUN/pid" ]; then kill -9 "$(cat "$RUN/pid")" 2>/dev/null || true; rm -f "$RUN/pid"; fi
+}
+
 case "${1:-}" in
   install) install ;;
   up) up ;;
   down) down ;;
+  kill) crash ;;
   status) curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" && echo ready ;;
-  *) echo "usage: $0 install|up|down|status"; exit 2 ;;
+  *) echo "usage: $0 install|up|down|kill|status"; exit 2 ;;
 esac

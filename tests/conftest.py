@@ -214,3 +214,62 @@ def send_raw(node: NodeProcess, path: Path, calling: str = "STORESCU") -> pydico
         if assoc.is_established:
             assoc.release()
     return status if "Status" in status else None
+
+
+TRITON_SCRIPT = ROOT / "scripts" / "triton.sh"
+
+
+def triton_available(grpc_port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", grpc_port)) == 0
+
+
+@pytest.fixture(scope="session")
+def triton_grpc_url() -> str:
+    """The tritonserver `make test` started (make triton-up), serving model_repository/."""
+    port = int(os.environ.get("TRITON_GRPC_PORT", "8001"))
+    if not triton_available(port):
+        if os.environ.get("CI"):
+            pytest.fail(f"no tritonserver on port {port}: make test starts one (make triton-up)")
+        pytest.skip(f"no tritonserver on port {port}; run `make triton-up`")
+    return f"127.0.0.1:{port}"
+
+
+@dataclass
+class TritonProcess:
+    """A private tritonserver (own ports and run dir), to stop and crash in a test."""
+
+    run_dir: Path
+    http_port: int
+    grpc_port: int
+
+    def _script(self, command: str) -> None:
+        env = {**os.environ, "TRITON_RUN_DIR": str(self.run_dir),
+               "TRITON_HTTP_PORT": str(self.http_port), "TRITON_GRPC_PORT": str(self.grpc_port),
+               "TRITON_METRICS_PORT": str(free_port())}
+        subprocess.run(["bash", str(TRITON_SCRIPT), command], env=env, check=True,
+                       capture_output=True, timeout=180)
+
+    def up(self) -> None:
+        self._script("up")
+
+    def down(self) -> None:
+        self._script("down")
+
+    def crash(self) -> None:
+        self._script("kill")
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@pytest.fixture
+def private_triton(tmp_path: Path) -> Iterator[TritonProcess]:
+    if not (ROOT / ".triton-venv").exists() and not os.environ.get("CI"):
+        pytest.skip("no .triton-venv; run `make triton-up` once")
+    server = TritonProcess(tmp_path / "triton", free_port(), free_port())
+    try:
+        yield server
+    finally:
+        server.crash()

@@ -68,14 +68,29 @@ class TritonBackend:
         else:
             import tritonclient.http as client_module
         self._module: Any = client_module
-        self._client: Any = (
-            client_module.InferenceServerClient(self._url)
-            if protocol == "grpc"
-            else client_module.InferenceServerClient(
-                self._url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
-        )
         self._regions: list[tuple[str, Any]] = []
+        self._client: Any = self._connect()
+
+    def _connect(self) -> Any:
+        if self._protocol == "grpc":
+            return self._module.InferenceServerClient(self._url)
+        return self._module.InferenceServerClient(
+            self._url, connection_timeout=self._timeout_s, network_timeout=self._timeout_s
+        )
+
+    def _reconnect(self) -> None:
+        """A fresh channel (gRPC backs off reconnecting for up to minutes) and, since a
+        restarted server has forgotten them, fresh shared-memory registrations."""
+        from tritonclient.utils import shared_memory as shm
+
+        for _name, handle in self._regions:
+            shm.destroy_shared_memory_region(handle)
+        self._regions = []
+        try:
+            self._client.close()
+        except Exception as exc:  # a broken channel may fail to close; it is dropped anyway
+            log.debug("closing the old Triton client failed: %s", exc)
+        self._client = self._connect()
 
     # -- readiness -------------------------------------------------------------------------
     def check(self, model: ModelSpec) -> None:
@@ -92,6 +107,7 @@ class TritonBackend:
             message = str(exc)
             if "unknown model" in message.lower() or "not found" in message.lower():
                 raise ModelNotFound(f"Triton: {message}") from exc
+            self._reconnect()
             raise BackendUnavailable(f"Triton at {self._url}: {message}") from exc
         names = self._tensor_names(metadata)
         expected = ({t.name for t in model.inputs}, {t.name for t in model.outputs})
@@ -122,12 +138,14 @@ class TritonBackend:
                     raise ModelNotFound(f"Triton: {message}") from exc
                 if not _unavailable(message):
                     raise InferenceFailed(f"Triton: {message}"[:300]) from exc
+                self._reconnect()
                 if attempt == self._retries:
                     raise BackendUnavailable(f"Triton at {self._url}: {message}"[:300]) from exc
                 log.warning(
                     "Triton unavailable (%s); retry %d in %.1f s", message[:80], attempt + 1, delay
                 )
             except (ConnectionError, OSError) as exc:
+                self._reconnect()
                 if attempt == self._retries:
                     raise BackendUnavailable(f"Triton at {self._url}: {exc}") from exc
                 log.warning("Triton unreachable (%s); retry %d in %.1f s", exc, attempt + 1, delay)
@@ -167,7 +185,7 @@ class TritonBackend:
             output = result.get_output(spec_out.name)
             shape = output.shape if hasattr(output, "shape") else output["shape"]
             return np.array(shm.get_contents_as_numpy(out_handle, out_dtype, list(shape)))
-        return np.asarray(result.as_numpy(spec_out.name))
+        return np.array(result.as_numpy(spec_out.name))  # owned and writable
 
     # -- shared memory ---------------------------------------------------------------------
     def _region(self, role: str, size: int) -> tuple[str, Any]:

@@ -1,0 +1,69 @@
+"""An independent implementation of ct_body_seg's definition with numpy/scipy, for tests.
+
+Written from the model's documented steps (models/ct_body_seg.py docstring), not from its code:
+scipy's separable min/max filters instead of torch max-pooling, its own DICOM reading and
+ordering. Used to check that the node's label map lands on the right voxels of the source grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from scipy import ndimage
+
+
+def read_ct(folder: Path) -> tuple[NDArray[np.float32], list[str]]:
+    """HU volume ordered by ImagePositionPatient z (axial CT), and the SOP UID of each slice."""
+    datasets = [pydicom.dcmread(f) for f in folder.glob("*.dcm")]
+    datasets.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    hu = np.stack([
+        d.pixel_array.astype(np.float32) * np.float32(d.RescaleSlope)
+        + np.float32(d.RescaleIntercept) for d in datasets
+    ])
+    return hu, [str(d.SOPInstanceUID) for d in datasets]
+
+
+def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+    return ndimage.maximum_filter(mask, size=size, mode="constant", cval=0)
+
+
+def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+    return ndimage.minimum_filter(mask, size=size, mode="constant", cval=1)
+
+
+def _open(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+    return _dilate(_erode(mask, size), size)
+
+
+def _ring(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    ring = np.zeros_like(mask)
+    ring[:, 0, :] = ring[:, -1, :] = ring[:, :, 0] = ring[:, :, -1] = True
+    return ring & mask
+
+
+def _geodesic(seed: NDArray[np.bool_], mask: NDArray[np.bool_], steps: int) -> NDArray[np.bool_]:
+    grown = seed
+    for _ in range(steps):
+        grown = _dilate(grown, (1, 3, 3)) & mask
+    return grown
+
+
+def body_lungs_bone(hu: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """0 background, 1 body, 2 lungs, 3 bone; H and W must be multiples of 4."""
+    air = hu < -500
+    free = ~_open(~air, (1, 7, 7))
+    d, h, w = free.shape
+    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
+    outside = _geodesic(_ring(coarse), coarse, 80)
+    outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
+    outside = (outside & free) | _ring(free)
+    outside = _geodesic(outside, free, 6)
+    body = _open(~outside, (3, 7, 7))
+    lungs = _open(air & body, (3, 3, 3))
+    bone = _open((hu > 250) & body, (3, 3, 3))
+    lungs &= ~bone
+    body &= ~lungs & ~bone
+    return (body * 1 + lungs * 2 + bone * 3).astype(np.uint8)

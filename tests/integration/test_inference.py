@@ -1,0 +1,216 @@
+"""Inference against the real model repository, onnxruntime and a real tritonserver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from node.domain import JobState, SeriesKey
+from node.imaging.volume import load_series
+from node.infer.embedded import EmbeddedBackend
+from node.infer.repository import load_model_spec
+from node.infer.runner import run_model
+from node.infer.triton import TritonBackend
+from node.pipeline import Orchestrator
+from node.settings import load_settings
+from node.store.jobs import JobStore
+from node.store.queue import JobQueue
+from tests.conftest import CT_DIR, ROOT, TritonProcess, ct_files, require, storescu, wait_for
+from tests.independent import body_lungs_bone, read_ct
+
+pytestmark = pytest.mark.integration
+REPOSITORY = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="module")
+def ct_volume() -> Any:
+    return load_series(ct_files())
+
+
+@pytest.fixture(scope="module")
+def embedded_labels(ct_volume: Any) -> np.ndarray:
+    spec = load_model_spec(REPOSITORY, "ct_body_seg")
+    return run_model(ct_volume, spec, EmbeddedBackend())
+
+
+def test_label_map_matches_an_independent_computation(ct_volume: Any,
+                                                      embedded_labels: np.ndarray) -> None:
+    hu, uids = read_ct(CT_DIR)
+    expected = body_lungs_bone(hu)
+    by_uid = {ref.sop_instance_uid: k for k, ref in enumerate(ct_volume.slices)}
+    ours = np.stack([embedded_labels[by_uid[uid]] for uid in uids])
+    assert ours.shape == expected.shape == (134, 512, 512)
+    assert np.array_equal(ours, expected)
+    counts = np.bincount(ours.ravel(), minlength=4)
+    assert counts[1] > 5_000_000 and counts[2] > 300_000 and counts[3] > 100_000
+    # lungs only in the upper (cranial) part of this abdominal CT
+    lung_slices = np.flatnonzero((expected == 2).sum(axis=(1, 2)) > 5000)
+    assert lung_slices.min() > 80
+
+
+@pytest.mark.parametrize(("protocol", "shared_memory"),
+                         [("grpc", False), ("grpc", True), ("http", False)])
+def test_triton_and_embedded_give_identical_labels(
+    triton_grpc_url: str, ct_volume: Any, embedded_labels: np.ndarray, protocol: str,
+    shared_memory: bool,
+) -> None:
+    spec = load_model_spec(REPOSITORY, "ct_body_seg")
+    url = triton_grpc_url
+    if protocol == "http":
+        import os
+
+        url = f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    backend = TritonBackend(url, protocol=protocol, shared_memory=shared_memory)
+    try:
+        backend.check(spec)
+        labels = run_model(ct_volume, spec, backend)
+    finally:
+        backend.close()
+    assert np.array_equal(labels, embedded_labels)
+
+
+def _orchestrator(tmp_path: Path, store: JobStore, backend: Any, clock: Any,
+                  model: str = "ct_body_seg") -> Orchestrator:
+    config = tmp_path / "node.yaml"
+    config.write_text(json.dumps({
+        "node": {"data_dir": str(tmp_path / "var")},
+        "inference": {"model_repository": str(REPOSITORY), "job_retry_s": 5},
+        "pipelines": [{"name": "ct-body", "match": {"modality": "CT"}, "model": model}],
+    }))
+    return Orchestrator(load_settings(config, environ={}), store, backend, clock)
+
+
+def _store_with_ct(tmp_path: Path) -> tuple[JobStore, SeriesKey]:
+    from node.dicomfile import read_identity
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for path in ct_files():
+        with open(path, "rb") as handle:
+            identity = read_identity(handle)
+        outcome = store.record_instance(identity.ref(str(path), 1, "MOD", "AINODE"), 1.0)
+    store.complete_series(outcome.series, "quiet_period", 2.0)  # type: ignore[arg-type]
+    return store, outcome.series
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
+                                                      private_triton: TritonProcess) -> None:
+    private_triton.up()
+    store, key = _store_with_ct(tmp_path)
+    clock = Clock()
+    backend = TritonBackend(private_triton.grpc_url, retries=0)
+    orchestrator = _orchestrator(tmp_path, store, backend, clock)
+    assert orchestrator.series_complete(key) == 1
+    queue = JobQueue(store)
+
+    worker = threading.Thread(target=orchestrator.run_next)
+    worker.start()
+    # crash the server while the job is loading / inferring (load ~1 s, inference ~3 s)
+    time.sleep(1.5)
+    private_triton.crash()
+    worker.join(timeout=120)
+    (job,) = queue.jobs()
+    assert job.state == JobState.QUEUED and job.attempts == 1, job
+    assert "Triton" in (job.error or "") or "BackendUnavailable" in (job.error or "")
+
+    clock.now += 3600  # past the retry delay
+    assert orchestrator.run_next() is not None  # server still down: retried again
+    (job,) = queue.jobs()
+    assert job.state == JobState.QUEUED and job.attempts == 2
+
+    private_triton.up()
+    clock.now += 3600
+    assert orchestrator.run_next() is not None
+    (job,) = queue.jobs()
+    assert job.state == JobState.DONE, job
+    assert job.result and job.result["backend"] == "triton"
+    assert job.result["labels"]["lungs"]["volume_ml"] > 500
+    backend.close()
+
+
+def test_unknown_model_fails_the_job_with_that_reason(tmp_path: Path) -> None:
+    store, key = _store_with_ct(tmp_path)
+    orchestrator = _orchestrator(tmp_path, store, EmbeddedBackend(), Clock(), model="no_such")
+    orchestrator.series_complete(key)
+    orchestrator.run_next()
+    (job,) = JobQueue(store).jobs()
+    assert job.state == JobState.FAILED
+    assert job.error == f"model 'no_such' is not in {REPOSITORY}"
+
+
+GEOMETRY_CASES = {
+    "dicom2nifti_failing/sliceincrement/001": "missing slices or non-uniform spacing",
+    "dicom2nifti_failing/gantrytilting/001": "gantry tilt",
+    "dicom2nifti_failing/sliceorientation/001": "mixed orientation",
+    "dicom2nifti_failing/slicecount/001": "too few slices",
+    "dicom2nifti_failing/notavolume/001": "duplicate slice positions",
+    "dicom-numpy_dupe-positions": "duplicate slice positions",
+    "dcm_qa_ct/GE_headCT_tilt_varspacing": "gantry tilt",
+}
+
+
+def test_node_runs_the_pipeline_end_to_end_and_records_geometry_reasons(node_factory) -> None:  # type: ignore[no-untyped-def]
+    """Real node process, real dcmtk sender: the CT is segmented onto its own grid; each broken
+    series ends in a failed job whose reason a person can read; an MR-only rule skips."""
+    require("/usr/bin/storescu")
+    node = node_factory(
+        series={"quiet_seconds": 1},
+        inference={"model_repository": str(REPOSITORY)},
+        pipelines=[
+            {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
+             "model": "ct_body_seg"},
+            {"name": "probe", "match": {"max_instances": 19, "modality": ["CT", "MR"]},
+             "model": "ct_body_seg"},
+        ],
+    ).start()
+    bad = Path(CT_DIR).parent / "bad-input"
+    for folder in GEOMETRY_CASES:
+        result = storescu(node, *sorted((bad / folder).rglob("*.dcm")))
+        assert result.returncode == 0, result.stderr
+    assert storescu(node, *ct_files()).returncode == 0
+
+    def settled() -> bool:
+        rows = node.query("SELECT state FROM jobs")
+        return bool(rows) and len(rows) >= 8 and all(r[0] in ("done", "failed") for r in rows)
+
+    assert wait_for(settled, 180, 0.5), (node.query("SELECT * FROM jobs"), node.log()[-3000:])
+    jobs = node.query("SELECT j.pipeline, j.state, j.error, j.result, s.series_uid FROM jobs j "
+                      "JOIN series s ON s.series_uid=j.series_uid AND s.revision=j.revision")
+    ct_uid = str(load_series(ct_files()[:3]).series_instance_uid)
+    ct_jobs = [j for j in jobs if j[4] == ct_uid]
+    assert [(j[0], j[1]) for j in ct_jobs] == [("ct-body", "done")], ct_jobs
+    result = json.loads(ct_jobs[0][3])
+    labels = np.load(Path(result["result_dir"]) / "labels.npy")
+    slices = json.loads((Path(result["result_dir"]) / "slices.json").read_text())
+    hu, uids = read_ct(CT_DIR)
+    order = {uid: k for k, (uid, _frame) in enumerate(slices)}
+    assert np.array_equal(np.stack([labels[order[u]] for u in uids]), body_lungs_bone(hu))
+
+    errors = sorted(j[2] for j in jobs if j[4] != ct_uid)
+    assert all(j[1] == "failed" for j in jobs if j[4] != ct_uid)
+    for reason in GEOMETRY_CASES.values():
+        assert any(reason in e for e in errors), (reason, errors)
+    assert node.alive and "Traceback" not in node.log()
+
+
+def test_unmatched_series_is_recorded_as_skipped(node_factory) -> None:  # type: ignore[no-untyped-def]
+    require("/usr/bin/storescu")
+    node = node_factory(series={"quiet_seconds": 1}, pipelines=[
+        {"name": "mr-only", "match": {"modality": "MR"}, "model": "ct_body_seg"}]).start()
+    assert storescu(node, *ct_files()[:5]).returncode == 0
+    assert wait_for(lambda: node.query("SELECT route_state, route_detail FROM series")
+                    == [("skipped", "no pipeline matched")], 15)
+    assert node.query("SELECT COUNT(*) FROM jobs") == [(0,)]
