@@ -25,7 +25,6 @@ from node.domain import Job, SeriesKey
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
-from node.infer.runner import StageTimes, run_model
 from node.route import route
 from node.settings import Settings
 from node.store.jobs import JobStore
@@ -131,6 +130,10 @@ class Orchestrator:
         self._queue.retry(job.id, reason, delay, self._clock())
 
     def execute(self, job: Job) -> JobResult:
+        # torch + MONAI take seconds to import: loaded by the first job, not at start-up,
+        # so the DICOM listener is up at once
+        from node.infer.runner import StageTimes, run_model
+
         times = StageTimes()
         started = time.perf_counter()
         spec = load_model_spec(self._settings.inference.model_repository, job.model)
