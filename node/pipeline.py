@@ -56,11 +56,21 @@ def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     os.replace(tmp, path)
 
 
+def _finding(voxels: int, voxel_ml: float, min_ml: float) -> dict[str, Any]:
+    volume_ml = round(voxels * voxel_ml, 3)
+    return {"voxels": voxels, "volume_ml": volume_ml, "present": volume_ml >= max(min_ml, 1e-9)}
+
+
 class Orchestrator:
     """Routes completed series and runs jobs on a backend, on ``workers`` threads."""
 
-    def __init__(self, settings: Settings, store: JobStore, backend: Backend,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        backend: Backend,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._queue = JobQueue(store)
@@ -79,13 +89,20 @@ class Orchestrator:
         matched = route(attributes, self._settings.pipelines)
         if not matched:
             self._store.set_route(key, "skipped", "no pipeline matched")
-            log.info("series %s rev %d: no pipeline matched (skipped)",
-                     key.series_instance_uid, key.revision)
+            log.info(
+                "series %s rev %d: no pipeline matched (skipped)",
+                key.series_instance_uid,
+                key.revision,
+            )
             return 0
         queued = self._queue.enqueue(key, [(p.name, p.model) for p in matched], self._clock())
         self._store.set_route(key, "routed", ", ".join(p.name for p in matched))
-        log.info("series %s rev %d: queued %s", key.series_instance_uid, key.revision,
-                 ", ".join(p.name for p in matched))
+        log.info(
+            "series %s rev %d: queued %s",
+            key.series_instance_uid,
+            key.revision,
+            ", ".join(p.name for p in matched),
+        )
         self._wake.set()
         return queued
 
@@ -118,13 +135,15 @@ class Orchestrator:
         reason = f"{exc.__class__.__name__}: {exc}"[:300]
         if job.attempts >= inference.job_attempts:
             log.error("job %d gave up after %d attempts: %s", job.id, job.attempts, reason)
-            self._queue.fail(job.id, f"gave up after {job.attempts} attempts: {reason}",
-                             self._clock())
+            self._queue.fail(
+                job.id, f"gave up after {job.attempts} attempts: {reason}", self._clock()
+            )
             return
         delay = inference.job_retry_s * 2 ** (job.attempts - 1)
         if not isinstance(exc, BackendUnavailable):
-            log.exception("job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts,
-                          delay)
+            log.exception(
+                "job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts, delay
+            )
         else:
             log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)
         self._queue.retry(job.id, reason, delay, self._clock())
@@ -149,19 +168,25 @@ class Orchestrator:
             "backend": self._backend.name,
             "shape": list(labels.shape),
             "labels": {
-                name: {"voxels": int(counts[value]),
-                       "volume_ml": round(float(counts[value]) * volume.voxel_volume_ml, 3)}
-                for value, name in enumerate(spec.labels) if value > 0
+                name: _finding(int(counts[value]), volume.voxel_volume_ml, spec.min_finding_ml)
+                for value, name in enumerate(spec.labels)
+                if value > 0
             },
             "seconds": {k: round(v, 3) for k, v in times.seconds.items()},
         }
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
         _write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
-        _write_atomically(target / "slices.json", lambda handle: handle.write(json.dumps(
-            [[s.sop_instance_uid, s.frame_number] for s in volume.slices]).encode()))
-        _write_atomically(target / "summary.json",
-                          lambda handle: handle.write(json.dumps(summary, indent=1).encode()))
+        _write_atomically(
+            target / "slices.json",
+            lambda handle: handle.write(
+                json.dumps([[s.sop_instance_uid, s.frame_number] for s in volume.slices]).encode()
+            ),
+        )
+        _write_atomically(
+            target / "summary.json",
+            lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
+        )
         summary["result_dir"] = str(target)
         return JobResult(labels, volume, summary)
 

@@ -25,7 +25,7 @@ install() {
   rm -rf "$RUN/backends/python" "$RUN/backends/onnxruntime"
   cp -r "$SITE/pytriton/tritonserver/backends/python" "$RUN/backends/python"
   cp "$SITE/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub" "$RUN/backends/python/"
-  cp -r "$ROOT/triton/backends/onnxruntime" "$RUN/backends/onnxruntime"
+  cp -r "$ROOT/tritonserver-backends/onnxruntime" "$RUN/backends/onnxruntime"
 }
 
 up() {

@@ -3,8 +3,9 @@
 The same directory serves Triton and the embedded backend. ainode's contract for a model is in
 its config.pbtxt ``parameters`` (Triton ignores them): ``ainode_version``, ``ainode_labels`` (JSON
 list, index = label value), ``ainode_output_kind`` (``labels`` or ``probabilities``),
-``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`) and
-optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``).
+``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`),
+optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``) and
+``ainode_min_finding_ml`` (a label smaller than this volume is reported as absent).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ModelSpec:
     preprocess: tuple[dict[str, Any], ...]
     sliding_window: dict[str, Any] | None
     model_file: Path
+    min_finding_ml: float = 0.0  # a label smaller than this is reported absent
 
 
 def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
@@ -107,4 +109,5 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         preprocess=tuple(_json_parameter(config, "ainode_preprocess", [], name)),
         sliding_window=_json_parameter(config, "ainode_sliding_window", None, name),
         model_file=model_file,
+        min_finding_ml=float(_json_parameter(config, "ainode_min_finding_ml", 0.0, name)),
     )
