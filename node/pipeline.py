@@ -191,7 +191,23 @@ class Orchestrator:
         return JobResult(labels, volume, summary)
 
     # -- threads ---------------------------------------------------------------------------
+    def check_models(self) -> dict[str, str]:
+        """Each configured model: ``ready`` or why not. Logged at start; jobs retry or fail
+        by themselves, so a backend that is still starting does not stop the node."""
+        states: dict[str, str] = {}
+        for name in sorted({p.model for p in self._settings.pipelines}):
+            try:
+                self._backend.check(load_model_spec(self._settings.inference.model_repository,
+                                                    name))
+                states[name] = "ready"
+            except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
+                states[name] = str(exc)
+                log.error("model %s is not ready on the %s backend: %s", name,
+                          self._backend.name, exc)
+        return states
+
     def start(self) -> None:
+        self.check_models()
         self.route_pending()
         for index in range(self._settings.inference.workers):
             thread = threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)

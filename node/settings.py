@@ -116,6 +116,36 @@ class MatchRule(_Strict):
     max_slice_thickness_mm: float | None = Field(None, ge=0)
 
 
+class CodeSpec(_Strict):
+    """A coded concept: (scheme, value, meaning), e.g. ``[SCT, "39607008", Lung]``."""
+
+    scheme: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    meaning: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, data: Any) -> Any:
+        if isinstance(data, list | tuple) and len(data) == 3:
+            return {"scheme": data[0], "value": str(data[1]), "meaning": data[2]}
+        return data
+
+
+class SegmentSpec(_Strict):
+    """How one model label is coded in SEG and SR (PS3.3 C.8.20.4 Segment Description)."""
+
+    category: CodeSpec
+    type: CodeSpec
+    color: tuple[int, int, int] = Field((255, 0, 0), description="sRGB display colour")
+
+
+class UrgencyRule(_Strict):
+    """A finding is urgent when this label's volume reaches ``min_volume_ml``."""
+
+    label: str
+    min_volume_ml: float = Field(0.0, ge=0)
+
+
 class Pipeline(_Strict):
     """match -> model -> outputs -> destinations."""
 
@@ -124,6 +154,12 @@ class Pipeline(_Strict):
     model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     outputs: list[Literal["seg", "sr", "sc"]] = ["seg", "sr"]
     destinations: list[str] = []
+    reply_to_sender: bool = Field(False, description="also send results to the calling AE")
+    segments: dict[str, SegmentSpec] = Field(
+        {}, description="codes and colours per model label (by label name)"
+    )
+    urgent_if: list[UrgencyRule] = []
+    priority: int = Field(0, description="higher runs first; urgent pipelines use e.g. 10")
 
 
 class SeriesSection(_Strict):

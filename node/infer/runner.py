@@ -105,10 +105,13 @@ def run_model(
         prediction = predictor(batch)[0]
     started = times.add("infer", started)
 
-    restored = MetaTensor(prediction, affine=torch.eye(4),
-                          applied_operations=list(prepared.applied_operations))
-    inverted = cast(Any, preprocess).inverse(restored)
-    array = np.asarray(inverted.as_tensor() if isinstance(inverted, MetaTensor) else inverted)
+    operations = list(getattr(prepared, "applied_operations", []))
+    if operations:  # undo padding/cropping so the prediction lands on the source grid
+        restored = MetaTensor(prediction, affine=torch.eye(4), applied_operations=operations)
+        prediction = cast(Any, preprocess).inverse(restored)
+    array = np.asarray(
+        prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction
+    )
     labels = labels_from(array, model.output_kind)
     if labels.shape != volume.voxels.shape:
         raise ModelConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,44 @@ def test_unmatched_series_is_recorded_as_skipped(node_factory) -> None:  # type:
     assert wait_for(lambda: node.query("SELECT route_state, route_detail FROM series")
                     == [("skipped", "no pipeline matched")], 15)
     assert node.query("SELECT COUNT(*) FROM jobs") == [(0,)]
+
+
+def _with_lesion(volume: Any, centre: tuple[int, int, int], radius_mm: float,
+                 contrast: float) -> tuple[Any, np.ndarray]:
+    """A crop of the CT around ``centre`` with a synthetic sphere, and the sphere's mask."""
+    z, y, x = centre
+    crop = volume.voxels[z - 20:z + 20, y - 80:y + 80, x - 80:x + 80].copy()
+    spacing = np.array(volume.spacing)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in crop.shape], indexing="ij"), axis=-1)
+    distance = np.linalg.norm((grid - np.array(crop.shape) // 2) * spacing, axis=-1)
+    crop += np.where(distance <= radius_mm, contrast, 0).astype(np.float32)
+    cropped = replace(volume, voxels=crop, slices=volume.slices[z - 20:z + 20])
+    return cropped, distance <= radius_mm
+
+
+def test_lesion_unet_finds_a_synthetic_lesion_through_sliding_window(ct_volume: Any) -> None:
+    spec = load_model_spec(REPOSITORY, "ct_lesion_unet")
+    assert spec.sliding_window is not None
+    # liver, right upper abdomen: soft tissue around (z 95, row 230, column 170)
+    region = ct_volume.voxels[95, 220:240, 160:180]
+    assert 0 < float(region.mean()) < 200
+    volume, truth = _with_lesion(ct_volume, (95, 230, 170), radius_mm=10, contrast=-90)
+    labels = run_model(volume, spec, EmbeddedBackend())
+    assert labels.shape == truth.shape
+    found = labels == 1
+    overlap = 2 * float((found & truth).sum()) / float(found.sum() + truth.sum())
+    assert overlap > 0.5, overlap
+    # and nothing of that size without the lesion
+    plain = replace(volume, voxels=ct_volume.voxels[75:115, 150:310, 90:250].copy())
+    assert (run_model(plain, spec, EmbeddedBackend()) == 1).sum() < truth.sum() / 4
+
+
+def test_lesion_unet_on_triton_equals_embedded(triton_grpc_url: str, ct_volume: Any) -> None:
+    spec = load_model_spec(REPOSITORY, "ct_lesion_unet")
+    volume, _truth = _with_lesion(ct_volume, (95, 230, 170), radius_mm=8, contrast=80)
+    backend = TritonBackend(triton_grpc_url)
+    try:
+        assert np.array_equal(run_model(volume, spec, backend),
+                              run_model(volume, spec, EmbeddedBackend()))
+    finally:
+        backend.close()

@@ -81,3 +81,15 @@ def test_undecodable_pixel_data_is_a_clear_error(tmp_path: Path) -> None:
     source.save_as(broken)
     with pytest.raises(VolumeError, match=r"cannot be (decoded|read)"):
         load_series([broken], min_slices=1)
+
+
+def test_enhanced_multiframe_equals_its_single_frame_series() -> None:
+    """The dcmqi sample ships one image both as 3 CT files and as a Legacy Converted Enhanced
+    CT multi-frame: same voxels, same affine, one slice per frame."""
+    folder = DATA / "reference" / "dcmqi_data" / "segmentations" / "24x38x3"
+    multi = load_series([folder / "multiframe" / "mf.dcm"])
+    single = load_series(files(folder / "image"))
+    assert multi.voxels.shape == single.voxels.shape == (3, 38, 24)
+    np.testing.assert_array_equal(multi.voxels, single.voxels)
+    np.testing.assert_allclose(multi.affine, single.affine, atol=1e-6)
+    assert [s.frame_number for s in multi.slices] == [1, 2, 3]

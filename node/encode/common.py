@@ -1,0 +1,82 @@
+"""What every object the node writes shares: deterministic UIDs and the equipment identity.
+
+UIDs derive from (model name + version, source series UID, source instance UIDs, output kind),
+so re-running a series yields the same Series/SOP Instance UIDs and the PACS keeps one copy.
+The algorithm is identified as the processing equipment (IHE AI Results, Contributing
+Equipment Sequence, PS3.3 C.7.5.2) and in each SEG segment / SR group (TID 4019).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from node import __version__
+
+MANUFACTURER = "ainode"
+BANNER = "AI RESULT - NOT FOR PRIMARY DIAGNOSIS"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a result comes from: the model, and the exact source images."""
+
+    model_name: str
+    model_version: str
+    series_instance_uid: str
+    sop_instance_uids: tuple[str, ...]
+    device_ae_title: str = "AINODE"
+
+    def uid(self, kind: str) -> str:
+        """A UID that is the same whenever the same model sees the same images."""
+        digest = hashlib.sha256("\n".join(sorted(self.sop_instance_uids)).encode()).hexdigest()
+        return str(generate_uid(prefix=None, entropy_srcs=[
+            self.model_name, self.model_version, self.series_instance_uid, digest, kind]))
+
+    @property
+    def software_versions(self) -> tuple[str, str]:
+        return (f"ainode {__version__}", f"{self.model_name} {self.model_version}")
+
+    @property
+    def description(self) -> str:
+        return f"AI {self.model_name} {self.model_version}"[:64]
+
+    def algorithm(self) -> hd.AlgorithmIdentificationSequence:
+        return hd.AlgorithmIdentificationSequence(
+            name=self.model_name, version=self.model_version,
+            family=codes.cid7162.ArtificialIntelligence, source=MANUFACTURER,
+        )
+
+    def equipment(self) -> hd.ContributingEquipment:
+        return hd.ContributingEquipment(
+            manufacturer=MANUFACTURER, purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer_model_name=self.model_name,
+            software_versions=list(self.software_versions),
+            device_serial_number=self.device_ae_title,
+            contribution_description=f"{self.model_name} {self.model_version}",
+        )
+
+
+def present_labels(labels: NDArray[np.uint8], label_names: tuple[str, ...]) -> list[int]:
+    """Label values (> 0) that occur in the map, ascending."""
+    counts = np.bincount(labels.ravel(), minlength=len(label_names))
+    return [value for value in range(1, len(label_names)) if counts[value] > 0]
+
+
+def series_number(kind: str) -> int:
+    """Fixed series numbers so results sort after the source in viewers."""
+    return {"seg": 9001, "sr": 9002, "sc": 9003}[kind]
+
+
+def header_only(dataset: Dataset) -> Dataset:
+    """A copy without pixel data (for references)."""
+    copy = Dataset(dataset)
+    copy.pop("PixelData", None)
+    return copy

@@ -1,0 +1,81 @@
+"""Secondary Capture with the overlay burned in, for viewers that cannot show SEG (PS3.3 A.8).
+
+One RGB image of the source slice where the reported finding is largest: the slice in a
+window for its modality, each label blended in its colour with an outline, and a banner
+"AI RESULT - NOT FOR PRIMARY DIAGNOSIS" naming the model. Same study; its own series.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import highdicom as hd
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw
+from pydicom import Dataset
+
+from node.encode.common import BANNER, Provenance, series_number
+
+WINDOWS = {"CT": (-160.0, 240.0)}  # soft-tissue window; other modalities: min/max of the slice
+ALPHA = 0.35
+
+
+def _grey(intensities: NDArray[np.float32], modality: str) -> NDArray[np.uint8]:
+    low, high = WINDOWS.get(modality, (float(intensities.min()), float(intensities.max())))
+    scaled = (intensities - low) / max(high - low, 1e-6)
+    grey: NDArray[np.uint8] = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    return grey
+
+
+def render_overlay(intensities: NDArray[np.float32], labels: NDArray[np.uint8],
+                   colours: dict[int, tuple[int, int, int]], modality: str,
+                   caption: str) -> NDArray[np.uint8]:
+    """RGB [rows, columns, 3]: grey image, blended labels with outlines, banner on top."""
+    grey = _grey(intensities, modality)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for value, colour in colours.items():
+        mask = labels == value
+        if not mask.any():
+            continue
+        rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * np.array(colour, dtype=np.float32)
+        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1)
+                        & np.roll(mask, -1, 1))
+        rgb[edge] = colour
+    image = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    band = max(14, image.height // 24)
+    draw.rectangle([0, 0, image.width, band * 2], fill=(160, 0, 0))
+    draw.text((6, 2), BANNER, fill=(255, 255, 255))
+    draw.text((6, band), caption[:80], fill=(255, 255, 0))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def build_sc(source: Dataset, intensities: NDArray[np.float32], labels: NDArray[np.uint8],
+             colours: dict[int, tuple[int, int, int]], provenance: Provenance,
+             caption: str) -> Dataset:
+    """The Secondary Capture of one source slice."""
+    pixels = render_overlay(intensities, labels, colours, str(source.get("Modality", "")),
+                            caption)
+    spacing = source.get("PixelSpacing")
+    sc = cast(Dataset, hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=provenance.uid("sc-series"),
+        series_number=series_number("sc"),
+        sop_instance_uid=provenance.uid("sc"),
+        instance_number=1,
+        manufacturer="ainode",
+        pixel_spacing=cast(Any, (float(spacing[0]), float(spacing[1]))) if spacing else None,
+        patient_orientation=("L", "P"),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        series_description=f"{provenance.description} SC (burned-in)",
+        contributing_equipment=[provenance.equipment()],
+    ))
+    sc.BurnedInAnnotation = "YES"  # the banner and overlay are part of the pixels
+    if "Laterality" not in sc:
+        sc.Laterality = None  # General Series, Type 2C: present, empty (unpaired structures)
+    return sc

@@ -1,0 +1,168 @@
+"""TID 1500 Measurement Report in a Comprehensive 3D SR (PS3.16 TID 1500), with highdicom.
+
+- Procedure reported: the imaging procedure (e.g. CT), not the algorithm; observer: the device.
+- Per segment, a volumetric group (TID 1411) referencing the SEG segment: volume (ml), mean and
+  maximum intensity (HU for CT), a qualitative *Finding: present/absent*, algorithm (TID 4019).
+- Per segment also a planar group (TID 1410) with the outline (SCOORD POLYLINE) and area on the
+  slice where the segment is largest, so that viewers that draw SR measurements show where it
+  is: OHIF 3.13 blanks its viewport on a TID 1500 whose groups carry no image coordinates.
+- An urgent result carries a qualitative evaluation *Priority: urgent* in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import highdicom as hd
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from skimage import measure as _measure
+
+from node.encode.common import Provenance, series_number
+from node.encode.seg import code
+from node.settings import SegmentSpec
+
+MILLILITRE = Code("ml", "UCUM", "milliliter")  # pydicom's code dictionary has no millilitre
+SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
+HOUNSFIELD = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
+NO_UNITS = Code("1", "UCUM", "no units")
+PRIORITY = Code("272125009", "SCT", "Priority")
+URGENT = Code("103391001", "SCT", "Urgent")
+ROUTINE = Code("50811001", "SCT", "Routine")
+PROCEDURES = {
+    "CT": Code("77477000", "SCT", "Computed tomography"),
+    "MR": Code("113091000", "SCT", "Magnetic resonance imaging"),
+    "CR": Code("168537006", "SCT", "Plain radiography"),
+    "DX": Code("168537006", "SCT", "Plain radiography"),
+}
+MAX_OUTLINE_POINTS = 256
+measure: Any = _measure  # scikit-image is untyped
+
+
+@dataclass(frozen=True)
+class SegmentFinding:
+    """One segment of the SEG and what was measured on it."""
+
+    segment_number: int
+    label: str
+    spec: SegmentSpec
+    mask: NDArray[np.bool_]  # on the source grid, [slice, row, column]
+    volume_ml: float
+    present: bool
+
+
+def _outline(mask_slice: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """Closed outline (column, row) of the largest region on a slice, at most 256 points."""
+    regions = measure.label(mask_slice)
+    largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1
+    padded = np.pad(regions == largest, 1)
+    contour = max(measure.find_contours(padded.astype(np.float32), 0.5), key=len) - 1
+    step = max(1, len(contour) // MAX_OUTLINE_POINTS)
+    points = contour[::step][:, ::-1]  # (row, column) -> (column, row)
+    points = np.clip(points, 0, np.array(mask_slice.shape[::-1]) - 1)
+    return np.vstack([points, points[:1]]).astype(np.float32) + 0.5  # pixel centres, closed
+
+
+def build_sr(
+    sources: list[Dataset],
+    seg: Dataset,
+    findings: list[SegmentFinding],
+    intensities: NDArray[np.float32],
+    spacing_mm: tuple[float, float],
+    provenance: Provenance,
+    urgent: bool,
+) -> Dataset:
+    reference = sources[0]
+    modality = str(reference.get("Modality", ""))
+    intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=provenance.uid("device"), name=provenance.model_name,
+            manufacturer_name="ainode", model_name=provenance.model_name,
+        ),
+    )
+    algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
+    groups: list[Any] = []
+    for finding in findings:
+        tracking = hd.sr.TrackingIdentifier(
+            uid=provenance.uid(f"tracking-{finding.label}"),
+            identifier=f"{provenance.model_name} {finding.label}")
+        finding_type = code(finding.spec.type)
+        presence = hd.sr.QualitativeEvaluation(
+            codes.DCM.Finding, codes.SCT.Present if finding.present else codes.SCT.Absent)
+        values = intensities[finding.mask]
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                segment_number=finding.segment_number,
+                source_series=hd.sr.SourceSeriesForSegmentation(
+                    provenance.series_instance_uid)),
+            finding_type=finding_type,
+            finding_category=code(finding.spec.category),
+            algorithm_id=algorithm,
+            measurements=[
+                hd.sr.Measurement(codes.SCT.Volume, round(finding.volume_ml, 3), MILLILITRE,
+                                  algorithm_id=algorithm),
+                hd.sr.Measurement(codes.SCT.Mean, round(float(values.mean()), 2),
+                                  intensity_unit, algorithm_id=algorithm),
+                hd.sr.Measurement(codes.SCT.Maximum, round(float(values.max()), 2),
+                                  intensity_unit, algorithm_id=algorithm),
+            ],
+            qualitative_evaluations=[presence],
+        ))
+        areas = finding.mask.sum(axis=(1, 2))
+        largest = int(np.argmax(areas))
+        source = sources[largest]
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=provenance.uid(f"tracking-{finding.label}-largest-slice"),
+                identifier=f"{provenance.model_name} {finding.label} (largest slice)"),
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=_outline(finding.mask[largest]),
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=source.SOPClassUID,
+                    referenced_sop_instance_uid=source.SOPInstanceUID)),
+            finding_type=finding_type,
+            finding_category=code(finding.spec.category),
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(
+                codes.SCT.Area, round(float(areas[largest]) * spacing_mm[0] * spacing_mm[1], 2),
+                SQUARE_MM, algorithm_id=algorithm)],
+            qualitative_evaluations=[presence],
+        ))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501: the triage flag
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=provenance.uid("tracking-triage"), identifier=f"{provenance.model_name} triage"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)],
+    ))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURES.get(modality, Code("71388002", "SCT", "Procedure")),
+        imaging_measurements=groups,
+    )
+    return cast(Dataset, hd.sr.Comprehensive3DSR(
+        evidence=[*sources, seg],
+        content=report,
+        series_instance_uid=provenance.uid("sr-series"),
+        series_number=series_number("sr"),
+        sop_instance_uid=provenance.uid("sr"),
+        instance_number=1,
+        manufacturer="ainode",
+        manufacturer_model_name=provenance.model_name,
+        software_versions=cast(Any, provenance.software_versions),
+        device_serial_number=provenance.device_ae_title,
+        series_description=f"{provenance.description} SR",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[provenance.equipment()],
+    ))
