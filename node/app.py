@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from node.domain import CompletionReason, SeriesKey
+from node.egress.delivery import Delivery
 from node.infer.backend import Backend
 from node.infer.embedded import EmbeddedBackend
 from node.infer.triton import TritonBackend
@@ -17,6 +18,7 @@ from node.ingest.dimse import StorageHandlers, build_storage_ae
 from node.pipeline import Orchestrator
 from node.settings import Settings
 from node.store.jobs import JobStore
+from node.store.outbox import Outbox
 from node.store.recovery import recover
 from node.store.series import CompletionPolicy, SeriesAssembler
 from node.store.spool import Spool
@@ -60,7 +62,10 @@ class Node:
             complete_on_release=settings.series.complete_on_release,
             use_expected_count=settings.series.use_expected_count,
         )
-        self.orchestrator = Orchestrator(settings, self.store, make_backend(settings), clock)
+        self.delivery = Delivery(settings, Outbox(self.store), clock)
+        self.orchestrator = Orchestrator(
+            settings, self.store, make_backend(settings), clock, on_outbox=self.delivery.wake.set
+        )
         self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
         self._handlers = StorageHandlers(
             settings,
@@ -96,6 +101,7 @@ class Node:
         )
         self._sweeper.start()
         self.orchestrator.start()
+        self.delivery.start()
         log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
 
     def _sweep_loop(self) -> None:
@@ -113,6 +119,7 @@ class Node:
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
         self.orchestrator.stop()
+        self.delivery.stop()
         self.store.close()
 
     def wait(self) -> None:

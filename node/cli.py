@@ -21,6 +21,7 @@ from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
+from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
@@ -55,7 +56,8 @@ def _logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for noisy in ("pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -205,6 +207,9 @@ def status(
         queue = JobQueue(store)
         job_counts = queue.counts()
         jobs = queue.jobs(limit)
+        outbox = Outbox(store)
+        deliveries = outbox.by_destination()
+        undelivered = [i for i in outbox.items(limit) if i[3] != "sent"]
     finally:
         store.close()
     console.print(
@@ -260,6 +265,16 @@ def status(
                 detail,
             )
         console.print(job_table)
+    for destination, counts in sorted(deliveries.items()):
+        console.print(
+            f"results to {destination}: "
+            + "  ".join(f"{state} {count}" for state, count in counts.items())
+        )
+    for destination, kind, uid, state, attempts, error in undelivered:
+        console.print(
+            f"  {destination} {kind} {uid}: {state} after {attempts} attempt(s)"
+            f"{': ' + error if error else ''}"
+        )
 
 
 @models_app.command("check")

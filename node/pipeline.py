@@ -8,6 +8,7 @@ Results (label map + summary) are written under ``data_dir/results`` before the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,19 +21,24 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom import Dataset
 
 from node.domain import Job, SeriesKey
+from node.encode.common import Provenance
+from node.encode.outputs import encode_outputs, is_urgent
+from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.route import route
-from node.settings import Settings
+from node.settings import Pipeline, Settings
 from node.store.jobs import JobStore
+from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
-PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed)
+PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
 LEASE_SECONDS = 1800.0
 
 
@@ -45,6 +51,10 @@ class JobResult:
 
 def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
     return data_dir / "results" / key.series_instance_uid / str(key.revision) / pipeline
+
+
+def _save_dataset(dataset: Dataset, handle: Any) -> None:
+    dataset.save_as(handle, enforce_file_format=True)
 
 
 def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
@@ -70,10 +80,13 @@ class Orchestrator:
         store: JobStore,
         backend: Backend,
         clock: Callable[[], float] = time.time,
+        on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._queue = JobQueue(store)
+        self._outbox = Outbox(store)
+        self._on_outbox = on_outbox
         self._backend = backend
         self._clock = clock
         self._wake = threading.Event()
@@ -95,7 +108,10 @@ class Orchestrator:
                 key.revision,
             )
             return 0
-        queued = self._queue.enqueue(key, [(p.name, p.model) for p in matched], self._clock())
+        queued = sum(
+            self._queue.enqueue(key, [(p.name, p.model)], self._clock(), priority=p.priority)
+            for p in matched
+        )
         self._store.set_route(key, "routed", ", ".join(p.name for p in matched))
         log.info(
             "series %s rev %d: queued %s",
@@ -187,8 +203,70 @@ class Orchestrator:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
+        self._encode_and_queue(job, volume, labels, spec.labels, summary, target, spec.version)
         summary["result_dir"] = str(target)
         return JobResult(labels, volume, summary)
+
+    def _encode_and_queue(
+        self,
+        job: Job,
+        volume: Volume,
+        labels: NDArray[np.uint8],
+        label_names: tuple[str, ...],
+        summary: dict[str, Any],
+        target: Path,
+        model_version: str,
+    ) -> None:
+        """SEG / SR / SC as the pipeline asks, written durably, then queued per destination."""
+        pipeline = self._pipeline(job.pipeline)
+        urgent = is_urgent(pipeline, summary["labels"])
+        summary["urgent"] = urgent
+        if not pipeline.outputs or not any(
+            label["present"] for label in summary["labels"].values()
+        ):
+            summary["outputs"] = {}
+            return
+        provenance = Provenance(
+            job.model,
+            model_version,
+            volume.series_instance_uid,
+            tuple(s.sop_instance_uid for s in volume.slices),
+            self._settings.node.ae_title,
+        )
+        started = time.perf_counter()
+        objects = encode_outputs(
+            volume, labels, label_names, summary["labels"], pipeline, provenance, urgent
+        )
+        destinations = list(pipeline.destinations)
+        if pipeline.reply_to_sender:
+            attributes = self._store.series_attributes(job.series)
+            sender = self._settings.peer_by_ae(attributes.calling_ae) if attributes else None
+            if sender is not None and sender.name not in destinations:
+                destinations.append(sender.name)
+        summary["outputs"] = {}
+        summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
+        for kind, dataset in objects.items():
+            path = target / f"{kind}.dcm"
+            _write_atomically(path, functools.partial(_save_dataset, dataset))
+            summary["outputs"][kind] = str(dataset.SOPInstanceUID)
+            for destination in destinations:
+                self._outbox.put(
+                    job.id,
+                    destination,
+                    str(path),
+                    str(dataset.SOPInstanceUID),
+                    kind,
+                    10 if urgent else 0,
+                    self._clock(),
+                )
+        if destinations and self._on_outbox is not None:
+            self._on_outbox()
+
+    def _pipeline(self, name: str) -> Pipeline:
+        for pipeline in self._settings.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        raise ModelConfigError(f"pipeline {name!r} is no longer configured")
 
     # -- threads ---------------------------------------------------------------------------
     def check_models(self) -> dict[str, str]:
@@ -197,13 +275,15 @@ class Orchestrator:
         states: dict[str, str] = {}
         for name in sorted({p.model for p in self._settings.pipelines}):
             try:
-                self._backend.check(load_model_spec(self._settings.inference.model_repository,
-                                                    name))
+                self._backend.check(
+                    load_model_spec(self._settings.inference.model_repository, name)
+                )
                 states[name] = "ready"
             except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
                 states[name] = str(exc)
-                log.error("model %s is not ready on the %s backend: %s", name,
-                          self._backend.name, exc)
+                log.error(
+                    "model %s is not ready on the %s backend: %s", name, self._backend.name, exc
+                )
         return states
 
     def start(self) -> None:

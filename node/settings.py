@@ -63,12 +63,19 @@ class NodeSection(_Strict):
 
 
 class Peer(_Strict):
-    """A known application entity: may send to us, and may receive results."""
+    """A known application entity: may send to us, and may receive results.
+
+    Results go by C-STORE, or by STOW-RS when ``dicomweb_url`` is set (HTTP basic auth with
+    ``username``/``password``, or a bearer ``token``)."""
 
     name: str = Field(min_length=1)
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    dicomweb_url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -162,6 +169,16 @@ class Pipeline(_Strict):
     priority: int = Field(0, description="higher runs first; urgent pipelines use e.g. 10")
 
 
+class EgressSection(_Strict):
+    """Delivery of results: retries with exponential backoff, then the dead letter."""
+
+    attempts: int = Field(8, ge=1)
+    retry_s: float = Field(5, gt=0)
+    max_retry_s: float = Field(600, gt=0)
+    interval_s: float = Field(1, gt=0, description="how often the outbox is looked at")
+    timeout_s: float = Field(60, gt=0)
+
+
 class SeriesSection(_Strict):
     """When a series counts as complete (any of these, whichever comes first)."""
 
@@ -177,6 +194,7 @@ class Settings(_Strict):
     inference: InferenceSection = InferenceSection()
     pipelines: list[Pipeline] = []
     series: SeriesSection = SeriesSection()
+    egress: EgressSection = EgressSection()
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:

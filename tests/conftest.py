@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,3 +276,65 @@ def private_triton(tmp_path: Path) -> Iterator[TritonProcess]:
         yield server
     finally:
         server.crash()
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+@dataclass
+class Orthanc:
+    """A real Orthanc PACS, from its own JSON config, with its DICOMweb plugin."""
+
+    http_port: int
+    dicom_port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def api(self, path: str, body: bytes | str | None = None, method: str | None = None) -> Any:
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                                         method=method or ("POST" if data is not None else "GET"))
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def upload(self, files: list[Path]) -> str:
+        """POST each file to /instances; returns the Orthanc study ID."""
+        for f in files:
+            answer = self.api("/instances", f.read_bytes())
+        return str(answer["ParentStudy"])
+
+
+@contextlib.contextmanager
+def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int,
+                  node_port: int) -> Iterator[Orthanc]:
+    require(ORTHANC)
+    storage = tmp_path / f"orthanc-{dicom_port}"
+    config = {
+        "Name": "ainode-test-pacs", "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage), "HttpPort": http_port,
+        "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).exists() else [],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
+                     "SeriesMetadata": "Full"},
+        "DicomModalities": {"ainode": ["AINODE", "127.0.0.1", node_port]},
+        "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False,
+        "StableAge": 1,
+    }
+    config_path = tmp_path / f"orthanc-{dicom_port}.json"
+    config_path.write_text(json.dumps(config))
+    with open(tmp_path / f"orthanc-{dicom_port}.log", "wb") as log:
+        proc = subprocess.Popen([ORTHANC, str(config_path)], stdout=log,
+                                stderr=subprocess.STDOUT, env=DCMTK_ENV)
+    try:
+        wait_port(http_port, proc=proc)
+        wait_port(dicom_port, proc=proc)
+        yield Orthanc(http_port, dicom_port, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -24,7 +24,12 @@ NOT_SENT = "not sent"
 
 
 class PeerUnavailable(ConnectionError):
-    """The association with the peer could not be established."""
+    """The association with the peer could not be established (down, or unreachable)."""
+
+
+class PeerRefused(PeerUnavailable):
+    """The peer answered and refused: association rejected, or none of the proposed
+    presentation contexts (SOP class + transfer syntax) accepted. Retrying will not help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,14 @@ def _associate(ae: AE, peer: Peer) -> Any:
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+        if assoc.is_rejected:
+            raise PeerRefused(f"{peer.name} ({where}) rejected the association: no accepted "
+                              "presentation context for these SOP classes, or AE not known")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:  # AC received, all refused
+            classes = sorted({str(getattr(c.abstract_syntax, "name", c.abstract_syntax))
+                              for c in assoc.rejected_contexts})
+            raise PeerRefused(f"{peer.name} ({where}) accepted no presentation context for "
+                              f"{', '.join(classes)}")
         raise PeerUnavailable(f"no association with {peer.name} ({where})")
     return assoc
 

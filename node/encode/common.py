@@ -9,6 +9,7 @@ Equipment Sequence, PS3.3 C.7.5.2) and in each SEG segment / SR group (TID 4019)
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -16,12 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from node import __version__
 
 MANUFACTURER = "ainode"
 BANNER = "AI RESULT - NOT FOR PRIMARY DIAGNOSIS"
+UID_NAMESPACE = uuid.UUID("5b0b6a3e-6f3c-5d7e-9a51-a1c0de0a1de0")  # ainode's, for uuid5
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,13 @@ class Provenance:
     device_ae_title: str = "AINODE"
 
     def uid(self, kind: str) -> str:
-        """A UID that is the same whenever the same model sees the same images."""
+        """A UID that is the same whenever the same model sees the same images: a name-based
+        (SHA-1) UUID as a ``2.25.`` UID (PS3.5 B.2)."""
         digest = hashlib.sha256("\n".join(sorted(self.sop_instance_uids)).encode()).hexdigest()
-        return str(generate_uid(prefix=None, entropy_srcs=[
-            self.model_name, self.model_version, self.series_instance_uid, digest, kind]))
+        name = "\n".join(
+            [self.model_name, self.model_version, self.series_instance_uid, digest, kind]
+        )
+        return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
     @property
     def software_versions(self) -> tuple[str, str]:
@@ -50,13 +54,16 @@ class Provenance:
 
     def algorithm(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(
-            name=self.model_name, version=self.model_version,
-            family=codes.cid7162.ArtificialIntelligence, source=MANUFACTURER,
+            name=self.model_name,
+            version=self.model_version,
+            family=codes.cid7162.ArtificialIntelligence,
+            source=MANUFACTURER,
         )
 
     def equipment(self) -> hd.ContributingEquipment:
         return hd.ContributingEquipment(
-            manufacturer=MANUFACTURER, purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.DCM.ProcessingEquipment,
             manufacturer_model_name=self.model_name,
             software_versions=list(self.software_versions),
             device_serial_number=self.device_ae_title,

@@ -28,9 +28,13 @@ def _grey(intensities: NDArray[np.float32], modality: str) -> NDArray[np.uint8]:
     return grey
 
 
-def render_overlay(intensities: NDArray[np.float32], labels: NDArray[np.uint8],
-                   colours: dict[int, tuple[int, int, int]], modality: str,
-                   caption: str) -> NDArray[np.uint8]:
+def render_overlay(
+    intensities: NDArray[np.float32],
+    labels: NDArray[np.uint8],
+    colours: dict[int, tuple[int, int, int]],
+    modality: str,
+    caption: str,
+) -> NDArray[np.uint8]:
     """RGB [rows, columns, 3]: grey image, blended labels with outlines, banner on top."""
     grey = _grey(intensities, modality)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
@@ -39,8 +43,9 @@ def render_overlay(intensities: NDArray[np.float32], labels: NDArray[np.uint8],
         if not mask.any():
             continue
         rgb[mask] = (1 - ALPHA) * rgb[mask] + ALPHA * np.array(colour, dtype=np.float32)
-        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1)
-                        & np.roll(mask, -1, 1))
+        edge = mask & ~(
+            np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        )
         rgb[edge] = colour
     image = Image.fromarray(rgb.astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -51,30 +56,37 @@ def render_overlay(intensities: NDArray[np.float32], labels: NDArray[np.uint8],
     return np.asarray(image, dtype=np.uint8)
 
 
-def build_sc(source: Dataset, intensities: NDArray[np.float32], labels: NDArray[np.uint8],
-             colours: dict[int, tuple[int, int, int]], provenance: Provenance,
-             caption: str) -> Dataset:
+def build_sc(
+    source: Dataset,
+    intensities: NDArray[np.float32],
+    labels: NDArray[np.uint8],
+    colours: dict[int, tuple[int, int, int]],
+    provenance: Provenance,
+    caption: str,
+) -> Dataset:
     """The Secondary Capture of one source slice."""
-    pixels = render_overlay(intensities, labels, colours, str(source.get("Modality", "")),
-                            caption)
+    pixels = render_overlay(intensities, labels, colours, str(source.get("Modality", "")), caption)
     spacing = source.get("PixelSpacing")
-    sc = cast(Dataset, hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=provenance.uid("sc-series"),
-        series_number=series_number("sc"),
-        sop_instance_uid=provenance.uid("sc"),
-        instance_number=1,
-        manufacturer="ainode",
-        pixel_spacing=cast(Any, (float(spacing[0]), float(spacing[1]))) if spacing else None,
-        patient_orientation=("L", "P"),
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        series_description=f"{provenance.description} SC (burned-in)",
-        contributing_equipment=[provenance.equipment()],
-    ))
+    sc = cast(
+        Dataset,
+        hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=provenance.uid("sc-series"),
+            series_number=series_number("sc"),
+            sop_instance_uid=provenance.uid("sc"),
+            instance_number=1,
+            manufacturer="ainode",
+            pixel_spacing=cast(Any, (float(spacing[0]), float(spacing[1]))) if spacing else None,
+            patient_orientation=("L", "P"),
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            series_description=f"{provenance.description} SC (burned-in)",
+            contributing_equipment=[provenance.equipment()],
+        ),
+    )
     sc.BurnedInAnnotation = "YES"  # the banner and overlay are part of the pixels
     if "Laterality" not in sc:
         sc.Laterality = None  # General Series, Type 2C: present, empty (unpaired structures)

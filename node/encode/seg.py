@@ -28,8 +28,9 @@ def code(spec_code: object) -> Code:
     return Code(value, scheme, meaning)
 
 
-def segment_specs(label_names: tuple[str, ...], values: list[int],
-                  segments: dict[str, SegmentSpec]) -> list[SegmentSpec]:
+def segment_specs(
+    label_names: tuple[str, ...], values: list[int], segments: dict[str, SegmentSpec]
+) -> list[SegmentSpec]:
     missing = [label_names[v] for v in values if label_names[v] not in segments]
     if missing:
         raise EncodeError(f"the pipeline declares no segment codes for {', '.join(missing)}")

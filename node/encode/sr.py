@@ -82,8 +82,10 @@ def build_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=provenance.uid("device"), name=provenance.model_name,
-            manufacturer_name="ainode", model_name=provenance.model_name,
+            uid=provenance.uid("device"),
+            name=provenance.model_name,
+            manufacturer_name="ainode",
+            model_name=provenance.model_name,
         ),
     )
     algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
@@ -91,78 +93,112 @@ def build_sr(
     for finding in findings:
         tracking = hd.sr.TrackingIdentifier(
             uid=provenance.uid(f"tracking-{finding.label}"),
-            identifier=f"{provenance.model_name} {finding.label}")
+            identifier=f"{provenance.model_name} {finding.label}",
+        )
         finding_type = code(finding.spec.type)
         presence = hd.sr.QualitativeEvaluation(
-            codes.DCM.Finding, codes.SCT.Present if finding.present else codes.SCT.Absent)
+            codes.DCM.Finding, codes.SCT.Present if finding.present else codes.SCT.Absent
+        )
         values = intensities[finding.mask]
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-                segment_number=finding.segment_number,
-                source_series=hd.sr.SourceSeriesForSegmentation(
-                    provenance.series_instance_uid)),
-            finding_type=finding_type,
-            finding_category=code(finding.spec.category),
-            algorithm_id=algorithm,
-            measurements=[
-                hd.sr.Measurement(codes.SCT.Volume, round(finding.volume_ml, 3), MILLILITRE,
-                                  algorithm_id=algorithm),
-                hd.sr.Measurement(codes.SCT.Mean, round(float(values.mean()), 2),
-                                  intensity_unit, algorithm_id=algorithm),
-                hd.sr.Measurement(codes.SCT.Maximum, round(float(values.max()), 2),
-                                  intensity_unit, algorithm_id=algorithm),
-            ],
-            qualitative_evaluations=[presence],
-        ))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=finding.segment_number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(provenance.series_instance_uid),
+                ),
+                finding_type=finding_type,
+                finding_category=code(finding.spec.category),
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        codes.SCT.Volume,
+                        round(finding.volume_ml, 3),
+                        MILLILITRE,
+                        algorithm_id=algorithm,
+                    ),
+                    hd.sr.Measurement(
+                        codes.SCT.Mean,
+                        round(float(values.mean()), 2),
+                        intensity_unit,
+                        algorithm_id=algorithm,
+                    ),
+                    hd.sr.Measurement(
+                        codes.SCT.Maximum,
+                        round(float(values.max()), 2),
+                        intensity_unit,
+                        algorithm_id=algorithm,
+                    ),
+                ],
+                qualitative_evaluations=[presence],
+            )
+        )
         areas = finding.mask.sum(axis=(1, 2))
         largest = int(np.argmax(areas))
         source = sources[largest]
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=provenance.uid(f"tracking-{finding.label}-largest-slice"),
+                    identifier=f"{provenance.model_name} {finding.label} (largest slice)",
+                ),
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=_outline(finding.mask[largest]),
+                    source_image=hd.sr.SourceImageForRegion(
+                        referenced_sop_class_uid=source.SOPClassUID,
+                        referenced_sop_instance_uid=source.SOPInstanceUID,
+                    ),
+                ),
+                finding_type=finding_type,
+                finding_category=code(finding.spec.category),
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        codes.SCT.Area,
+                        round(float(areas[largest]) * spacing_mm[0] * spacing_mm[1], 2),
+                        SQUARE_MM,
+                        algorithm_id=algorithm,
+                    )
+                ],
+                qualitative_evaluations=[presence],
+            )
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501: the triage flag
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=provenance.uid(f"tracking-{finding.label}-largest-slice"),
-                identifier=f"{provenance.model_name} {finding.label} (largest slice)"),
-            referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=_outline(finding.mask[largest]),
-                source_image=hd.sr.SourceImageForRegion(
-                    referenced_sop_class_uid=source.SOPClassUID,
-                    referenced_sop_instance_uid=source.SOPInstanceUID)),
-            finding_type=finding_type,
-            finding_category=code(finding.spec.category),
+                uid=provenance.uid("tracking-triage"), identifier=f"{provenance.model_name} triage"
+            ),
             algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(
-                codes.SCT.Area, round(float(areas[largest]) * spacing_mm[0] * spacing_mm[1], 2),
-                SQUARE_MM, algorithm_id=algorithm)],
-            qualitative_evaluations=[presence],
-        ))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501: the triage flag
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=provenance.uid("tracking-triage"), identifier=f"{provenance.model_name} triage"),
-        algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)],
-    ))
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)
+            ],
+        )
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURES.get(modality, Code("71388002", "SCT", "Procedure")),
         imaging_measurements=groups,
     )
-    return cast(Dataset, hd.sr.Comprehensive3DSR(
-        evidence=[*sources, seg],
-        content=report,
-        series_instance_uid=provenance.uid("sr-series"),
-        series_number=series_number("sr"),
-        sop_instance_uid=provenance.uid("sr"),
-        instance_number=1,
-        manufacturer="ainode",
-        manufacturer_model_name=provenance.model_name,
-        software_versions=cast(Any, provenance.software_versions),
-        device_serial_number=provenance.device_ae_title,
-        series_description=f"{provenance.description} SR",
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        contributing_equipment=[provenance.equipment()],
-    ))
+    return cast(
+        Dataset,
+        hd.sr.Comprehensive3DSR(
+            evidence=[*sources, seg],
+            content=report,
+            series_instance_uid=provenance.uid("sr-series"),
+            series_number=series_number("sr"),
+            sop_instance_uid=provenance.uid("sr"),
+            instance_number=1,
+            manufacturer="ainode",
+            manufacturer_model_name=provenance.model_name,
+            software_versions=cast(Any, provenance.software_versions),
+            device_serial_number=provenance.device_ae_title,
+            series_description=f"{provenance.description} SR",
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            contributing_equipment=[provenance.equipment()],
+        ),
+    )

@@ -14,7 +14,7 @@ missing slices / non-uniform spacing, too few slices, pixel data that cannot be 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class Volume:
     series_instance_uid: str
     frame_of_reference_uid: str
     modality: str
+    headers: tuple[Dataset, ...] = ()  # per slice: its instance without pixel data
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -76,6 +77,7 @@ class _Plane:
     position: NDArray[np.float64]
     pixel_spacing: tuple[float, float]  # (between rows, between columns)
     ref: SliceRef
+    header: Dataset | None = None
 
 
 def _floats(value: object, count: int, name: str) -> NDArray[np.float64]:
@@ -156,9 +158,7 @@ def _planes(dataset: Dataset) -> list[_Plane]:
         )]
     if monochrome1:
         planes = [
-            _Plane(p.pixels.max() + p.pixels.min() - p.pixels, p.orientation, p.position,
-                   p.pixel_spacing, p.ref)
-            for p in planes
+            replace(p, pixels=p.pixels.max() + p.pixels.min() - p.pixels) for p in planes
         ]
     return planes
 
@@ -217,7 +217,11 @@ def load_series(paths: Sequence[Path | str], min_slices: int = 3) -> Volume:
         raise VolumeError("instances from more than one series")
     if len({str(d.get("FrameOfReferenceUID", "")) for d in datasets}) > 1:
         raise VolumeError("instances in more than one frame of reference")
-    planes = [plane for dataset in datasets for plane in _planes(dataset)]
+    planes: list[_Plane] = []
+    for dataset in datasets:
+        found = _planes(dataset)
+        dataset.pop("PixelData", None)  # decoded above; keep only the header
+        planes.extend(replace(plane, header=dataset) for plane in found)
     ordered, step = _check_and_order(planes, min_slices)
     reference = ordered[0]
     row_dir, col_dir = reference.orientation[:3], reference.orientation[3:]
@@ -234,4 +238,5 @@ def load_series(paths: Sequence[Path | str], min_slices: int = 3) -> Volume:
         series_instance_uid=str(first.SeriesInstanceUID),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         modality=str(first.get("Modality", "")),
+        headers=tuple(p.header for p in ordered if p.header is not None),
     )

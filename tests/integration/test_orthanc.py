@@ -3,69 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ct_files, free_port, require, wait_for, wait_port
+from tests.conftest import Orthanc, ct_files, free_port, start_orthanc, wait_for
 
 pytestmark = pytest.mark.integration
-
-ORTHANC = "/usr/sbin/Orthanc"
-
-
-@dataclass
-class Orthanc:
-    http_port: int
-    dicom_port: int
-    proc: subprocess.Popen[bytes]
-
-    def api(self, path: str, body: bytes | str | None = None, method: str | None = None) -> Any:
-        data = body.encode() if isinstance(body, str) else body
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
-                                         method=method or ("POST" if data is not None else "GET"))
-        with urllib.request.urlopen(request, timeout=120) as response:
-            payload = response.read()
-        return json.loads(payload) if payload else None
-
 
 @pytest.fixture
 def orthanc(tmp_path: Path, node_factory: Any) -> Iterator[tuple[Orthanc, Any]]:
     """A real Orthanc whose modality `ainode` is a node started with Orthanc as its PACS peer."""
-    require(ORTHANC)
     http_port, dicom_port = free_port(), free_port()
     node = node_factory(peers=[
         {"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom_port},
         {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1", "port": 11113},
     ])
-    config = {
-        "Name": "ainode-test-pacs", "StorageDirectory": str(tmp_path / "orthanc-db"),
-        "IndexDirectory": str(tmp_path / "orthanc-db"), "HttpPort": http_port,
-        "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "HttpServerEnabled": True, "Plugins": [],
-        "DicomModalities": {"ainode": ["AINODE", "127.0.0.1", node.port]},
-        "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False,
-        "StableAge": 1,
-    }
-    config_path = tmp_path / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    with open(tmp_path / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "TCP_NODELAY": "1"})
-    try:
-        wait_port(http_port, proc=proc)
-        yield Orthanc(http_port, dicom_port, proc), node
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        yield pacs, node
 
 
 def test_orthanc_pushes_a_study_to_the_node(orthanc: tuple[Orthanc, Any]) -> None:

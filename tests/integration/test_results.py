@@ -1,0 +1,223 @@
+"""Results back to the PACS: Orthanc -> node -> Orthanc, SEG / SR / SC checked as delivered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from tests.conftest import (
+    CT_DIR,
+    DCMTK_ENV,
+    ROOT,
+    Orthanc,
+    ct_files,
+    free_port,
+    require,
+    start_orthanc,
+    wait_for,
+    wait_port,
+)
+from tests.independent import body_lungs_bone, read_ct
+
+pytestmark = pytest.mark.integration
+DCIODVFY = "/usr/bin/dciodvfy"
+SEGMENTS = {
+    "body": {"category": ["SCT", "123037004", "Anatomical Structure"],
+             "type": ["SCT", "38266002", "Entire body"], "color": [230, 190, 60]},
+    "lungs": {"category": ["SCT", "123037004", "Anatomical Structure"],
+              "type": ["SCT", "39607008", "Lung"], "color": [40, 140, 255]},
+    "bone": {"category": ["SCT", "123037004", "Anatomical Structure"],
+             "type": ["SCT", "272673000", "Bone"], "color": [250, 80, 80]},
+}
+
+
+def ct_body_pipeline(destination: str = "PACS") -> dict[str, Any]:
+    return {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
+            "model": "ct_body_seg", "outputs": ["seg", "sr", "sc"],
+            "destinations": [destination], "segments": SEGMENTS}
+
+
+def make_node(node_factory: Any, pacs_port: int, **extra: Any) -> Any:
+    return node_factory(
+        peers=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port},
+               {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
+                "port": 11113}],
+        series={"quiet_seconds": 1},
+        inference={"model_repository": str(ROOT / "model_repository")},
+        egress={"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
+        pipelines=[ct_body_pipeline()],
+        **extra,
+    )
+
+
+def series_by_modality(pacs: Orthanc, study_uid: str) -> dict[str, list[dict[str, Any]]]:
+    client = DICOMwebClient(pacs.dicomweb)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for series in client.search_for_series(study_uid):
+        modality = series["00080060"]["Value"][0]
+        found.setdefault(modality, []).append(series)
+    return found
+
+
+def fetch(pacs: Orthanc, study_uid: str, series: dict[str, Any]) -> list[pydicom.Dataset]:
+    client = DICOMwebClient(pacs.dicomweb)
+    return client.retrieve_series(study_uid, series["0020000E"]["Value"][0])
+
+
+def dciodvfy_errors(dataset: pydicom.Dataset, tmp_path: Path) -> list[str]:
+    path = tmp_path / f"{dataset.SOPInstanceUID}.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+def results_in(pacs: Orthanc, study_uid: str) -> bool:
+    found = series_by_modality(pacs, study_uid)
+    return all(m in found for m in ("SEG", "SR", "OT")) or all(
+        m in found for m in ("SEG", "SR", "SC"))
+
+
+def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory: Any) -> None:
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    node = make_node(node_factory, dicom_port).start()
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        study = pacs.upload(ct_files())
+        job = pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                                "Synchronous": True}))
+        assert job["FailedInstancesCount"] == 0
+        study_uid = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
+                        .StudyInstanceUID)
+        assert wait_for(lambda: len(node.query(
+            "SELECT * FROM outbox WHERE state='sent'")) == 3, 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.query("SELECT * FROM outbox"),
+            node.log()[-3000:])
+        found = series_by_modality(pacs, study_uid)
+        assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+        sc_series = found.get("OT", []) + found.get("SC", [])
+        assert len(sc_series) == 1
+
+        (seg_ds,) = fetch(pacs, study_uid, found["SEG"][0])
+        (sr_ds,) = fetch(pacs, study_uid, found["SR"][0])
+        (sc_ds,) = fetch(pacs, study_uid, sc_series[0])
+
+        # every object passes the IOD validator
+        for dataset in (seg_ds, sr_ds, sc_ds):
+            assert dciodvfy_errors(dataset, tmp_path) == [], dataset.SOPClassUID.name
+
+        # SEG: same study / frame of reference; masks on the source grid = independent twin
+        source = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
+        assert seg_ds.StudyInstanceUID == source.StudyInstanceUID
+        assert seg_ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+        seg = hd.seg.Segmentation.from_dataset(seg_ds)
+        labels_by_name = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
+        assert set(labels_by_name) == {"body", "lungs", "bone"}
+        assert all("RecommendedDisplayCIELabValue" in d for d in seg.SegmentSequence)
+        hu, uids = read_ct(CT_DIR)
+        expected = body_lungs_bone(hu)
+        masks = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[labels_by_name[n] for n in
+                                                            ("body", "lungs", "bone")],
+            ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+        for index, value in enumerate((1, 2, 3)):
+            assert np.array_equal(masks[..., index] > 0, expected == value), value
+
+        # SR: one volumetric group per segment, its volume = SEG voxels x voxel volume
+        sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+        voxel_ml = 3.0 * float(source.PixelSpacing[0]) * float(source.PixelSpacing[1]) / 1000
+        groups = sr.content.get_volumetric_roi_measurement_groups()
+        assert len(groups) == 3
+        for group in groups:
+            (number,) = group.referenced_segment.referenced_segment_numbers
+            value = {v: k for k, v in labels_by_name.items()}[number]
+            volume = next(m for m in group.get_measurements() if m.name.meaning == "Volume")
+            count = int((expected == {"body": 1, "lungs": 2, "bone": 3}[value]).sum())
+            assert volume.value == pytest.approx(count * voxel_ml, abs=1e-3)
+            assert volume.unit.value == "ml"
+        planar = sr.content.get_planar_roi_measurement_groups()
+        assert len(planar) == 3 and all(g.roi is not None for g in planar)
+
+        # SC: burned in, same study, RGB
+        assert sc_ds.StudyInstanceUID == source.StudyInstanceUID
+        assert sc_ds.BurnedInAnnotation == "YES" and sc_ds.SamplesPerPixel == 3
+
+        # the same study again: the same UIDs, so still exactly one of each in the PACS
+        pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                          "Synchronous": True}))
+        assert wait_for(lambda: node.query("SELECT COUNT(*) FROM jobs WHERE state='done'")
+                        == [(2,)], 120, 0.5)
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state!='sent'") == [(0,)], 60, 0.5)
+        again = series_by_modality(pacs, study_uid)
+        assert len(again["SEG"]) == len(again["SR"]) == 1
+        assert pacs.api(f"/studies/{study}")["Series"].__len__() == 4  # CT + SEG + SR + SC
+        assert [s["00201209"]["Value"][0] for s in again["SEG"]] == [1]
+
+
+def test_pacs_down_then_back_delivers_from_the_outbox(tmp_path: Path, node_factory: Any) -> None:
+    http_port, dicom_port = free_port(), free_port()
+    node = make_node(node_factory, dicom_port).start()  # nothing listens on dicom_port yet
+    result = subprocess.run(
+        ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
+         str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+    assert result.returncode == 0
+    assert wait_for(lambda: node.query(
+        "SELECT COUNT(*) FROM outbox WHERE state='queued' AND attempts>=2") == [(3,)], 120, 0.5)
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 60, 0.5), (
+            node.query("SELECT * FROM outbox"))
+        assert pacs.api("/statistics")["CountInstances"] == 3
+
+
+STORESCP_CT_ONLY = """
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LittleEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[[PresentationContexts]]
+[CTOnly]
+PresentationContext1 = CTImageStorage\\Uncompressed
+[[Profiles]]
+[CTOnlyProfile]
+PresentationContexts = CTOnly
+"""
+
+
+def test_destination_refusing_the_sop_class_ends_in_the_dead_letter(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """A real dcmtk storescp that accepts CT only: SEG/SR/SC are dead-lettered with a reason."""
+    require("/usr/bin/storescp")
+    port = free_port()
+    config = tmp_path / "storescp.cfg"
+    config.write_text(STORESCP_CT_ONLY)
+    out = tmp_path / "received"
+    out.mkdir()
+    with subprocess.Popen(["/usr/bin/storescp", "-aet", "ORTHANC", "-xf", str(config),
+                           "CTOnlyProfile", "-od", str(out), str(port)], env=DCMTK_ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as scp:
+        try:
+            wait_port(port, proc=scp)
+            node = make_node(node_factory, port).start()
+            result = subprocess.run(
+                ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
+                 str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+            assert result.returncode == 0
+            assert wait_for(lambda: node.query(
+                "SELECT COUNT(*) FROM outbox WHERE state='dead'") == [(3,)], 120, 0.5), (
+                node.query("SELECT * FROM outbox"))
+            errors = [r[0] for r in node.query("SELECT error FROM outbox")]
+            assert all("presentation context" in e.lower() for e in errors), errors
+            assert list(out.iterdir()) == []
+        finally:
+            scp.terminate()
