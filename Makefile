@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps
 
-.PHONY: install install-dev system-deps demo test lint bench-ingest bench-infer triton-up triton-down clean
+.PHONY: install install-dev system-deps demo test lint bench-ingest bench-infer bench-e2e triton-up triton-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-ingest: install system-deps
 
 bench-infer: install triton-up
 	$(BIN)/python bench/infer.py
+
+bench-e2e: install system-deps
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -289,6 +290,7 @@ class Orthanc:
     http_port: int
     dicom_port: int
     proc: subprocess.Popen[bytes]
+    auth: tuple[str, str] | None = None
 
     @property
     def dicomweb(self) -> str:
@@ -298,6 +300,9 @@ class Orthanc:
         data = body.encode() if isinstance(body, str) else body
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
                                          method=method or ("POST" if data is not None else "GET"))
+        if self.auth:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=120) as response:
             payload = response.read()
         return json.loads(payload) if payload else None
@@ -310,15 +315,16 @@ class Orthanc:
 
 
 @contextlib.contextmanager
-def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int,
-                  node_port: int) -> Iterator[Orthanc]:
+def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: int,
+                  users: dict[str, str] | None = None) -> Iterator[Orthanc]:
     require(ORTHANC)
     storage = tmp_path / f"orthanc-{dicom_port}"
     config = {
         "Name": "ainode-test-pacs", "StorageDirectory": str(storage),
         "IndexDirectory": str(storage), "HttpPort": http_port,
         "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+        "HttpServerEnabled": True,
         "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).exists() else [],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
                      "SeriesMetadata": "Full"},
@@ -334,7 +340,8 @@ def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int,
     try:
         wait_port(http_port, proc=proc)
         wait_port(dicom_port, proc=proc)
-        yield Orthanc(http_port, dicom_port, proc)
+        auth = next(iter(users.items())) if users else None
+        yield Orthanc(http_port, dicom_port, proc, auth)
     finally:
         proc.terminate()
         proc.wait(timeout=20)

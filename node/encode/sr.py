@@ -6,7 +6,7 @@
 - Per segment also a planar group (TID 1410) with the outline (SCOORD POLYLINE) and area on the
   slice where the segment is largest, so that viewers that draw SR measurements show where it
   is: OHIF 3.13 blanks its viewport on a TID 1500 whose groups carry no image coordinates.
-- An urgent result carries a qualitative evaluation *Priority: urgent* in the report.
+- Every group carries a qualitative evaluation *Priority: urgent / routine* (the triage flag).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ NO_UNITS = Code("1", "UCUM", "no units")
 PRIORITY = Code("272125009", "SCT", "Priority")
 URGENT = Code("103391001", "SCT", "Urgent")
 ROUTINE = Code("50811001", "SCT", "Routine")
-PROCEDURES = {
-    "CT": Code("77477000", "SCT", "Computed tomography"),
-    "MR": Code("113091000", "SCT", "Magnetic resonance imaging"),
-    "CR": Code("168537006", "SCT", "Plain radiography"),
-    "DX": Code("168537006", "SCT", "Plain radiography"),
+PROCEDURES = {  # CID 100 Quantitative Diagnostic Imaging Procedures
+    "CT": Code("25045-6", "LN", "CT unspecified body region"),
+    "MR": Code("25056-3", "LN", "MRI unspecified body region"),
+    "PT": Code("44136-0", "LN", "PET unspecified body region"),
+    "CR": Code("43468-8", "LN", "XR unspecified body region"),
+    "DX": Code("43468-8", "LN", "XR unspecified body region"),
 }
 MAX_OUTLINE_POINTS = 256
 measure: Any = _measure  # scikit-image is untyped
@@ -90,6 +91,8 @@ def build_sr(
     )
     algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
     groups: list[Any] = []
+    # the triage flag travels with every finding, so viewers list it beside each measurement
+    priority = hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)
     for finding in findings:
         tracking = hd.sr.TrackingIdentifier(
             uid=provenance.uid(f"tracking-{finding.label}"),
@@ -99,6 +102,7 @@ def build_sr(
         presence = hd.sr.QualitativeEvaluation(
             codes.DCM.Finding, codes.SCT.Present if finding.present else codes.SCT.Absent
         )
+        evaluations = [presence, priority]
         values = intensities[finding.mask]
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -132,7 +136,7 @@ def build_sr(
                         algorithm_id=algorithm,
                     ),
                 ],
-                qualitative_evaluations=[presence],
+                qualitative_evaluations=evaluations,
             )
         )
         areas = finding.mask.sum(axis=(1, 2))
@@ -163,23 +167,12 @@ def build_sr(
                         algorithm_id=algorithm,
                     )
                 ],
-                qualitative_evaluations=[presence],
+                qualitative_evaluations=evaluations,
             )
         )
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501: the triage flag
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=provenance.uid("tracking-triage"), identifier=f"{provenance.model_name} triage"
-            ),
-            algorithm_id=algorithm,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)
-            ],
-        )
-    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=PROCEDURES.get(modality, Code("71388002", "SCT", "Procedure")),
+        procedure_reported=PROCEDURES.get(modality, PROCEDURES["CT"]),
         imaging_measurements=groups,
     )
     return cast(

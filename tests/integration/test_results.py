@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +82,21 @@ def dciodvfy_errors(dataset: pydicom.Dataset, tmp_path: Path) -> list[str]:
             if line.startswith("Error")]
 
 
-def results_in(pacs: Orthanc, study_uid: str) -> bool:
-    found = series_by_modality(pacs, study_uid)
-    return all(m in found for m in ("SEG", "SR", "OT")) or all(
-        m in found for m in ("SEG", "SR", "SC"))
+PIXELMED = "/usr/share/java/pixelmed.jar"
+
+
+def pixelmed_errors(dataset: pydicom.Dataset, tmp_path: Path) -> list[str]:
+    require(PIXELMED)
+    path = tmp_path / "sr-for-pixelmed.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    result = subprocess.run(
+        ["java", "-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0",
+         "-Djdk.xml.xpathTotalOpLimit=0", "-cp", PIXELMED,
+         "com.pixelmed.validate.DicomSRValidator", str(path)],
+        capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert "IOD validation complete" in output, output[-2000:]
+    return [line for line in output.splitlines() if line.startswith("Error")]
 
 
 def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory: Any) -> None:
@@ -145,6 +158,9 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
             assert volume.unit.value == "ml"
         planar = sr.content.get_planar_roi_measurement_groups()
         assert len(planar) == 3 and all(g.roi is not None for g in planar)
+
+        # the SR is a valid TID 1500 for PixelMed's validator (it exits 0 even on errors)
+        assert pixelmed_errors(sr_ds, tmp_path) == []
 
         # SC: burned in, same study, RGB
         assert sc_ds.StudyInstanceUID == source.StudyInstanceUID
@@ -221,3 +237,36 @@ def test_destination_refusing_the_sop_class_ends_in_the_dead_letter(
             assert list(out.iterdir()) == []
         finally:
             scp.terminate()
+
+
+def test_stow_rs_with_basic_auth_delivers_to_dicomweb(tmp_path: Path, node_factory: Any) -> None:
+    """A DICOMweb destination (Orthanc's STOW-RS, HTTP basic auth required) gets the results."""
+    http_port, dicom_port = free_port(), free_port()
+    web = {"name": "WEB", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom_port,
+           "dicomweb_url": f"http://127.0.0.1:{http_port}/dicom-web",
+           "username": "ainode", "password": "s3cret"}
+    node = node_factory(
+        peers=[web, {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
+                     "port": 11113}],
+        series={"quiet_seconds": 1},
+        inference={"model_repository": str(ROOT / "model_repository")},
+        egress={"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
+        pipelines=[ct_body_pipeline("WEB")],
+    ).start()
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port,
+                       users={"ainode": "s3cret"}) as pacs:
+        result = subprocess.run(
+            ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
+             str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+        assert result.returncode == 0
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 120, 0.5), (
+            node.query("SELECT * FROM outbox"), node.log()[-2000:])
+        assert pacs.api("/statistics")["CountInstances"] == 3
+        with pytest.raises(urllib.error.HTTPError) as denied:  # the credentials were needed
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=10)
+        assert denied.value.code == 401
+        denied.value.close()
+        modalities = sorted(pacs.api(f"/series/{s}")["MainDicomTags"]["Modality"]
+                            for s in pacs.api("/series"))
+        assert modalities == ["OT", "SEG", "SR"]
