@@ -250,6 +250,9 @@ class Orchestrator:
             _write_atomically(path, functools.partial(_save_dataset, dataset))
             summary["outputs"][kind] = str(dataset.SOPInstanceUID)
             for destination in destinations:
+                wanted = self._settings.peer(destination).results
+                if wanted is not None and kind not in wanted:
+                    continue
                 self._outbox.put(
                     job.id,
                     destination,

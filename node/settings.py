@@ -73,6 +73,9 @@ class Peer(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     dicomweb_url: str | None = None
+    results: list[Literal["seg", "sr", "sc"]] | None = Field(
+        None, description="result kinds this peer wants (e.g. [sc] for a viewer without SEG)"
+    )
     username: str | None = None
     password: str | None = None
     token: str | None = None

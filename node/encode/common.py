@@ -45,8 +45,8 @@ class Provenance:
         return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
     @property
-    def software_versions(self) -> tuple[str, str]:
-        return (f"ainode {__version__}", f"{self.model_name} {self.model_version}")
+    def software_versions(self) -> list[str]:
+        return [f"ainode {__version__}", f"{self.model_name} {self.model_version}"]
 
     @property
     def description(self) -> str:
@@ -65,7 +65,7 @@ class Provenance:
             manufacturer=MANUFACTURER,
             purpose_of_reference=codes.DCM.ProcessingEquipment,
             manufacturer_model_name=self.model_name,
-            software_versions=list(self.software_versions),
+            software_versions=self.software_versions,
             device_serial_number=self.device_ae_title,
             contribution_description=f"{self.model_name} {self.model_version}",
         )

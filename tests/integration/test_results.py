@@ -270,3 +270,44 @@ def test_stow_rs_with_basic_auth_delivers_to_dicomweb(tmp_path: Path, node_facto
         modalities = sorted(pacs.api(f"/series/{s}")["MainDicomTags"]["Modality"]
                             for s in pacs.api("/series"))
         assert modalities == ["OT", "SEG", "SR"]
+
+
+def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_path: Path) -> None:
+    """Without a network: which objects are queued for whom, and how urgent they are."""
+    from node.dicomfile import read_identity
+    from node.infer.embedded import EmbeddedBackend
+    from node.pipeline import Orchestrator
+    from node.settings import load_settings
+    from node.store.jobs import JobStore
+
+    config = tmp_path / "node.yaml"
+    pipeline = {**ct_body_pipeline(), "reply_to_sender": True,
+                "destinations": ["PACS", "VIEWER"],
+                "urgent_if": [{"label": "lungs", "min_volume_ml": 100}]}
+    config.write_text(json.dumps({
+        "node": {"data_dir": str(tmp_path / "var")},
+        "peers": [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 1},
+                  {"name": "VIEWER", "ae_title": "OLDVIEW", "host": "127.0.0.1", "port": 2,
+                   "results": ["sc"]},
+                  {"name": "MODALITY", "ae_title": "CTSCAN", "host": "127.0.0.1", "port": 3}],
+        "inference": {"model_repository": str(ROOT / "model_repository")},
+        "pipelines": [pipeline],
+    }))
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for path in ct_files():
+        with open(path, "rb") as handle:
+            identity = read_identity(handle)
+        outcome = store.record_instance(identity.ref(str(path), 1, "CTSCAN", "AINODE"), 1.0)
+    store.complete_series(outcome.series, "quiet_period", 2.0)  # type: ignore[arg-type]
+    orchestrator = Orchestrator(load_settings(config, environ={}), store, EmbeddedBackend())
+    orchestrator.series_complete(outcome.series)
+    assert orchestrator.run_next() is not None
+    rows = store._db.execute(
+        "SELECT destination, kind, priority FROM outbox ORDER BY destination, kind").fetchall()
+    assert rows == [("MODALITY", "sc", 10), ("MODALITY", "seg", 10), ("MODALITY", "sr", 10),
+                    ("PACS", "sc", 10), ("PACS", "seg", 10), ("PACS", "sr", 10),
+                    ("VIEWER", "sc", 10)]
+    (summary,) = [json.loads(r[0]) for r in store._db.execute("SELECT result FROM jobs")]
+    assert summary["urgent"] is True
+    sr = pydicom.dcmread(Path(summary["result_dir"]) / "sr.dcm")
+    assert "Urgent" in str(sr.ContentSequence)
