@@ -4,7 +4,8 @@ The same directory serves Triton and the embedded backend. ainode's contract for
 its config.pbtxt ``parameters`` (Triton ignores them): ``ainode_version``, ``ainode_labels`` (JSON
 list, index = label value), ``ainode_output_kind`` (``labels`` or ``probabilities``),
 ``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`),
-optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``) and
+optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``),
+``ainode_postprocess`` (MONAI transforms on the label map, e.g. ``RemoveSmallObjects``) and
 ``ainode_min_finding_ml`` (a label smaller than this volume is reported as absent).
 """
 
@@ -45,6 +46,7 @@ class ModelSpec:
     labels: tuple[str, ...]
     output_kind: str
     preprocess: tuple[dict[str, Any], ...]
+    postprocess: tuple[dict[str, Any], ...]
     sliding_window: dict[str, Any] | None
     model_file: Path
     min_finding_ml: float = 0.0  # a label smaller than this is reported absent
@@ -107,6 +109,7 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         labels=tuple(str(label) for label in labels),
         output_kind=output_kind,
         preprocess=tuple(_json_parameter(config, "ainode_preprocess", [], name)),
+        postprocess=tuple(_json_parameter(config, "ainode_postprocess", [], name)),
         sliding_window=_json_parameter(config, "ainode_sliding_window", None, name),
         model_file=model_file,
         min_finding_ml=float(_json_parameter(config, "ainode_min_finding_ml", 0.0, name)),

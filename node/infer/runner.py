@@ -11,6 +11,7 @@ predictor; the others get the whole (pre-processed) volume at once.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -21,18 +22,21 @@ from monai.inferers.utils import sliding_window_inference
 from monai.transforms.compose import Compose
 from monai.transforms.croppad.array import DivisiblePad, SpatialPad
 from monai.transforms.intensity.array import ScaleIntensityRange
+from monai.transforms.post.array import RemoveSmallObjects
 from numpy.typing import NDArray
 
 from node.imaging.volume import Volume
 from node.infer.backend import Backend
 from node.infer.repository import ModelConfigError, ModelSpec
 
-# Transforms a model may declare, by name. All are invertible or intensity-only.
+# Transforms a model may declare, by name. Pre-processing: invertible or intensity-only.
 _ALLOWED = {
     "DivisiblePad": DivisiblePad,
     "SpatialPad": SpatialPad,
     "ScaleIntensityRange": ScaleIntensityRange,
 }
+# Post-processing, on the label map ([1, ...] integer labels) on the source grid.
+_ALLOWED_POST = {"RemoveSmallObjects": RemoveSmallObjects}
 
 
 @dataclass
@@ -47,21 +51,30 @@ class StageTimes:
         return now
 
 
-def build_preprocess(model: ModelSpec) -> Compose:
+def _compose(model: ModelSpec, key: str, items: tuple[dict[str, Any], ...],
+             allowed: dict[str, Any]) -> Compose:
     transforms = []
-    for index, item in enumerate(model.preprocess):
+    for index, item in enumerate(items):
         spec = dict(item)
         name = spec.pop("transform", None)
-        if name not in _ALLOWED:
+        if name not in allowed:
             raise ModelConfigError(
-                f"{model.name}: ainode_preprocess[{index}].transform {name!r} is not one of "
-                f"{', '.join(sorted(_ALLOWED))}"
+                f"{model.name}: {key}[{index}].transform {name!r} is not one of "
+                f"{', '.join(sorted(allowed))}"
             )
         try:
-            transforms.append(_ALLOWED[name](**spec))
+            transforms.append(allowed[name](**spec))
         except TypeError as exc:
-            raise ModelConfigError(f"{model.name}: ainode_preprocess[{index}]: {exc}") from exc
+            raise ModelConfigError(f"{model.name}: {key}[{index}]: {exc}") from exc
     return Compose(transforms)
+
+
+def build_preprocess(model: ModelSpec) -> Compose:
+    return _compose(model, "ainode_preprocess", model.preprocess, _ALLOWED)
+
+
+def build_postprocess(model: ModelSpec) -> Compose:
+    return _compose(model, "ainode_postprocess", model.postprocess, _ALLOWED_POST)
 
 
 def labels_from(prediction: NDArray[Any], output_kind: str) -> NDArray[np.uint8]:
@@ -113,6 +126,12 @@ def run_model(
         prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction
     )
     labels = labels_from(array, model.output_kind)
+    if model.postprocess:
+        with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
+            warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
+            cleaned = build_postprocess(model)(torch.from_numpy(labels)[None])
+        labels = np.asarray(cleaned.as_tensor() if isinstance(cleaned, MetaTensor) else cleaned,
+                            dtype=np.uint8)[0]
     if labels.shape != volume.voxels.shape:
         raise ModelConfigError(
             f"{model.name}: output maps back to {labels.shape}, source is {volume.voxels.shape}"
