@@ -276,6 +276,15 @@ class Orchestrator:
         """Each configured model: ``ready`` or why not. Logged at start; jobs retry or fail
         by themselves, so a backend that is still starting does not stop the node."""
         states: dict[str, str] = {}
+        for index, pipeline in enumerate(self._settings.pipelines):
+            try:
+                spec = load_model_spec(self._settings.inference.model_repository, pipeline.model)
+            except (ModelNotFound, ModelConfigError):
+                continue  # reported below
+            missing = [label for label in spec.labels[1:] if label not in pipeline.segments]
+            if pipeline.outputs and missing:
+                log.error("pipelines.%d.segments has no codes for %s: its results cannot be "
+                          "encoded", index, ", ".join(missing))
         for name in sorted({p.model for p in self._settings.pipelines}):
             try:
                 self._backend.check(

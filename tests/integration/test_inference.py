@@ -82,7 +82,8 @@ def _orchestrator(tmp_path: Path, store: JobStore, backend: Any, clock: Any,
     config.write_text(json.dumps({
         "node": {"data_dir": str(tmp_path / "var")},
         "inference": {"model_repository": str(REPOSITORY), "job_retry_s": 5},
-        "pipelines": [{"name": "ct-body", "match": {"modality": "CT"}, "model": model}],
+        "pipelines": [{"name": "ct-body", "match": {"modality": "CT"}, "model": model,
+                       "outputs": []}],
     }))
     return Orchestrator(load_settings(config, environ={}), store, backend, clock)
 
@@ -172,9 +173,9 @@ def test_node_runs_the_pipeline_end_to_end_and_records_geometry_reasons(node_fac
         inference={"model_repository": str(REPOSITORY)},
         pipelines=[
             {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
-             "model": "ct_body_seg"},
+             "model": "ct_body_seg", "outputs": []},
             {"name": "probe", "match": {"max_instances": 19, "modality": ["CT", "MR"]},
-             "model": "ct_body_seg"},
+             "model": "ct_body_seg", "outputs": []},
         ],
     ).start()
     bad = Path(CT_DIR).parent / "bad-input"
