@@ -307,6 +307,9 @@ class Orchestrator:
             self._threads.append(thread)
 
     def _work(self) -> None:
+        # warm up in the background: the first series should not wait for torch + MONAI
+        import node.infer.runner  # noqa: F401
+
         while not self._stopping.is_set():
             try:
                 if self.run_next() is not None:
