@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 
 from node.domain import Job, SeriesKey
-from node.encode.common import Provenance
+from node.encode.common import Provenance, count_labels
 from node.encode.outputs import encode_outputs, is_urgent
 from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
@@ -177,7 +177,7 @@ class Orchestrator:
         volume = load_series(paths)
         times.add("load", started)
         labels = run_model(volume, spec, self._backend, times)
-        counts = np.bincount(labels.ravel(), minlength=max(len(spec.labels), 1))
+        counts = count_labels(labels, max(len(spec.labels), 1))
         summary: dict[str, Any] = {
             "model": spec.name,
             "model_version": spec.version,

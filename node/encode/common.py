@@ -71,9 +71,15 @@ class Provenance:
         )
 
 
+def count_labels(labels: NDArray[np.uint8], count: int) -> list[int]:
+    """Voxels per label value 0..count-1 (one compare per label: np.bincount would first
+    widen the whole uint8 map to int64, ~30x slower on a CT)."""
+    return [int(np.count_nonzero(labels == value)) for value in range(count)]
+
+
 def present_labels(labels: NDArray[np.uint8], label_names: tuple[str, ...]) -> list[int]:
     """Label values (> 0) that occur in the map, ascending."""
-    counts = np.bincount(labels.ravel(), minlength=len(label_names))
+    counts = count_labels(labels, len(label_names))
     return [value for value in range(1, len(label_names)) if counts[value] > 0]
 
 
