@@ -307,8 +307,10 @@ class Orchestrator:
             self._threads.append(thread)
 
     def _work(self) -> None:
-        # warm up in the background: the first series should not wait for torch + MONAI
-        import node.infer.runner  # noqa: F401
+        if self._settings.pipelines:
+            # warm up in the background: the first series should not wait for torch + MONAI
+            # (a node without pipelines never loads them: ~300 MB less)
+            import node.infer.runner  # noqa: F401
 
         while not self._stopping.is_set():
             try:
