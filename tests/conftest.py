@@ -345,3 +345,18 @@ def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: in
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def store_with_ct(tmp_path: Path, calling_ae: str = "MOD") -> tuple[Any, Any]:
+    """A real job store holding the sample CT as one complete series (files left in place)."""
+    from node.dicomfile import read_identity
+    from node.domain import CompletionReason
+    from node.store.jobs import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for path in ct_files():
+        with open(path, "rb") as handle:
+            identity = read_identity(handle)
+        outcome = store.record_instance(identity.ref(str(path), 1, calling_ae, "AINODE"), 1.0)
+    store.complete_series(outcome.series, CompletionReason.QUIET, 2.0)
+    return store, outcome.series

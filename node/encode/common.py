@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -59,6 +60,27 @@ class Provenance:
             family=codes.cid7162.ArtificialIntelligence,
             source=MANUFACTURER,
         )
+
+    def instance_attributes(self, kind: str) -> dict[str, Any]:
+        """What every result object of ``kind`` (seg, sr, sc) says about itself and its
+        maker: deterministic UIDs, series number, equipment (highdicom keyword arguments)."""
+        return {
+            "series_instance_uid": self.uid(f"{kind}-series"),
+            "series_number": series_number(kind),
+            "sop_instance_uid": self.uid(kind),
+            "instance_number": 1,
+            "manufacturer": MANUFACTURER,
+            "series_description": f"{self.description} {kind.upper()}",
+            "contributing_equipment": [self.equipment()],
+        }
+
+    def device_attributes(self) -> dict[str, Any]:
+        """Equipment attributes SEG and SR take (the SC constructor has no such fields)."""
+        return {
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_versions,
+            "device_serial_number": self.device_ae_title,
+        }
 
     def equipment(self) -> hd.ContributingEquipment:
         return hd.ContributingEquipment(

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from pydicom import Dataset
 
-from node.encode.common import BANNER, Provenance, series_number
+from node.encode.common import BANNER, Provenance
 
 WINDOWS = {"CT": (-160.0, 240.0)}  # soft-tissue window; other modalities: min/max of the slice
 ALPHA = 0.35
@@ -75,16 +75,13 @@ def build_sc(
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=provenance.uid("sc-series"),
-            series_number=series_number("sc"),
-            sop_instance_uid=provenance.uid("sc"),
-            instance_number=1,
-            manufacturer="ainode",
             pixel_spacing=cast(Any, (float(spacing[0]), float(spacing[1]))) if spacing else None,
             patient_orientation=("L", "P"),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
-            series_description=f"{provenance.description} SC (burned-in)",
-            contributing_equipment=[provenance.equipment()],
+            **{
+                **provenance.instance_attributes("sc"),
+                "series_description": f"{provenance.description} SC (burned-in)",
+            },
         ),
     )
     sc.BurnedInAnnotation = "YES"  # the banner and overlay are part of the pixels

@@ -7,15 +7,13 @@ same Study and Frame of Reference as the source; frames reference their source i
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
-from node.encode.common import Provenance, present_labels, series_number
+from node.encode.common import Provenance, present_labels
 from node.settings import SegmentSpec
 
 
@@ -71,18 +69,10 @@ def build_seg(
         pixel_array=remapped,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=provenance.uid("seg-series"),
-        series_number=series_number("seg"),
-        sop_instance_uid=provenance.uid("seg"),
-        instance_number=1,
-        manufacturer="ainode",
-        manufacturer_model_name=provenance.model_name,
-        software_versions=cast(Any, provenance.software_versions),
-        device_serial_number=provenance.device_ae_title,
         content_description=provenance.description,
         content_label="AI_SEG",
-        series_description=f"{provenance.description} SEG",
+        **provenance.instance_attributes("seg"),
+        **provenance.device_attributes(),
         omit_empty_frames=True,
-        contributing_equipment=[provenance.equipment()],
     )
     return seg, values

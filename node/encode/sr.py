@@ -22,7 +22,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from skimage import measure as _measure
 
-from node.encode.common import Provenance, series_number
+from node.encode.common import Provenance
 from node.encode.seg import code
 from node.settings import SegmentSpec
 
@@ -180,18 +180,10 @@ def build_sr(
         hd.sr.Comprehensive3DSR(
             evidence=[*sources, seg],
             content=report,
-            series_instance_uid=provenance.uid("sr-series"),
-            series_number=series_number("sr"),
-            sop_instance_uid=provenance.uid("sr"),
-            instance_number=1,
-            manufacturer="ainode",
-            manufacturer_model_name=provenance.model_name,
-            software_versions=cast(Any, provenance.software_versions),
-            device_serial_number=provenance.device_ae_title,
-            series_description=f"{provenance.description} SR",
             is_complete=True,
             is_final=False,
             is_verified=False,
-            contributing_equipment=[provenance.equipment()],
+            **provenance.instance_attributes("sr"),
+            **provenance.device_attributes(),
         ),
     )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from node.domain import JobState, SeriesKey
+from node.domain import JobState
 from node.imaging.volume import load_series
 from node.infer.embedded import EmbeddedBackend
 from node.infer.repository import load_model_spec
@@ -22,7 +22,16 @@ from node.pipeline import Orchestrator
 from node.settings import load_settings
 from node.store.jobs import JobStore
 from node.store.queue import JobQueue
-from tests.conftest import CT_DIR, ROOT, TritonProcess, ct_files, require, storescu, wait_for
+from tests.conftest import (
+    CT_DIR,
+    ROOT,
+    TritonProcess,
+    ct_files,
+    require,
+    store_with_ct,
+    storescu,
+    wait_for,
+)
 from tests.independent import body_lungs_bone, read_ct
 
 pytestmark = pytest.mark.integration
@@ -88,18 +97,6 @@ def _orchestrator(tmp_path: Path, store: JobStore, backend: Any, clock: Any,
     return Orchestrator(load_settings(config, environ={}), store, backend, clock)
 
 
-def _store_with_ct(tmp_path: Path) -> tuple[JobStore, SeriesKey]:
-    from node.dicomfile import read_identity
-
-    store = JobStore(tmp_path / "jobs.sqlite3")
-    for path in ct_files():
-        with open(path, "rb") as handle:
-            identity = read_identity(handle)
-        outcome = store.record_instance(identity.ref(str(path), 1, "MOD", "AINODE"), 1.0)
-    store.complete_series(outcome.series, "quiet_period", 2.0)  # type: ignore[arg-type]
-    return store, outcome.series
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -111,7 +108,7 @@ class Clock:
 def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
                                                       private_triton: TritonProcess) -> None:
     private_triton.up()
-    store, key = _store_with_ct(tmp_path)
+    store, key = store_with_ct(tmp_path)
     clock = Clock()
     backend = TritonBackend(private_triton.grpc_url, retries=0)
     orchestrator = _orchestrator(tmp_path, store, backend, clock)
@@ -144,7 +141,7 @@ def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
 
 
 def test_unknown_model_fails_the_job_with_that_reason(tmp_path: Path) -> None:
-    store, key = _store_with_ct(tmp_path)
+    store, key = store_with_ct(tmp_path)
     orchestrator = _orchestrator(tmp_path, store, EmbeddedBackend(), Clock(), model="no_such")
     orchestrator.series_complete(key)
     orchestrator.run_next()

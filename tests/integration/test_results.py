@@ -24,6 +24,7 @@ from tests.conftest import (
     free_port,
     require,
     start_orthanc,
+    store_with_ct,
     wait_for,
     wait_port,
 )
@@ -274,11 +275,9 @@ def test_stow_rs_with_basic_auth_delivers_to_dicomweb(tmp_path: Path, node_facto
 
 def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_path: Path) -> None:
     """Without a network: which objects are queued for whom, and how urgent they are."""
-    from node.dicomfile import read_identity
     from node.infer.embedded import EmbeddedBackend
     from node.pipeline import Orchestrator
     from node.settings import load_settings
-    from node.store.jobs import JobStore
 
     config = tmp_path / "node.yaml"
     pipeline = {**ct_body_pipeline(), "reply_to_sender": True,
@@ -293,14 +292,9 @@ def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_pa
         "inference": {"model_repository": str(ROOT / "model_repository")},
         "pipelines": [pipeline],
     }))
-    store = JobStore(tmp_path / "jobs.sqlite3")
-    for path in ct_files():
-        with open(path, "rb") as handle:
-            identity = read_identity(handle)
-        outcome = store.record_instance(identity.ref(str(path), 1, "CTSCAN", "AINODE"), 1.0)
-    store.complete_series(outcome.series, "quiet_period", 2.0)  # type: ignore[arg-type]
+    store, key = store_with_ct(tmp_path, calling_ae="CTSCAN")
     orchestrator = Orchestrator(load_settings(config, environ={}), store, EmbeddedBackend())
-    orchestrator.series_complete(outcome.series)
+    orchestrator.series_complete(key)
     assert orchestrator.run_next() is not None
     rows = store._db.execute(
         "SELECT destination, kind, priority FROM outbox ORDER BY destination, kind").fetchall()
