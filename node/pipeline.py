@@ -29,7 +29,7 @@ from node.encode.outputs import encode_outputs, is_urgent
 from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
-from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
 from node.route import route
 from node.settings import Pipeline, Settings
 from node.store.jobs import JobStore
@@ -276,25 +276,26 @@ class Orchestrator:
         """Each configured model: ``ready`` or why not. Logged at start; jobs retry or fail
         by themselves, so a backend that is still starting does not stop the node."""
         states: dict[str, str] = {}
-        for index, pipeline in enumerate(self._settings.pipelines):
-            try:
-                spec = load_model_spec(self._settings.inference.model_repository, pipeline.model)
-            except (ModelNotFound, ModelConfigError):
-                continue  # reported below
-            missing = [label for label in spec.labels[1:] if label not in pipeline.segments]
-            if pipeline.outputs and missing:
-                log.error("pipelines.%d.segments has no codes for %s: its results cannot be "
-                          "encoded", index, ", ".join(missing))
+        specs: dict[str, ModelSpec] = {}
         for name in sorted({p.model for p in self._settings.pipelines}):
             try:
-                self._backend.check(
-                    load_model_spec(self._settings.inference.model_repository, name)
-                )
+                specs[name] = load_model_spec(self._settings.inference.model_repository, name)
+                self._backend.check(specs[name])
                 states[name] = "ready"
             except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
                 states[name] = str(exc)
                 log.error(
                     "model %s is not ready on the %s backend: %s", name, self._backend.name, exc
+                )
+        for index, pipeline in enumerate(self._settings.pipelines):
+            spec = specs.get(pipeline.model)
+            labels = spec.labels[1:] if spec else ()
+            missing = [label for label in labels if label not in pipeline.segments]
+            if pipeline.outputs and missing:
+                log.error(
+                    "pipelines.%d.segments has no codes for %s: its results cannot be encoded",
+                    index,
+                    ", ".join(missing),
                 )
         return states
 

@@ -90,6 +90,10 @@ def build_sr(
         ),
     )
     algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
+
+    def measured(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name, value, unit, algorithm_id=algorithm)
+
     groups: list[Any] = []
     # the triage flag travels with every finding, so viewers list it beside each measurement
     priority = hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)
@@ -117,24 +121,9 @@ def build_sr(
                 finding_category=code(finding.spec.category),
                 algorithm_id=algorithm,
                 measurements=[
-                    hd.sr.Measurement(
-                        codes.SCT.Volume,
-                        round(finding.volume_ml, 3),
-                        MILLILITRE,
-                        algorithm_id=algorithm,
-                    ),
-                    hd.sr.Measurement(
-                        codes.SCT.Mean,
-                        round(float(values.mean()), 2),
-                        intensity_unit,
-                        algorithm_id=algorithm,
-                    ),
-                    hd.sr.Measurement(
-                        codes.SCT.Maximum,
-                        round(float(values.max()), 2),
-                        intensity_unit,
-                        algorithm_id=algorithm,
-                    ),
+                    measured(codes.SCT.Volume, round(finding.volume_ml, 3), MILLILITRE),
+                    measured(codes.SCT.Mean, round(float(values.mean()), 2), intensity_unit),
+                    measured(codes.SCT.Maximum, round(float(values.max()), 2), intensity_unit),
                 ],
                 qualitative_evaluations=evaluations,
             )
@@ -160,11 +149,10 @@ def build_sr(
                 finding_category=code(finding.spec.category),
                 algorithm_id=algorithm,
                 measurements=[
-                    hd.sr.Measurement(
+                    measured(
                         codes.SCT.Area,
                         round(float(areas[largest]) * spacing_mm[0] * spacing_mm[1], 2),
                         SQUARE_MM,
-                        algorithm_id=algorithm,
                     )
                 ],
                 qualitative_evaluations=evaluations,

@@ -109,11 +109,6 @@ class JobStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        with self._transaction() as db:
-            yield db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -125,7 +120,7 @@ class JobStore:
 
     def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
         """Index a spooled instance into the open revision of its series (opening one if needed)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT revision, state FROM series WHERE series_uid=? "
                 "ORDER BY revision DESC LIMIT 1",
@@ -210,7 +205,7 @@ class JobStore:
 
     def complete_series(self, key: SeriesKey, reason: CompletionReason, now: float) -> bool:
         """Mark a receiving revision complete; ``False`` when it already was (idempotent)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE series SET state=?, completed_at=?, completion_reason=?"
                 " WHERE series_uid=? AND revision=? AND state=?",
@@ -256,7 +251,7 @@ class JobStore:
 
     def set_route(self, key: SeriesKey, state: str, detail: str) -> None:
         """Record what routing decided for a revision (``routed`` / ``skipped``)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE series SET route_state=?, route_detail=? WHERE series_uid=? AND revision=?",
                 (state, detail, key.series_instance_uid, key.revision),

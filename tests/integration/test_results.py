@@ -25,6 +25,7 @@ from tests.conftest import (
     require,
     start_orthanc,
     store_with_ct,
+    storescu,
     wait_for,
     wait_port,
 )
@@ -183,9 +184,7 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
 def test_pacs_down_then_back_delivers_from_the_outbox(tmp_path: Path, node_factory: Any) -> None:
     http_port, dicom_port = free_port(), free_port()
     node = make_node(node_factory, dicom_port).start()  # nothing listens on dicom_port yet
-    result = subprocess.run(
-        ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
-         str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+    result = storescu(node, *ct_files())
     assert result.returncode == 0
     assert wait_for(lambda: node.query(
         "SELECT COUNT(*) FROM outbox WHERE state='queued' AND attempts>=2") == [(3,)], 120, 0.5)
@@ -226,9 +225,7 @@ def test_destination_refusing_the_sop_class_ends_in_the_dead_letter(
         try:
             wait_port(port, proc=scp)
             node = make_node(node_factory, port).start()
-            result = subprocess.run(
-                ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
-                 str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+            result = storescu(node, *ct_files())
             assert result.returncode == 0
             assert wait_for(lambda: node.query(
                 "SELECT COUNT(*) FROM outbox WHERE state='dead'") == [(3,)], 120, 0.5), (
@@ -256,9 +253,7 @@ def test_stow_rs_with_basic_auth_delivers_to_dicomweb(tmp_path: Path, node_facto
     ).start()
     with start_orthanc(tmp_path, http_port, dicom_port, node.port,
                        users={"ainode": "s3cret"}) as pacs:
-        result = subprocess.run(
-            ["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
-             str(node.port), *map(str, ct_files())], env=DCMTK_ENV, capture_output=True)
+        result = storescu(node, *ct_files())
         assert result.returncode == 0
         assert wait_for(lambda: node.query(
             "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 120, 0.5), (
