@@ -2,7 +2,8 @@
 
 One RGB image of the source slice where the reported finding is largest: the slice in a
 window for its modality, each label blended in its colour with an outline, and a banner
-"AI RESULT - NOT FOR PRIMARY DIAGNOSIS" naming the model. Same study; its own series.
+"AI RESULT - NOT FOR PRIMARY DIAGNOSIS" naming the model. Same study; its own series; the
+source slice is named in Source Image Sequence.
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def render_overlay(
     return np.asarray(image, dtype=np.uint8)
 
 
+def _source_reference(source: Dataset) -> Dataset:
+    """Source Image Sequence item: the slice this capture was rendered from (CID 7202)."""
+    purpose = Dataset()
+    purpose.CodeValue = "121322"
+    purpose.CodingSchemeDesignator = "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    return item
+
+
 def build_sc(
     source: Dataset,
     intensities: NDArray[np.float32],
@@ -85,6 +99,7 @@ def build_sc(
         ),
     )
     sc.BurnedInAnnotation = "YES"  # the banner and overlay are part of the pixels
+    sc.SourceImageSequence = [_source_reference(source)]  # which slice is shown (PS3.3 C.7.6.1)
     if "Laterality" not in sc:
         sc.Laterality = None  # General Series, Type 2C: present, empty (unpaired structures)
     return sc

@@ -3,9 +3,12 @@
 - Procedure reported: the imaging procedure (e.g. CT), not the algorithm; observer: the device.
 - Per segment, a volumetric group (TID 1411) referencing the SEG segment: volume (ml), mean and
   maximum intensity (HU for CT), a qualitative *Finding: present/absent*, algorithm (TID 4019).
-- Per segment also a planar group (TID 1410) with the outline (SCOORD POLYLINE) and area on the
-  slice where the segment is largest, so that viewers that draw SR measurements show where it
-  is: OHIF 3.13 blanks its viewport on a TID 1500 whose groups carry no image coordinates.
+- Per segment also a planar group (TID 1410): the outline (SCOORD POLYLINE) and area of the
+  segment's largest connected region (holes filled) on the slice where it is largest, so viewers
+  that draw SR measurements show where it is. Both groups carry the segment's Tracking Unique
+  Identifier (also the SEG segment's TrackingUID): they describe one tracked finding. Viewers
+  that merge groups by tracking UID (OHIF) show one measurement per segment with its outline;
+  OHIF 3.13 throws (and blanks its viewport) on a group left without image coordinates.
 - Every group carries a qualitative evaluation *Priority: urgent / routine* (the triage flag).
 """
 
@@ -20,6 +23,7 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from scipy import ndimage
 from skimage import measure as _measure
 
 from node.encode.common import Provenance
@@ -56,15 +60,23 @@ class SegmentFinding:
     present: bool
 
 
-def _outline(mask_slice: NDArray[np.bool_]) -> NDArray[np.float32]:
-    """Closed outline (column, row) of the largest region on a slice, at most 256 points."""
+def _largest_region(mask_slice: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """The largest 2-D connected region of a slice's mask, holes filled: what its outer
+    outline encloses (a body segment that excludes the lungs still encloses them)."""
     regions = measure.label(mask_slice)
     largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1
-    padded = np.pad(regions == largest, 1)
+    region: NDArray[np.bool_] = ndimage.binary_fill_holes(regions == largest)
+    return region
+
+
+def _outline(region: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """Closed outline (column, row) of one region, at most 256 points (PS3.3 C.18.6 SCOORD:
+    image coordinates with (0, 0) the top left corner of the top left pixel)."""
+    padded = np.pad(region, 1)
     contour = max(measure.find_contours(padded.astype(np.float32), 0.5), key=len) - 1
     step = max(1, len(contour) // MAX_OUTLINE_POINTS)
     points = contour[::step][:, ::-1]  # (row, column) -> (column, row)
-    points = np.clip(points, 0, np.array(mask_slice.shape[::-1]) - 1)
+    points = np.clip(points, 0, np.array(region.shape[::-1]) - 1)
     return np.vstack([points, points[:1]]).astype(np.float32) + 0.5  # pixel centres, closed
 
 
@@ -128,18 +140,15 @@ def build_sr(
                 qualitative_evaluations=evaluations,
             )
         )
-        areas = finding.mask.sum(axis=(1, 2))
-        largest = int(np.argmax(areas))
+        largest = int(np.argmax(finding.mask.sum(axis=(1, 2))))
+        region = _largest_region(finding.mask[largest])
         source = sources[largest]
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=provenance.uid(f"tracking-{finding.label}-largest-slice"),
-                    identifier=f"{provenance.model_name} {finding.label} (largest slice)",
-                ),
+                tracking_identifier=tracking,  # the same finding, seen on one slice
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=_outline(finding.mask[largest]),
+                    graphic_data=_outline(region),
                     source_image=hd.sr.SourceImageForRegion(
                         referenced_sop_class_uid=source.SOPClassUID,
                         referenced_sop_instance_uid=source.SOPInstanceUID,
@@ -151,7 +160,8 @@ def build_sr(
                 measurements=[
                     measured(
                         codes.SCT.Area,
-                        round(float(areas[largest]) * spacing_mm[0] * spacing_mm[1], 2),
+                        # enclosed by the outline, which is what the group describes
+                        round(float(region.sum()) * spacing_mm[0] * spacing_mm[1], 2),
                         SQUARE_MM,
                     )
                 ],
