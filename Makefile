@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps chromium
+OHIF_VERSION := 3.13.2
+OHIF_DIR     := var/ohif
 
-.PHONY: install install-dev system-deps demo test lint bench-ingest bench-infer bench-e2e triton-up triton-down clean
+.PHONY: install install-dev system-deps viewer-deps demo test lint bench-ingest bench-infer bench-e2e triton-up triton-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +19,22 @@ install: $(BIN)/python  ## the node and what it needs at run time
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools (Debian)
+system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools, PixelMed, Chromium (Debian)
 	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+viewer-deps:  ## OHIF Viewer $(OHIF_VERSION) (npm @ohif/app, its prebuilt dist/) for the viewer tests
+	@if ! grep -qs '"version": "$(OHIF_VERSION)"' $(OHIF_DIR)/package/package.json; then \
+	  command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }; \
+	  rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR) && cd $(OHIF_DIR) && \
+	  npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && \
+	  tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz && \
+	  echo "OHIF $(OHIF_VERSION) in $(OHIF_DIR)/package/dist"; \
 	fi
 
 demo: install system-deps  ## start the node, send it the sample CT, show the completed series
@@ -38,7 +50,7 @@ triton-up:  ## a real tritonserver on loopback serving model_repository/ (TRITON
 triton-down:
 	scripts/triton.sh down
 
-test: install-dev system-deps lint triton-up  ## everything CI runs
+test: install-dev system-deps viewer-deps lint triton-up  ## everything CI runs
 	status=0; CI=$${CI:-} $(BIN)/pytest -q || status=$$?; scripts/triton.sh down; exit $$status
 
 bench-ingest: install system-deps

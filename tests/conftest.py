@@ -360,3 +360,20 @@ def store_with_ct(tmp_path: Path, calling_ae: str = "MOD") -> tuple[Any, Any]:
         outcome = store.record_instance(identity.ref(str(path), 1, calling_ae, "AINODE"), 1.0)
     store.complete_series(outcome.series, CompletionReason.QUIET, 2.0)
     return store, outcome.series
+
+
+# The sample pipeline of config/node.yaml: ct_body_seg -> SEG + SR + SC, with its segment codes.
+SEGMENTS = {
+    "body": {"category": ["SCT", "123037004", "Anatomical Structure"],
+             "type": ["SCT", "38266002", "Entire body"], "color": [230, 190, 60]},
+    "lungs": {"category": ["SCT", "123037004", "Anatomical Structure"],
+              "type": ["SCT", "39607008", "Lung"], "color": [40, 140, 255]},
+    "bone": {"category": ["SCT", "123037004", "Anatomical Structure"],
+             "type": ["SCT", "272673000", "Bone"], "color": [250, 80, 80]},
+}
+
+
+def ct_body_pipeline(destination: str = "PACS") -> dict[str, Any]:
+    return {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
+            "model": "ct_body_seg", "outputs": ["seg", "sr", "sc"],
+            "destinations": [destination], "segments": SEGMENTS}

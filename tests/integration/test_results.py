@@ -20,6 +20,7 @@ from tests.conftest import (
     DCMTK_ENV,
     ROOT,
     Orthanc,
+    ct_body_pipeline,
     ct_files,
     free_port,
     require,
@@ -33,22 +34,6 @@ from tests.independent import body_lungs_bone, read_ct
 
 pytestmark = pytest.mark.integration
 DCIODVFY = "/usr/bin/dciodvfy"
-SEGMENTS = {
-    "body": {"category": ["SCT", "123037004", "Anatomical Structure"],
-             "type": ["SCT", "38266002", "Entire body"], "color": [230, 190, 60]},
-    "lungs": {"category": ["SCT", "123037004", "Anatomical Structure"],
-              "type": ["SCT", "39607008", "Lung"], "color": [40, 140, 255]},
-    "bone": {"category": ["SCT", "123037004", "Anatomical Structure"],
-             "type": ["SCT", "272673000", "Bone"], "color": [250, 80, 80]},
-}
-
-
-def ct_body_pipeline(destination: str = "PACS") -> dict[str, Any]:
-    return {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
-            "model": "ct_body_seg", "outputs": ["seg", "sr", "sc"],
-            "destinations": [destination], "segments": SEGMENTS}
-
-
 def make_node(node_factory: Any, pacs_port: int, **extra: Any) -> Any:
     return node_factory(
         peers=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port},
