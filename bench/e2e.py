@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -26,27 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ports import free_port, wait_port  # bench/ports.py
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = ROOT.parent / "shared" / "data" / "ct-abdomen"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 SEGMENTS = yaml.safe_load((ROOT / "config" / "node.yaml").read_text())["pipelines"][0]["segments"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing on {port}")
 
 
 def one_round(work: Path, quiet: float) -> dict[str, float]:
@@ -77,8 +61,8 @@ def one_round(work: Path, quiet: float) -> dict[str, float]:
     node = subprocess.Popen([str(Path(sys.executable).parent / "ainode"), "serve", "--config",
                              str(work / "node.yaml"), "--log-level", "warning"], env=ENV)
     try:
-        wait_port(pacs_port)
-        wait_port(node_port)
+        wait_port(pacs_port, 30)
+        wait_port(node_port, 30)
         subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
                         str(node_port), *map(str, sorted(CT.glob("*.dcm")))], env=ENV,
                        check=True, capture_output=True)

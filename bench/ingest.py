@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,27 +23,12 @@ import time
 from pathlib import Path
 
 import pydicom
+from ports import free_port, wait_port  # bench/ports.py
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def make_copies(source: Path, target: Path, copies: int) -> list[Path]:
