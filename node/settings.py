@@ -191,6 +191,12 @@ class SeriesSection(_Strict):
     sweep_interval_s: float = Field(0.5, gt=0)
 
 
+def _require_unique(kind: str, names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{kind} names must be unique, repeated: {', '.join(repeated)}")
+
+
 class Settings(_Strict):
     node: NodeSection = NodeSection()
     peers: list[Peer] = []
@@ -201,18 +207,12 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:
-        names = [p.name for p in self.peers]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"peer names must be unique, repeated: {', '.join(duplicated)}")
+        _require_unique("peer", [p.name for p in self.peers])
         return self
 
     @model_validator(mode="after")
     def _pipelines_are_consistent(self) -> Settings:
-        names = [p.name for p in self.pipelines]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"pipeline names must be unique, repeated: {', '.join(repeated)}")
+        _require_unique("pipeline", [p.name for p in self.pipelines])
         known = {p.name for p in self.peers}
         for index, pipeline in enumerate(self.pipelines):
             unknown = [d for d in pipeline.destinations if d not in known]
