@@ -59,10 +59,7 @@ def render_overlay(
 
 def _source_reference(source: Dataset) -> Dataset:
     """Source Image Sequence item: the slice this capture was rendered from (CID 7202)."""
-    purpose = Dataset()
-    purpose.CodeValue = "121322"
-    purpose.CodingSchemeDesignator = "DCM"
-    purpose.CodeMeaning = "Source image for image processing operation"
+    purpose = hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
