@@ -22,6 +22,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from dicomweb_client.api import DICOMwebClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -307,6 +308,13 @@ class Orthanc:
             payload = response.read()
         return json.loads(payload) if payload else None
 
+    def series_by_modality(self, study_uid: str) -> dict[str, list[dict[str, Any]]]:
+        """QIDO-RS: the study's series (DICOM JSON), grouped by Modality."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for series in DICOMwebClient(self.dicomweb).search_for_series(study_uid):
+            found.setdefault(series["00080060"]["Value"][0], []).append(series)
+        return found
+
     def upload(self, files: list[Path]) -> str:
         """POST each file to /instances; returns the Orthanc study ID."""
         for f in files:
@@ -377,3 +385,16 @@ def ct_body_pipeline(destination: str = "PACS") -> dict[str, Any]:
     return {"name": "ct-body", "match": {"modality": "CT", "min_instances": 20},
             "model": "ct_body_seg", "outputs": ["seg", "sr", "sc"],
             "destinations": [destination], "segments": SEGMENTS}
+
+
+def ct_body_node_sections(pacs_port: int) -> dict[str, Any]:
+    """Config sections of a node running that pipeline and delivering to Orthanc as "PACS"."""
+    return {
+        "peers": [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port},
+                  {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
+                   "port": 11113}],
+        "series": {"quiet_seconds": 1},
+        "inference": {"model_repository": str(ROOT / "model_repository")},
+        "egress": {"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
+        "pipelines": [ct_body_pipeline()],
+    }

@@ -20,6 +20,7 @@ from tests.conftest import (
     DCMTK_ENV,
     ROOT,
     Orthanc,
+    ct_body_node_sections,
     ct_body_pipeline,
     ct_files,
     free_port,
@@ -35,25 +36,7 @@ from tests.independent import body_lungs_bone, read_ct
 pytestmark = pytest.mark.integration
 DCIODVFY = "/usr/bin/dciodvfy"
 def make_node(node_factory: Any, pacs_port: int, **extra: Any) -> Any:
-    return node_factory(
-        peers=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port},
-               {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
-                "port": 11113}],
-        series={"quiet_seconds": 1},
-        inference={"model_repository": str(ROOT / "model_repository")},
-        egress={"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
-        pipelines=[ct_body_pipeline()],
-        **extra,
-    )
-
-
-def series_by_modality(pacs: Orthanc, study_uid: str) -> dict[str, list[dict[str, Any]]]:
-    client = DICOMwebClient(pacs.dicomweb)
-    found: dict[str, list[dict[str, Any]]] = {}
-    for series in client.search_for_series(study_uid):
-        modality = series["00080060"]["Value"][0]
-        found.setdefault(modality, []).append(series)
-    return found
+    return node_factory(**{**ct_body_node_sections(pacs_port), **extra})
 
 
 def fetch(pacs: Orthanc, study_uid: str, series: dict[str, Any]) -> list[pydicom.Dataset]:
@@ -101,7 +84,7 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
             "SELECT * FROM outbox WHERE state='sent'")) == 3, 120, 0.5), (
             node.query("SELECT * FROM jobs"), node.query("SELECT * FROM outbox"),
             node.log()[-3000:])
-        found = series_by_modality(pacs, study_uid)
+        found = pacs.series_by_modality(study_uid)
         assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
         sc_series = found.get("OT", []) + found.get("SC", [])
         assert len(sc_series) == 1
@@ -160,7 +143,7 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
                         == [(2,)], 120, 0.5)
         assert wait_for(lambda: node.query(
             "SELECT COUNT(*) FROM outbox WHERE state!='sent'") == [(0,)], 60, 0.5)
-        again = series_by_modality(pacs, study_uid)
+        again = pacs.series_by_modality(study_uid)
         assert len(again["SEG"]) == len(again["SR"]) == 1
         assert pacs.api(f"/studies/{study}")["Series"].__len__() == 4  # CT + SEG + SR + SC
         assert [s["00201209"]["Value"][0] for s in again["SEG"]] == [1]

@@ -27,10 +27,9 @@ from scipy import ndimage
 
 from tests.conftest import (
     CT_DIR,
-    ROOT,
     SEGMENTS,
     NodeProcess,
-    ct_body_pipeline,
+    ct_body_node_sections,
     ct_files,
     free_port,
     require,
@@ -76,15 +75,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[
     require(str(OHIF_DIST / "index.html"))  # `make viewer-deps`
     tmp = tmp_path_factory.mktemp("viewer-loop")
     http_port, dicom_port, node_port = free_port(), free_port(), free_port()
-    write_config(
-        tmp / "node.yaml", node_port, tmp / "var",
-        peers=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                "port": dicom_port}],
-        series={"quiet_seconds": 1},
-        inference={"model_repository": str(ROOT / "model_repository")},
-        egress={"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
-        pipelines=[ct_body_pipeline()],
-    )
+    write_config(tmp / "node.yaml", node_port, tmp / "var", **ct_body_node_sections(dicom_port))
     node = NodeProcess(tmp / "node.yaml", tmp / "var", node_port, tmp / "node.log").start()
     try:
         with start_orthanc(tmp, http_port, dicom_port, node_port) as pacs:
@@ -94,14 +85,14 @@ def loop(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[
             assert wait_for(lambda: len(node.query(
                 "SELECT * FROM outbox WHERE state='sent'")) == 3, 180, 0.5), node.log()[-3000:]
             first = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
-            client = DICOMwebClient(pacs.dicomweb)
-            series = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                      for s in client.search_for_series(str(first.StudyInstanceUID))}
+            series = {modality: found[0]["0020000E"]["Value"][0] for modality, found
+                      in pacs.series_by_modality(str(first.StudyInstanceUID)).items()}
             assert {"CT", "SEG", "SR", "OT"} <= set(series), series
             hu, uids = read_ct(CT_DIR)
             row_mm, column_mm = (float(v) for v in first.PixelSpacing)
             with ohif_site(http_port) as site:
-                yield Loop(site, str(first.StudyInstanceUID), series, client, hu,
+                yield Loop(site, str(first.StudyInstanceUID), series,
+                           DICOMwebClient(pacs.dicomweb), hu,
                            body_lungs_bone(hu), {u: i for i, u in enumerate(uids)},
                            (float(first.SliceThickness), row_mm, column_mm), artifacts)
     finally:
