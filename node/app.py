@@ -15,6 +15,7 @@ from node.infer.backend import Backend
 from node.infer.embedded import EmbeddedBackend
 from node.infer.triton import TritonBackend
 from node.ingest.dimse import StorageHandlers, build_storage_ae
+from node.loops import Loop
 from node.pipeline import Orchestrator
 from node.settings import Settings
 from node.store.jobs import JobStore
@@ -79,10 +80,22 @@ class Node:
         )
         self._server: Any = None
         self._stopping = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        self._sweeper = Loop("series-sweeper", self._sweep, settings.series.sweep_interval_s)
 
     def _series_complete(self, key: SeriesKey, reason: CompletionReason) -> None:
-        self.orchestrator.series_complete(key)
+        """Completion is durable already; routing happens on the sweeper thread (never inside
+        a C-STORE handler), from the job store, so a failure there is retried."""
+        self._sweeper.wake.set()
+
+    def _sweep(self) -> bool:
+        """Complete quiet series, route every complete unrouted one, and keep the worker and
+        delivery threads alive."""
+        self.assembler.sweep()
+        routed = self.orchestrator.route_pending()
+        self.orchestrator.ensure_running()
+        self.delivery.ensure_running()
+        return routed > 0
+
 
     def start(self) -> None:
         report = recover(self.spool, self.store, self._clock())
@@ -96,28 +109,16 @@ class Node:
         self._server = ae.start_server(
             (node.bind, node.dicom_port), block=False, evt_handlers=handlers
         )
-        self._sweeper = threading.Thread(
-            target=self._sweep_loop, name="series-sweeper", daemon=True
-        )
-        self._sweeper.start()
         self.orchestrator.start()
+        self._sweeper.start()
         self.delivery.start()
         log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
-
-    def _sweep_loop(self) -> None:
-        interval = self.settings.series.sweep_interval_s
-        while not self._stopping.wait(interval):
-            try:
-                self.assembler.sweep()
-            except Exception:
-                log.exception("series sweep failed; retrying in %.1f s", interval)
 
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
+        self._sweeper.stop(timeout_s=5)
         self.orchestrator.stop()
         self.delivery.stop()
         self.store.close()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import logging
+import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -21,6 +25,7 @@ from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
+from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 
@@ -29,6 +34,11 @@ config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 models_app = typer.Typer(help="Model repository commands.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+requeue_app = typer.Typer(
+    help="Requeue failed jobs or dead-lettered results (recorded in the audit trail).",
+    no_args_is_help=True,
+)
+app.add_typer(requeue_app, name="requeue")
 # Wide when piped (logs, scripts), so UIDs in tables are never cut.
 console = Console() if sys.stdout.isatty() else Console(width=220)
 errors = Console(stderr=True)
@@ -197,10 +207,7 @@ def status(
 ) -> None:
     """Series receiving / complete, and counts, read from the job store."""
     settings = _settings(config)
-    if not (settings.node.data_dir / DB_FILE).exists():
-        errors.print(f"no job store under {settings.node.data_dir}: has the node run yet?")
-        raise typer.Exit(1)
-    store = open_store(settings.node.data_dir)
+    store = _open_existing_store(settings)
     try:
         totals = store.totals()
         series = store.list_series(limit)
@@ -209,7 +216,7 @@ def status(
         jobs = queue.jobs(limit)
         outbox = Outbox(store)
         deliveries = outbox.by_destination()
-        undelivered = [i for i in outbox.items(limit) if i[3] != "sent"]
+        undelivered = [i for i in outbox.items(limit) if i[4] != "sent"]
     finally:
         store.close()
     console.print(
@@ -253,6 +260,8 @@ def status(
                 if job.result and "labels" in job.result
                 else ""
             )
+            if job.superseded_by:
+                detail = f"superseded by revision {job.superseded_by}; {detail}"
             job_table.add_row(
                 str(job.id),
                 job.series_instance_uid,
@@ -270,11 +279,71 @@ def status(
             f"results to {destination}: "
             + "  ".join(f"{state} {count}" for state, count in counts.items())
         )
-    for destination, kind, uid, state, attempts, error in undelivered:
+    for item_id, destination, kind, uid, state, attempts, error in undelivered:
         console.print(
-            f"  {destination} {kind} {uid}: {state} after {attempts} attempt(s)"
-            f"{': ' + error if error else ''}"
+            f"  result {item_id}: {destination} {kind} {uid}: {state} after {attempts}"
+            f" attempt(s){': ' + error if error else ''}"
         )
+
+
+def _open_existing_store(settings: Settings) -> JobStore:
+    if not (settings.node.data_dir / DB_FILE).exists():
+        errors.print(f"no job store under {settings.node.data_dir}: has the node run yet?")
+        raise typer.Exit(1)
+    return open_store(settings.node.data_dir)
+
+
+def _requeue(
+    what: str,
+    ids: list[int] | None,
+    all_: bool,
+    config: Path | None,
+    requeue: Callable[[JobStore, list[int] | None, float], list[int]],
+) -> None:
+    if bool(ids) == all_:
+        errors.print(f"name the {what} to requeue by id, or pass --all")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    store = _open_existing_store(settings)
+    try:
+        now = time.time()
+        done = requeue(store, None if all_ else ids, now)
+        if done:
+            store.audit(_operator(), f"requeue {what}", ", ".join(map(str, done)), now)
+    finally:
+        store.close()
+    missing = sorted(set(ids or ()) - set(done))
+    console.print(f"requeued {len(done)} {what}: {', '.join(map(str, done)) or '-'}")
+    if missing:
+        errors.print(f"not requeued (unknown, or not in a final failed state): "
+                     f"{', '.join(map(str, missing))}")
+        raise typer.Exit(1)
+
+
+def _operator() -> str:
+    """Who ran a command, for the audit trail: the OS account."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+IdsArgument = Annotated[list[int] | None, typer.Argument(help="Ids from `ainode status`.")]
+AllOption = Annotated[bool, typer.Option("--all", help="Every one in that state.")]
+
+
+@requeue_app.command("jobs")
+def requeue_jobs(ids: IdsArgument = None, all_: AllOption = False,
+                 config: ConfigOption = None) -> None:
+    """Queue failed jobs again with fresh attempts (a running node picks them up)."""
+    _requeue("jobs", ids, all_, config, lambda store, i, now: JobQueue(store).requeue(i, now))
+
+
+@requeue_app.command("results")
+def requeue_results(ids: IdsArgument = None, all_: AllOption = False,
+                    config: ConfigOption = None) -> None:
+    """Queue dead-lettered results again for delivery (a running node sends them)."""
+    _requeue("results", ids, all_, config, lambda store, i, now: Outbox(store).requeue(i, now))
 
 
 @models_app.command("check")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -44,6 +45,8 @@ class InstanceIdentity:
     series_description: str = ""
     image_type: str = ""
     slice_thickness_mm: float | None = None
+    sending_ae: str = ""  # (0002,0017) as the node recorded it at reception
+    receiving_ae: str = ""  # (0002,0018)
 
     def ref(self, path: str, size_bytes: int, calling_ae: str, called_ae: str) -> InstanceRef:
         """The spooled instance this identity describes."""
@@ -103,6 +106,8 @@ def read_identity(stream: BinaryIO) -> InstanceIdentity:
         slice_thickness = None
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    sending_ae = str(getattr(meta, "SendingApplicationEntityTitle", "") or "").strip()
+    receiving_ae = str(getattr(meta, "ReceivingApplicationEntityTitle", "") or "").strip()
     return InstanceIdentity(
         sop_class_uid=values["SOPClassUID"],
         sop_instance_uid=values["SOPInstanceUID"],
@@ -115,7 +120,17 @@ def read_identity(stream: BinaryIO) -> InstanceIdentity:
         series_description=_text(dataset, "SeriesDescription"),
         image_type=_text(dataset, "ImageType"),
         slice_thickness_mm=slice_thickness,
+        sending_ae=sending_ae,
+        receiving_ae=receiving_ae,
     )
+
+
+def stamp_association(meta: FileMetaDataset, calling_ae: str, called_ae: str) -> None:
+    """Record who sent an instance to whom in the file meta we write for it: Sending and
+    Receiving Application Entity Title (0002,0017/0018, PS3.10 7.1), so that an instance
+    re-indexed after a crash keeps its calling AE for routing and replies."""
+    meta.SendingApplicationEntityTitle = calling_ae.strip()
+    meta.ReceivingApplicationEntityTitle = called_ae.strip()
 
 
 def _text(dataset: Dataset, keyword: str) -> str:

@@ -77,15 +77,22 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"  # permanent: a reason a retry cannot fix, or attempts exhausted
+    SUPERSEDED = "superseded"  # a newer revision of its series replaced it before it finished
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """A claimed job. ``attempts`` counts this one and earlier ones that crashed or raised
+    (not outages); ``owner`` is the claim's token: only its holder may finish the job."""
+
     id: int
     series: SeriesKey
     pipeline: str
     model: str
     attempts: int
+    owner: str = ""
+    first_failed_at: float | None = None  # when the current outage began for this job
+    transient: int = 0  # earlier attempts that met an outage (not counted)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 Every step ends in a durable state change in the job store: a job is ``done`` with its result
 summary, ``queued`` again with a retry time (backend unreachable, unexpected error), or
 ``failed`` with a reason a retry cannot fix (unknown model, a series that is not a volume).
-Results (label map + summary) are written under ``data_dir/results`` before the job is done.
+Results (label map + summary) are written under ``data_dir/results`` before the job is done;
+the job's completion and its outbox entries are one transaction, taken only while the worker
+still holds the job's lease (renewed by a heartbeat), so a job is never delivered twice.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,16 +32,20 @@ from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
+from node.loops import Loop
 from node.route import route
 from node.settings import Pipeline, Settings
+from node.store import outbox
+from node.store.durable import write_atomically
 from node.store.jobs import JobStore
-from node.store.outbox import Outbox
-from node.store.queue import JobQueue
+from node.store.outbox import ResultToSend
+from node.store.queue import JobQueue, LeaseLost
+from node.store.spool import path_component
 
 log = logging.getLogger(__name__)
 
 PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
-LEASE_SECONDS = 1800.0
+ROUTE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -47,23 +53,20 @@ class JobResult:
     labels: NDArray[np.uint8]
     volume: Volume
     summary: dict[str, Any]
+    deliveries: list[ResultToSend] = field(default_factory=list)
 
 
 def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
-    return data_dir / "results" / key.series_instance_uid / str(key.revision) / pipeline
+    """Where a job's files go. The series UID comes from received data: it is used only as a
+    safe path component (a hash when it is not a well-formed UID), never as given."""
+    return (
+        data_dir / "results" / path_component(key.series_instance_uid) / str(key.revision)
+        / path_component(pipeline)
+    )
 
 
-def _save_dataset(dataset: Dataset, handle: Any) -> None:
+def _save_dataset(dataset: Dataset, handle: BinaryIO) -> None:
     dataset.save_as(handle, enforce_file_format=True)
-
-
-def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fdatasync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _finding(voxels: int, voxel_ml: float, min_ml: float) -> dict[str, Any]:
@@ -85,13 +88,19 @@ class Orchestrator:
         self._settings = settings
         self._store = store
         self._queue = JobQueue(store)
-        self._outbox = Outbox(store)
         self._on_outbox = on_outbox
         self._backend = backend
         self._clock = clock
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._held: dict[int, Job] = {}
+        self._held_lock = threading.Lock()
+        self._route_failures: dict[SeriesKey, tuple[int, float]] = {}
+        lease_s = settings.inference.lease_s
+        self._loops = [
+            Loop(f"worker-{index}", self.run_next, 1.0, prepare=self._warm_up, wake=self._wake)
+            for index in range(settings.inference.workers)
+        ]
+        self._heartbeat = Loop("job-heartbeat", self._renew_leases, lease_s / 3)
 
     # -- routing ---------------------------------------------------------------------------
     def series_complete(self, key: SeriesKey) -> int:
@@ -122,47 +131,101 @@ class Orchestrator:
         self._wake.set()
         return queued
 
-    def route_pending(self) -> None:
-        """Route complete revisions that a crash left unrouted."""
+    def route_pending(self) -> int:
+        """Route complete revisions not routed yet: completed just now, left by a crash, or
+        whose routing failed (retried with backoff; after ``ROUTE_ATTEMPTS`` failures the
+        series is marked ``failed`` with the reason). Returns how many were routed."""
+        routed = 0
+        now = self._clock()
         for key in self._store.unrouted_complete_series():
-            self.series_complete(key)
+            failures, not_before = self._route_failures.get(key, (0, 0.0))
+            if now < not_before:
+                continue
+            try:
+                self.series_complete(key)
+            except Exception as exc:
+                failures += 1
+                reason = f"{exc.__class__.__name__}: {exc}"[:200]
+                if failures >= ROUTE_ATTEMPTS:
+                    log.error("series %s rev %d: routing failed %d times, giving up: %s",
+                              key.series_instance_uid, key.revision, failures, reason)
+                    self._store.set_route(key, "failed", reason)
+                    self._route_failures.pop(key, None)
+                    continue
+                delay = self._settings.inference.retry_policy.delay(failures)
+                log.exception("series %s rev %d: routing failed; retrying in %.0f s",
+                              key.series_instance_uid, key.revision, delay)
+                self._route_failures[key] = (failures, now + delay)
+                continue
+            self._route_failures.pop(key, None)
+            routed += 1
+        return routed
 
     # -- jobs ------------------------------------------------------------------------------
     def run_next(self) -> Job | None:
         """Claim and run one ready job; ``None`` when there is none."""
-        job = self._queue.claim(self._clock(), LEASE_SECONDS)
+        inference = self._settings.inference
+        job = self._queue.claim(self._clock(), inference.lease_s, inference.job_attempts)
         if job is None:
             return None
+        with self._held_lock:
+            self._held[job.id] = job
+        try:
+            self._run(job)
+        except LeaseLost:
+            log.warning("job %d (%s): no longer ours (superseded, or its lease was taken over);"
+                        " its result is discarded", job.id, job.pipeline)
+        finally:
+            with self._held_lock:
+                self._held.pop(job.id, None)
+        return job
+
+    def _run(self, job: Job) -> None:
         try:
             result = self.execute(job)
         except PERMANENT_ERRORS as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             log.error("job %d (%s) failed: %s", job.id, job.pipeline, reason)
-            self._queue.fail(job.id, reason, self._clock())
+            self._queue.fail(job, reason, self._clock())
+        except LeaseLost:
+            raise
         except Exception as exc:  # retried: backend down, disk, anything transient
             self._retry_or_fail(job, exc)
         else:
-            self._queue.complete(job.id, result.summary, self._clock())
+            now = self._clock()
+
+            def queue_deliveries(db: sqlite3.Connection) -> None:
+                for item in result.deliveries:
+                    outbox.put(db, job.id, item, now)
+
+            self._queue.complete(job, result.summary, now, also=queue_deliveries)
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
-        return job
+            if result.deliveries and self._on_outbox is not None:
+                self._on_outbox()
 
     def _retry_or_fail(self, job: Job, exc: Exception) -> None:
         inference = self._settings.inference
+        policy = inference.retry_policy
         reason = f"{exc.__class__.__name__}: {exc}"[:300]
+        now = self._clock()
+        if isinstance(exc, BackendUnavailable):  # an outage: retried over the window
+            if policy.exhausted(job.first_failed_at, now):
+                log.error("job %d: backend unavailable for %.0f s, giving up: %s",
+                          job.id, policy.window_s, reason)
+                self._queue.fail(job, f"backend unavailable for {policy.window_s:.0f} s: "
+                                 f"{reason}", now)
+                return
+            delay = policy.delay(job.transient + 1)
+            log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)
+            self._queue.retry(job, reason, delay, now, counted=False)
+            return
         if job.attempts >= inference.job_attempts:
             log.error("job %d gave up after %d attempts: %s", job.id, job.attempts, reason)
-            self._queue.fail(
-                job.id, f"gave up after {job.attempts} attempts: {reason}", self._clock()
-            )
+            self._queue.fail(job, f"gave up after {job.attempts} attempts: {reason}", now)
             return
-        delay = inference.job_retry_s * 2 ** (job.attempts - 1)
-        if not isinstance(exc, BackendUnavailable):
-            log.exception(
-                "job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts, delay
-            )
-        else:
-            log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)
-        self._queue.retry(job.id, reason, delay, self._clock())
+        delay = policy.delay(job.attempts)
+        log.exception("job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts, delay)
+        self._queue.retry(job, reason, delay, now)
 
     def execute(self, job: Job) -> JobResult:
         # torch + MONAI take seconds to import: loaded by the first job, not at start-up,
@@ -192,22 +255,22 @@ class Orchestrator:
         }
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
-        _write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
-        _write_atomically(
+        write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        write_atomically(
             target / "slices.json",
             lambda handle: handle.write(
                 json.dumps([[s.sop_instance_uid, s.frame_number] for s in volume.slices]).encode()
             ),
         )
-        _write_atomically(
+        write_atomically(
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        self._encode_and_queue(job, volume, labels, spec.labels, summary, target, spec.version)
+        deliveries = self._encode(job, volume, labels, spec.labels, summary, target, spec.version)
         summary["result_dir"] = str(target)
-        return JobResult(labels, volume, summary)
+        return JobResult(labels, volume, summary, deliveries)
 
-    def _encode_and_queue(
+    def _encode(
         self,
         job: Job,
         volume: Volume,
@@ -216,8 +279,9 @@ class Orchestrator:
         summary: dict[str, Any],
         target: Path,
         model_version: str,
-    ) -> None:
-        """SEG / SR / SC as the pipeline asks, written durably, then queued per destination."""
+    ) -> list[ResultToSend]:
+        """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
+        (queued with the job's completion)."""
         pipeline = self._pipeline(job.pipeline)
         urgent = is_urgent(pipeline, summary["labels"])
         summary["urgent"] = urgent
@@ -225,7 +289,7 @@ class Orchestrator:
             label["present"] for label in summary["labels"].values()
         ):
             summary["outputs"] = {}
-            return
+            return []
         provenance = Provenance(
             job.model,
             model_version,
@@ -245,25 +309,19 @@ class Orchestrator:
                 destinations.append(sender.name)
         summary["outputs"] = {}
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
+        deliveries: list[ResultToSend] = []
         for kind, dataset in objects.items():
             path = target / f"{kind}.dcm"
-            _write_atomically(path, functools.partial(_save_dataset, dataset))
+            write_atomically(path, functools.partial(_save_dataset, dataset))
             summary["outputs"][kind] = str(dataset.SOPInstanceUID)
             for destination in destinations:
                 wanted = self._settings.peer(destination).results
                 if wanted is not None and kind not in wanted:
                     continue
-                self._outbox.put(
-                    job.id,
-                    destination,
-                    str(path),
-                    str(dataset.SOPInstanceUID),
-                    kind,
-                    10 if urgent else 0,
-                    self._clock(),
-                )
-        if destinations and self._on_outbox is not None:
-            self._on_outbox()
+                deliveries.append(ResultToSend(
+                    destination, str(path), str(dataset.SOPInstanceUID), kind, 10 if urgent else 0
+                ))
+        return deliveries
 
     def _pipeline(self, name: str) -> Pipeline:
         for pipeline in self._settings.pipelines:
@@ -300,31 +358,48 @@ class Orchestrator:
         return states
 
     def start(self) -> None:
+        """Jobs left running by a previous process are queued again (one node per job store),
+        models are checked, leftover series routed, and the workers started."""
+        reset = self._queue.reset_running(self._clock())
+        if reset:
+            log.warning("%d job(s) were running when the node stopped: queued again", reset)
         self.check_models()
         self.route_pending()
-        for index in range(self._settings.inference.workers):
-            thread = threading.Thread(target=self._work, name=f"worker-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for loop in self._loops:
+            loop.start()
+        self._heartbeat.start()
 
-    def _work(self) -> None:
+    def _warm_up(self) -> None:
+        """Load torch + MONAI in the background: the first series should not wait for them
+        (a node without pipelines never loads them: ~300 MB less)."""
         if self._settings.pipelines:
-            # warm up in the background: the first series should not wait for torch + MONAI
-            # (a node without pipelines never loads them: ~300 MB less)
             import node.infer.runner  # noqa: F401
 
-        while not self._stopping.is_set():
-            try:
-                if self.run_next() is not None:
-                    continue
-            except Exception:
-                log.exception("worker loop error; continuing")
-            self._wake.wait(1.0)
-            self._wake.clear()
+    def _renew_leases(self) -> bool:
+        with self._held_lock:
+            held = list(self._held.values())
+        if held:
+            for job in self._queue.heartbeat(held, self._clock(), self._settings.inference.lease_s):
+                log.warning("job %d: lease lost (superseded or taken over)", job.id)
+        return False
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self._backend.close()
+    def ensure_running(self) -> None:
+        """Restart any worker (or heartbeat) thread that died."""
+        for loop in (*self._loops, self._heartbeat):
+            loop.ensure_running()
+
+    def stop(self, grace_s: float = 10) -> None:
+        """Stop the workers; jobs still running after ``grace_s`` are handed back (queued
+        again at once, the attempt not counted) so a restart resumes them."""
+        deadline = time.monotonic() + grace_s
+        for loop in self._loops:
+            loop.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+        with self._held_lock:
+            held = list(self._held.values())
+            self._held.clear()
+        if held:
+            released = self._queue.release_held(held, self._clock())
+            log.warning("stopping: %d running job(s) handed back", released)
+        self._heartbeat.stop(timeout_s=5)
+        if not any(loop.alive for loop in self._loops):
+            self._backend.close()

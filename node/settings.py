@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from node.retry import RetryPolicy
 
 ENV_PREFIX = "AINODE__"
 ENV_SEPARATOR = "__"
@@ -66,7 +76,9 @@ class Peer(_Strict):
     """A known application entity: may send to us, and may receive results.
 
     Results go by C-STORE, or by STOW-RS when ``dicomweb_url`` is set (HTTP basic auth with
-    ``username``/``password``, or a bearer ``token``)."""
+    ``username``/``password``, or a bearer ``token``). Secrets are never printed; they can be
+    read from a file (``password_file``, ``token_file``: e.g. a container secret) instead of
+    being written in the configuration."""
 
     name: str = Field(min_length=1)
     ae_title: str
@@ -77,10 +89,32 @@ class Peer(_Strict):
         None, description="result kinds this peer wants (e.g. [sc] for a viewer without SEG)"
     )
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Peer:
+        for field_name in ("password", "token"):
+            source: Path | None = getattr(self, f"{field_name}_file")
+            if source is None:
+                continue
+            if getattr(self, field_name) is not None:
+                raise ValueError(f"set {field_name} or {field_name}_file, not both")
+            try:
+                secret = source.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{field_name}_file {source}: {exc.strerror}") from exc
+            object.__setattr__(self, field_name, SecretStr(secret))
+        return self
+
+    def secret(self, field_name: str) -> str | None:
+        """The plain value of ``password`` or ``token`` (for the HTTP client only)."""
+        value: SecretStr | None = getattr(self, field_name)
+        return value.get_secret_value() if value is not None else None
 
 
 class InferenceSection(_Strict):
@@ -96,8 +130,21 @@ class InferenceSection(_Strict):
     retries: int = Field(3, ge=0, description="retries of a failed request, with backoff")
     model_repository: Path = Path("model_repository")
     workers: int = Field(1, ge=1, description="jobs processed at once")
-    job_attempts: int = Field(5, ge=1, description="attempts before a job is dead-lettered")
+    job_attempts: int = Field(
+        5, ge=1, description="attempts that crash or raise before a job fails"
+    )
     job_retry_s: float = Field(10, gt=0, description="first retry delay; doubles each attempt")
+    max_job_retry_s: float = Field(300, gt=0, description="longest delay between retries")
+    retry_window_s: float = Field(
+        3600, gt=0, description="how long a backend outage is retried before the job fails"
+    )
+    lease_s: float = Field(
+        60, ge=5, description="a running job's lease; renewed every third of it while alive"
+    )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.job_retry_s, self.max_job_retry_s, self.retry_window_s)
 
     @model_validator(mode="after")
     def _triton_needs_url(self) -> InferenceSection:
@@ -173,13 +220,20 @@ class Pipeline(_Strict):
 
 
 class EgressSection(_Strict):
-    """Delivery of results: retries with exponential backoff, then the dead letter."""
+    """Delivery of results: transient failures retried with exponential backoff over a time
+    window, then the dead letter; refusals that will repeat go there at once."""
 
-    attempts: int = Field(8, ge=1)
     retry_s: float = Field(5, gt=0)
     max_retry_s: float = Field(600, gt=0)
+    retry_window_s: float = Field(
+        86400, gt=0, description="how long a destination that is down is retried (24 h)"
+    )
     interval_s: float = Field(1, gt=0, description="how often the outbox is looked at")
     timeout_s: float = Field(60, gt=0)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_s, self.max_retry_s, self.retry_window_s)
 
 
 class SeriesSection(_Strict):

@@ -1,36 +1,44 @@
 """Delivers the outbox: C-STORE (one association per destination and pass) or STOW-RS.
 
 Per object: success (and warnings) -> sent; a refusal the peer will repeat (SOP class or
-presentation context not accepted, 0xA9xx, 0xCxxx, 0x01xx) -> dead letter with the reason; out
-of resources, a peer that is down or an HTTP 5xx -> retried with exponential backoff, dead
-after ``egress.attempts``.
+presentation context not accepted, a permanent association rejection, 0xA9xx, 0xCxxx, HTTP
+4xx) -> dead letter with the reason; out of resources, a peer that is down, a transient
+association rejection, HTTP 401/403/408/429/5xx, or anything unexpected -> retried with
+exponential backoff until ``egress.retry_window_s`` (24 h by default) has passed since the
+first failure, then dead. Whatever happens with one destination, the others are served, and
+every item ends its pass in a recorded state.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
+from node.loops import Loop
 from node.settings import Peer, Settings
 from node.store.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
 
+_DIMSE_STATUS = re.compile(r"^0x([0-9A-Fa-f]{4})\b")
+
 
 def classify(outcome: str) -> str:
-    """``sent``, ``retry`` or ``dead`` for a C-STORE outcome string (``0x0000`` ...)."""
-    if outcome.startswith("0x"):
-        status = int(outcome, 16)
+    """``sent``, ``retry`` or ``dead`` for an outcome string (``0x0000``, ``refused: ...``)."""
+    status_match = _DIMSE_STATUS.match(outcome)
+    if status_match:
+        status = int(status_match.group(1), 16)
         if status == 0 or 0xB000 <= status <= 0xBFFF:
             return "sent"
         if 0xA700 <= status <= 0xA7FF:
             return "retry"
         return "dead"
-    if outcome.startswith("refused") or "presentation context" in outcome.lower():
+    lowered = outcome.lower()
+    if lowered.startswith("refused") or "presentation context" in lowered:
         return "dead"
     return "retry"
 
@@ -42,9 +50,8 @@ class Delivery:
         self._settings = settings
         self._outbox = outbox
         self._clock = clock
-        self._stopping = threading.Event()
-        self.wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("egress", self.deliver_ready, settings.egress.interval_s)
+        self.wake = self._loop.wake
 
     def deliver_ready(self) -> int:
         """One pass over ready items; returns how many were sent."""
@@ -61,67 +68,63 @@ class Delivery:
             sent += self._deliver(peer, items)
         return sent
 
-    def _deliver(self, peer: Peer, items: list[OutboxItem]) -> int:
+    def _outcomes(self, peer: Peer, items: list[OutboxItem]) -> dict[str, str]:
+        paths = [Path(i.path) for i in items]
+        timeout_s = self._settings.egress.timeout_s
         if peer.dicomweb_url:
             from node.egress.stow import stow
 
-            outcomes = stow(peer, [Path(i.path) for i in items], self._settings.egress.timeout_s)
-        else:
-            try:
-                report = send_files(
-                    [Path(i.path) for i in items],
-                    peer,
-                    self._settings.node.ae_title,
-                    timeout_s=self._settings.egress.timeout_s,
-                )
-                outcomes = {str(path): status for path, status in report.outcomes.items()}
-            except PeerRefused as exc:
-                outcomes = {i.path: f"refused: {exc}" for i in items}
-            except PeerUnavailable as exc:
-                outcomes = {i.path: f"unavailable: {exc}" for i in items}
+            return stow(peer, paths, timeout_s)
+        try:
+            report = send_files(paths, peer, self._settings.node.ae_title, timeout_s=timeout_s)
+        except PeerRefused as exc:
+            return {i.path: f"refused: {exc}" for i in items}
+        except PeerUnavailable as exc:
+            return {i.path: f"unavailable: {exc}" for i in items}
+        return {str(path): status for path, status in report.outcomes.items()}
+
+    def _deliver(self, peer: Peer, items: list[OutboxItem]) -> int:
+        try:
+            outcomes = self._outcomes(peer, items)
+        except Exception as exc:  # a defect or a surprise: every item still ends in a state
+            log.exception("delivery to %s failed unexpectedly", peer.name)
+            reason = f"not sent: internal error ({exc.__class__.__name__})"
+            outcomes = {i.path: reason for i in items}
         sent = 0
         for item in items:
-            outcome = outcomes.get(item.path, "not sent: no outcome")
-            verdict = classify(outcome)
-            now = self._clock()
-            if verdict == "sent":
-                self._outbox.sent(item.id, now)
-                sent += 1
-            elif verdict == "dead" or item.attempts + 1 >= self._settings.egress.attempts:
-                log.error(
-                    "result %s to %s: dead letter (%s)", item.sop_instance_uid, peer.name, outcome
-                )
-                self._outbox.dead(item.id, outcome, now)
-            else:
-                egress = self._settings.egress
-                delay = min(egress.max_retry_s, egress.retry_s * 2**item.attempts)
-                log.warning(
-                    "result %s to %s: %s; retry in %.0f s",
-                    item.sop_instance_uid,
-                    peer.name,
-                    outcome,
-                    delay,
-                )
-                self._outbox.retry(item.id, outcome, delay, now)
+            try:
+                sent += self._record(peer, item, outcomes.get(item.path, "not sent: no outcome"))
+            except Exception:
+                log.exception("result %s to %s: outcome not recorded", item.id, peer.name)
         if sent:
             log.info("delivered %d result object(s) to %s", sent, peer.name)
         return sent
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="egress", daemon=True)
-        self._thread.start()
+    def _record(self, peer: Peer, item: OutboxItem, outcome: str) -> int:
+        verdict = classify(outcome)
+        now = self._clock()
+        policy = self._settings.egress.retry_policy
+        if verdict == "sent":
+            self._outbox.sent(item.id, now)
+            return 1
+        if verdict == "retry" and policy.exhausted(item.first_failed_at, now):
+            verdict, outcome = "dead", f"gave up after {policy.window_s:.0f} s: {outcome}"
+        if verdict == "dead":
+            log.error("result %s to %s: dead letter (%s)", item.sop_instance_uid, peer.name,
+                      outcome)
+            self._outbox.dead(item.id, outcome, now)
+            return 0
+        delay = policy.delay(item.attempts + 1)
+        log.warning("result %s to %s: %s; retry in %.0f s", item.sop_instance_uid, peer.name,
+                    outcome, delay)
+        self._outbox.retry(item.id, outcome, delay, now)
+        return 0
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.deliver_ready()
-            except Exception:
-                log.exception("delivery pass failed; retrying")
-            self.wake.wait(self._settings.egress.interval_s)
-            self.wake.clear()
+    def start(self) -> None:
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._loop.stop()
+
+    def ensure_running(self) -> bool:
+        return self._loop.ensure_running()

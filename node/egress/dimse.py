@@ -12,7 +12,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from node.dicomfile import VERIFICATION
 from node.settings import Peer
@@ -28,8 +28,17 @@ class PeerUnavailable(ConnectionError):
 
 
 class PeerRefused(PeerUnavailable):
-    """The peer answered and refused: association rejected, or none of the proposed
-    presentation contexts (SOP class + transfer syntax) accepted. Retrying will not help."""
+    """The peer answered and refused: association rejected permanently, or none of the
+    proposed presentation contexts (SOP class + transfer syntax) accepted. Retrying will not
+    help until someone changes a configuration."""
+
+
+def _is_transient_rejection(result: int | None, source: int | None) -> bool:
+    """PS3.8 9.3.4 (Table 9-21): *rejected-transient* (result 2), and the presentation
+    layer's own reasons (source 3: temporary congestion, local limit exceeded) pass with time;
+    a permanent rejection by the service user (e.g. calling AE title not recognised) or the
+    ACSE provider (protocol version) does not."""
+    return result == 0x02 or source == 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +66,26 @@ def _client(calling_ae: str, timeout_s: float) -> AE:
 
 
 def _associate(ae: AE, peer: Peer) -> Any:
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    rejections: list[Any] = []
+
+    def _keep_rejection(event: evt.Event) -> None:
+        primitive = getattr(event, "primitive", None)  # EVT_ACSE_RECV carries it
+        if getattr(primitive, "result", None) in (0x01, 0x02):  # A-ASSOCIATE-RJ
+            rejections.append(primitive)
+
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, _keep_rejection)])
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
         if assoc.is_rejected:
-            raise PeerRefused(f"{peer.name} ({where}) rejected the association: no accepted "
-                              "presentation context for these SOP classes, or AE not known")
+            if not rejections:
+                raise PeerRefused(f"{peer.name} ({where}) rejected the association")
+            answer = rejections[0]
+            why = f"{answer.source_str}: {answer.reason_str}"
+            if _is_transient_rejection(answer.result, answer.result_source):
+                raise PeerUnavailable(
+                    f"{peer.name} ({where}) rejected the association for now ({why})")
+            raise PeerRefused(f"{peer.name} ({where}) rejected the association ({why})")
         if assoc.rejected_contexts and not assoc.accepted_contexts:  # AC received, all refused
             classes = sorted({str(getattr(c.abstract_syntax, "name", c.abstract_syntax))
                               for c in assoc.rejected_contexts})

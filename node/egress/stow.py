@@ -10,27 +10,43 @@ from dicomweb_client.api import DICOMwebClient
 
 from node.settings import Peer
 
+# Answers that say "later" (PS3.18 8.6.2 / RFC 9110): a lockout or expired password is fixed by
+# a person, so these are retried with backoff instead of dead-lettered or hammered.
+_TRANSIENT_HTTP = {401, 403, 408, 429}
+
+
+def _http_outcome(code: int) -> str:
+    if code in (401, 403):
+        return f"unauthorized: HTTP {code} (check the peer's credentials)"
+    if code >= 500 or code in _TRANSIENT_HTTP:
+        return f"unavailable: HTTP {code}"
+    return f"0xC000 refused: HTTP {code}"
+
 
 def stow(peer: Peer, paths: list[Path], timeout_s: float) -> dict[str, str]:
-    """Store each file; outcome per path: ``0x0000``, ``0xA900``-style refusal, or a reason."""
+    """Store each file; outcome per path: ``0x0000``, ``0xC000 refused: ...``, or a reason to
+    retry. After a failure that concerns the destination rather than the object (down,
+    unauthorised, overloaded) the remaining files are not tried in this pass."""
     with requests.Session() as session:
-        if peer.token:
-            session.headers["Authorization"] = f"Bearer {peer.token}"
+        token, password = peer.secret("token"), peer.secret("password")
+        if token:
+            session.headers["Authorization"] = f"Bearer {token}"
         elif peer.username:
-            session.auth = (peer.username, peer.password or "")
+            session.auth = (peer.username, password or "")
         client = DICOMwebClient(url=str(peer.dicomweb_url), session=session, timeout=timeout_s)
         outcomes: dict[str, str] = {}
-        for path in paths:
+        for index, path in enumerate(paths):
             try:
                 client.store_instances(datasets=[pydicom.dcmread(path)])
                 outcomes[str(path)] = "0x0000"
+                continue
             except requests.HTTPError as exc:
                 code = exc.response.status_code if exc.response is not None else 0
-                outcomes[str(path)] = (
-                    f"HTTP {code}"
-                    if code >= 500 or code in (408, 429)
-                    else f"0xC000 refused: HTTP {code}"
-                )
+                outcomes[str(path)] = _http_outcome(code)
             except requests.RequestException as exc:
                 outcomes[str(path)] = f"unavailable: {exc.__class__.__name__}"
+            if not outcomes[str(path)].startswith("0x"):
+                for later in paths[index + 1 :]:
+                    outcomes[str(later)] = f"not sent: {outcomes[str(path)]}"
+                break
     return outcomes

@@ -1,16 +1,24 @@
 """Inference on NVIDIA Triton Inference Server with tritonclient (gRPC by default, or HTTP).
 
 Binary tensors always; optionally system shared memory when the server runs on this host (the
-tensors then never cross the socket). Requests that fail because the server is unreachable or
-not ready are retried with exponential backoff, then reported as :class:`BackendUnavailable`
-so the job is retried later; a model the server does not know is :class:`ModelNotFound`.
+tensors then never cross the socket). Every worker thread has its own client and its own
+shared-memory regions (named after the process, the thread and a counter), so concurrent jobs
+never read or overwrite each other's tensors: one patient's image can never be encoded with
+another's label map. The registry of all threads' connections is guarded by a lock.
+
+Requests that fail because the server is unreachable or not ready are retried with exponential
+backoff, then reported as :class:`BackendUnavailable` so the job is retried later; a model
+the server does not know is :class:`ModelNotFound`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +55,17 @@ def _unavailable(message: str) -> bool:
     return any(marker in lowered for marker in _UNAVAILABLE_MARKERS)
 
 
+@dataclass
+class _Connection:
+    """One worker thread's client and shared-memory regions (by role: ``in``, ``out``)."""
+
+    client: Any
+    regions: dict[str, tuple[str, Any, int]] = field(default_factory=dict)
+
+
+_region_numbers = itertools.count()
+
+
 class TritonBackend:
     name = "triton"
 
@@ -68,29 +87,47 @@ class TritonBackend:
         else:
             import tritonclient.http as client_module
         self._module: Any = client_module
-        self._regions: list[tuple[str, Any]] = []
-        self._client: Any = self._connect()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[_Connection] = []
 
-    def _connect(self) -> Any:
+    def _new_client(self) -> Any:
         if self._protocol == "grpc":
             return self._module.InferenceServerClient(self._url)
         return self._module.InferenceServerClient(
             self._url, connection_timeout=self._timeout_s, network_timeout=self._timeout_s
         )
 
+    @property
+    def _connection(self) -> _Connection:
+        """This thread's connection (made on first use)."""
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _Connection(self._new_client())
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @property
+    def _client(self) -> Any:
+        return self._connection.client
+
     def _reconnect(self) -> None:
-        """A fresh channel (gRPC backs off reconnecting for up to minutes) and, since a
-        restarted server has forgotten them, fresh shared-memory registrations."""
+        """A fresh channel for this thread (gRPC backs off reconnecting for up to minutes)
+        and, since a restarted server has forgotten them, fresh shared-memory registrations.
+        Other threads' connections are left alone."""
         from tritonclient.utils import shared_memory as shm
 
-        for _name, handle in self._regions:
+        connection = self._connection
+        for _name, handle, _size in connection.regions.values():
             shm.destroy_shared_memory_region(handle)
-        self._regions = []
+        connection.regions.clear()
         try:
-            self._client.close()
+            connection.client.close()
         except Exception as exc:  # a broken channel may fail to close; it is dropped anyway
             log.debug("closing the old Triton client failed: %s", exc)
-        self._client = self._connect()
+        connection.client = self._new_client()
 
     # -- readiness -------------------------------------------------------------------------
     def check(self, model: ModelSpec) -> None:
@@ -189,34 +226,45 @@ class TritonBackend:
 
     # -- shared memory ---------------------------------------------------------------------
     def _region(self, role: str, size: int) -> tuple[str, Any]:
-        """A registered system shared-memory region of exactly ``size`` bytes for ``role``."""
+        """This thread's registered system shared-memory region of exactly ``size`` bytes for
+        ``role``; only this thread ever uses it (reused while the size stays the same)."""
         from tritonclient.utils import shared_memory as shm
 
-        name = f"ainode_{os.getpid()}_{role}_{size}"
-        for existing, handle in self._regions:
-            if existing == name:
-                return name, handle
-        for existing, handle in [
-            r for r in self._regions if r[0].startswith(f"ainode_{os.getpid()}_{role}_")
-        ]:
-            self._release(existing, handle)
+        connection = self._connection
+        existing = connection.regions.get(role)
+        if existing is not None:
+            if existing[2] == size:
+                return existing[0], existing[1]
+            self._release(connection, role)
+        name = (
+            f"ainode_{os.getpid()}_{threading.get_ident()}_{next(_region_numbers)}_{role}"
+        )
         handle = shm.create_shared_memory_region(name, "/" + name, size)
-        self._client.register_system_shared_memory(name, "/" + name, size)
-        self._regions.append((name, handle))
+        try:
+            connection.client.register_system_shared_memory(name, "/" + name, size)
+        except BaseException:
+            shm.destroy_shared_memory_region(handle)
+            raise
+        connection.regions[role] = (name, handle, size)
         return name, handle
 
-    def _release(self, name: str, handle: Any) -> None:
+    def _release(self, connection: _Connection, role: str) -> None:
         from tritonclient.utils import InferenceServerException
         from tritonclient.utils import shared_memory as shm
 
+        name, handle, _size = connection.regions.pop(role)
         try:
-            self._client.unregister_system_shared_memory(name)
+            connection.client.unregister_system_shared_memory(name)
         except InferenceServerException as exc:
             log.warning("could not unregister shared memory %s: %s", name, exc)
         shm.destroy_shared_memory_region(handle)
-        self._regions = [r for r in self._regions if r[0] != name]
 
     def close(self) -> None:
-        for name, handle in list(self._regions):
-            self._release(name, handle)
-        self._client.close()
+        """Release every thread's regions and clients (call when no job is running)."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            for role in list(connection.regions):
+                self._release(connection, role)
+            connection.client.close()
+        self._local = threading.local()

@@ -28,8 +28,15 @@ from typing import Any, cast
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 
-from node.dicomfile import VERIFICATION, InstanceIdentity, UnreadableInstance, read_identity
+from node.dicomfile import (
+    VERIFICATION,
+    InstanceIdentity,
+    UnreadableInstance,
+    read_identity,
+    stamp_association,
+)
 from node.domain import InstanceRef, StoreOutcome
 from node.ingest import receive_path
 from node.settings import Settings
@@ -172,7 +179,7 @@ class StorageHandlers:
             )
             return _status(OUT_OF_RESOURCES, "disk space below configured floor")
         received: Path | None = getattr(request, "_dataset_path", None)  # chunked receive
-        encoded = b"" if received else event.encoded_dataset(include_meta=True)
+        encoded = b"" if received else self._part10(event, calling_ae)
         identity = self._identify(received, encoded, request, calling_ae)
         if isinstance(identity, Dataset):
             return identity
@@ -197,8 +204,19 @@ class StorageHandlers:
             log.info(
                 "duplicate SOP Instance %s from %s replaced the earlier copy", sop_uid, calling_ae
             )
-        self._on_recorded(outcome, id(event.assoc))
+        try:
+            self._on_recorded(outcome, id(event.assoc))
+        except Exception:  # stored and indexed: the sender must hear success, or it re-sends
+            log.exception("series bookkeeping failed after storing an instance; it is retried")
         return SUCCESS
+
+    def _part10(self, event: evt.Event, calling_ae: str) -> bytes:
+        """The received data set as a Part 10 file whose meta names the association."""
+        meta = event.file_meta
+        stamp_association(meta, calling_ae, self._settings.node.ae_title)
+        request = cast(C_STORE, event.request)
+        dataset = cast(BytesIO, request.DataSet).getvalue()
+        return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
 
 
 def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE, list[Any]]:

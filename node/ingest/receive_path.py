@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.dicomfile import stamp_association
+
 log = logging.getLogger(__name__)
 
 _installed = False
@@ -140,17 +142,52 @@ def _patch_dimse_and_association(assoc_module: Any, dimse_module: Any) -> None:
     assoc_module.Association = WakingAssociation
 
 
+_decoding = threading.local()
+
+
+def _stamp_file_meta(messages: Any) -> None:
+    """Make the file meta pynetdicom writes at the head of each received file name the
+    association's calling and called AE titles (see :func:`stamp_association`). The meta is
+    created inside ``decode_msg``, on the thread decoding that association's PDUs."""
+    if getattr(messages, "_ainode_stamped", False):
+        return
+    original_decode = messages.DIMSEMessage.decode_msg
+    original_meta = messages.create_file_meta
+
+    def decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
+        _decoding.assoc = assoc
+        try:
+            return bool(original_decode(self, primitive, assoc))
+        finally:
+            _decoding.assoc = None
+
+    def create_file_meta(**kwargs: Any) -> Any:
+        meta = original_meta(**kwargs)
+        assoc = getattr(_decoding, "assoc", None)
+        if assoc is not None:
+            stamp_association(meta, str(assoc.requestor.ae_title), str(assoc.acceptor.ae_title))
+        return meta
+
+    messages.DIMSEMessage.decode_msg = decode_msg
+    messages.create_file_meta = create_file_meta
+    messages._ainode_stamped = True
+
+
 def stream_to(directory: Path) -> bool:
     """Receive C-STORE data sets straight into Part 10 files under ``directory``."""
     try:
         config: Any = importlib.import_module("pynetdicom._config")
         messages: Any = importlib.import_module("pynetdicom.dimse_messages")
-        if not hasattr(messages, "NamedTemporaryFile"):
+        if not all(
+            hasattr(messages, name)
+            for name in ("NamedTemporaryFile", "create_file_meta", "DIMSEMessage")
+        ):
             log.warning("pynetdicom internals differ from 3.0: receiving into memory")
             return False
         messages.NamedTemporaryFile = functools.partial(
             tempfile.NamedTemporaryFile, dir=directory, prefix="rx-", suffix=".part"
         )
+        _stamp_file_meta(messages)
         config.STORE_RECV_CHUNKED_DATASET = True
     except (ImportError, AttributeError) as exc:
         log.warning("cannot receive to disk (%s): receiving into memory", exc)

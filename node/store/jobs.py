@@ -79,7 +79,39 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (series_uid, revision, pipeline)
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, priority, not_before);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER,
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 """
+
+# Columns added after the first release: (table, column, declaration). Applied at open.
+_ADDED_COLUMNS = (
+    ("jobs", "owner", "TEXT"),  # the claim token of the worker holding the lease
+    ("jobs", "transient", "INTEGER NOT NULL DEFAULT 0"),  # attempts not counted: outages, stops
+    ("jobs", "first_failed_at", "REAL"),  # start of the transient-failure window
+    ("jobs", "superseded_by", "INTEGER"),  # the revision that replaced this job's series
+    ("outbox", "first_failed_at", "REAL"),  # start of the delivery retry window
+)
 
 
 class JobStore:
@@ -95,6 +127,15 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self.add_columns(_ADDED_COLUMNS)
+
+    def add_columns(self, columns: tuple[tuple[str, str, str], ...]) -> None:
+        """Add each ``(table, column, declaration)`` a database from an older release lacks."""
+        with self.transaction() as db:
+            for table, column, declaration in columns:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -113,10 +154,27 @@ class JobStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # also when COMMIT itself fails (disk full, I/O error): SQLite then keeps the
+                # transaction open, and every later BEGIN on this connection would fail
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+
+    def audit(self, actor: str, action: str, detail: str, now: float) -> None:
+        """One line of the audit trail (who did what), e.g. an operator's requeue."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
+                (now, actor, action, detail),
+            )
+
+    def audit_lines(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
+        with self.reading() as db:
+            return db.execute(
+                "SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
 
     def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
         """Index a spooled instance into the open revision of its series (opening one if needed)."""
@@ -128,6 +186,8 @@ class JobStore:
             ).fetchone()
             if row is None or row[1] == SeriesState.COMPLETE:
                 revision = 1 if row is None else row[0] + 1
+                if row is not None:
+                    _supersede_older_revisions(db, ref.series_instance_uid, revision)
                 db.execute(
                     "INSERT INTO series (series_uid, revision, study_uid, modality, calling_ae,"
                     " called_ae, sop_class_uid, body_part, series_description, image_type,"
@@ -335,3 +395,27 @@ class JobStore:
             "series_complete": by_state.get(SeriesState.COMPLETE, 0),
             "duplicates": duplicates,
         }
+
+
+def _supersede_older_revisions(db: sqlite3.Connection, series_uid: str, revision: int) -> None:
+    """A new revision opens: instances may move to it, so jobs of older revisions that have
+    not finished would see a truncated series. Those stop (``superseded``), their undelivered
+    results are withdrawn, and finished ones are marked as superseded; the new revision is
+    routed again when it completes, with every instance of the series."""
+    db.execute(
+        "UPDATE jobs SET state='superseded', owner=NULL, lease_until=NULL,"
+        " error='superseded by revision ' || ? WHERE series_uid=? AND revision<?"
+        " AND state IN ('queued', 'running')",
+        (revision, series_uid, revision),
+    )
+    db.execute(
+        "UPDATE jobs SET superseded_by=? WHERE series_uid=? AND revision<?"
+        " AND superseded_by IS NULL",
+        (revision, series_uid, revision),
+    )
+    db.execute(
+        "UPDATE outbox SET state='superseded', error='source series superseded by revision '"
+        " || ? WHERE state='queued' AND job_id IN"
+        " (SELECT id FROM jobs WHERE series_uid=? AND revision<?)",
+        (revision, series_uid, revision),
+    )

@@ -1,17 +1,21 @@
 """The outbox: results waiting for delivery, one row per (destination, SOP instance).
 
-queued -> sent | queued again (backoff) | dead (refused, or attempts exhausted), with the
-reason kept. Re-encoding the same result (same deterministic SOP Instance UID) re-queues its
-row instead of adding one, so a destination receives each object once per change.
+queued -> sent | queued again (backoff, within the retry window) | dead (refused, or the
+window ran out) | superseded (its source series got a newer revision before it was sent),
+with the reason kept. Re-encoding the same result (same deterministic SOP Instance UID)
+re-queues its row instead of adding one, so a destination receives each object once per change.
+Dead letters can be requeued by an operator (``ainode requeue results``).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from node.store.jobs import JobStore
 
-QUEUED, SENT, DEAD = "queued", "sent", "dead"
+QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
+STATES = (QUEUED, SENT, DEAD, SUPERSEDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,59 +26,59 @@ class OutboxItem:
     sop_instance_uid: str
     attempts: int
     priority: int
+    first_failed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultToSend:
+    """One object for one destination, as a finished job hands it to the outbox."""
+
+    destination: str
+    path: str
+    sop_instance_uid: str
+    kind: str
+    priority: int
+
+
+def put(db: sqlite3.Connection, job_id: int, item: ResultToSend, now: float) -> None:
+    """Queue ``item`` inside the caller's transaction (the job's completion)."""
+    db.execute(
+        "INSERT INTO outbox (job_id, destination, path, sop_instance_uid, kind, priority,"
+        " state, not_before, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET"
+        " job_id=excluded.job_id, path=excluded.path, priority=excluded.priority,"
+        " state=excluded.state, attempts=0, not_before=excluded.not_before, error=NULL,"
+        " first_failed_at=NULL, updated_at=excluded.updated_at",
+        (
+            job_id,
+            item.destination,
+            item.path,
+            item.sop_instance_uid,
+            item.kind,
+            item.priority,
+            QUEUED,
+            now,
+            now,
+            now,
+        ),
+    )
 
 
 class Outbox:
     def __init__(self, store: JobStore) -> None:
         self._store = store
-        with store.transaction() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " job_id INTEGER, destination TEXT NOT NULL, path TEXT NOT NULL,"
-                " sop_instance_uid TEXT NOT NULL, kind TEXT NOT NULL, priority INTEGER NOT NULL,"
-                " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-                " not_before REAL NOT NULL, error TEXT, created_at REAL NOT NULL,"
-                " updated_at REAL NOT NULL, UNIQUE (destination, sop_instance_uid))"
-            )
 
-    def put(
-        self,
-        job_id: int,
-        destination: str,
-        path: str,
-        sop_instance_uid: str,
-        kind: str,
-        priority: int,
-        now: float,
-    ) -> None:
+    def put(self, job_id: int, item: ResultToSend, now: float) -> None:
         with self._store.transaction() as db:
-            db.execute(
-                "INSERT INTO outbox (job_id, destination, path, sop_instance_uid, kind, priority,"
-                " state, not_before, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET"
-                " job_id=excluded.job_id, path=excluded.path, priority=excluded.priority,"
-                " state=excluded.state, attempts=0, not_before=excluded.not_before, error=NULL,"
-                " updated_at=excluded.updated_at",
-                (
-                    job_id,
-                    destination,
-                    path,
-                    sop_instance_uid,
-                    kind,
-                    priority,
-                    QUEUED,
-                    now,
-                    now,
-                    now,
-                ),
-            )
+            put(db, job_id, item, now)
 
     def ready(self, now: float, limit: int = 200) -> dict[str, list[OutboxItem]]:
         """Ready items grouped by destination, urgent first, then oldest."""
         with self._store.reading() as db:
             rows = db.execute(
-                "SELECT id, destination, path, sop_instance_uid, attempts, priority FROM outbox"
-                " WHERE state=? AND not_before<=? ORDER BY priority DESC, id LIMIT ?",
+                "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
+                " first_failed_at FROM outbox WHERE state=? AND not_before<=?"
+                " ORDER BY priority DESC, id LIMIT ?",
                 (QUEUED, now, limit),
             ).fetchall()
         grouped: dict[str, list[OutboxItem]] = {}
@@ -89,13 +93,14 @@ class Outbox:
         state: str,
         error: str | None,
         not_before: float | None = None,
-        count_attempt: bool = True,
     ) -> None:
+        failed_since = None if state == SENT else now
         with self._store.transaction() as db:
             db.execute(
-                "UPDATE outbox SET state=?, error=?, attempts=attempts+?,"
-                " not_before=COALESCE(?, not_before), updated_at=? WHERE id=?",
-                (state, error, int(count_attempt), not_before, now, item_id),
+                "UPDATE outbox SET state=?, error=?, attempts=attempts+1,"
+                " not_before=COALESCE(?, not_before), first_failed_at=COALESCE(first_failed_at, ?),"
+                " updated_at=? WHERE id=? AND state=?",
+                (state, error, not_before, failed_since, now, item_id, QUEUED),
             )
 
     def sent(self, item_id: int, now: float) -> None:
@@ -107,6 +112,27 @@ class Outbox:
     def dead(self, item_id: int, error: str, now: float) -> None:
         self._set(item_id, now, DEAD, error)
 
+    def requeue(self, item_ids: list[int] | None, now: float) -> list[int]:
+        """Dead letters (those named, or all with ``None``) queued again, with a new window."""
+        with self._store.transaction() as db:
+            if item_ids is None:
+                rows = db.execute("SELECT id FROM outbox WHERE state=?", (DEAD,)).fetchall()
+            else:
+                rows = [
+                    row
+                    for item_id in item_ids
+                    for row in db.execute(
+                        "SELECT id FROM outbox WHERE id=? AND state=?", (item_id, DEAD)
+                    ).fetchall()
+                ]
+            ids = [row[0] for row in rows]
+            db.executemany(
+                "UPDATE outbox SET state=?, attempts=0, first_failed_at=NULL, not_before=?,"
+                " updated_at=? WHERE id=?",
+                [(QUEUED, now, now, item_id) for item_id in ids],
+            )
+        return ids
+
     def by_destination(self) -> dict[str, dict[str, int]]:
         """Counts per destination and state, for ``ainode status``."""
         with self._store.reading() as db:
@@ -115,13 +141,14 @@ class Outbox:
             ).fetchall()
         counts: dict[str, dict[str, int]] = {}
         for destination, state, count in rows:
-            counts.setdefault(destination, {QUEUED: 0, SENT: 0, DEAD: 0})[state] = count
+            counts.setdefault(destination, dict.fromkeys(STATES, 0))[state] = count
         return counts
 
-    def items(self, limit: int = 100) -> list[tuple[str, str, str, str, int, str | None]]:
+    def items(self, limit: int = 100) -> list[tuple[int, str, str, str, str, int, str | None]]:
+        """(id, destination, kind, SOP Instance UID, state, attempts, error), newest first."""
         with self._store.reading() as db:
             return db.execute(
-                "SELECT destination, kind, sop_instance_uid, state, attempts, error FROM outbox"
+                "SELECT id, destination, kind, sop_instance_uid, state, attempts, error FROM outbox"
                 " ORDER BY id DESC LIMIT ?",
                 (limit,),
             ).fetchall()

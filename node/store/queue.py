@@ -1,18 +1,29 @@
 """The job queue in the job store: one job per (series revision, pipeline).
 
-States: queued -> running (claimed with a lease) -> done | queued again (retry with backoff)
-| failed (a reason no retry can fix, or attempts exhausted: the dead letter). A running job
-whose lease expired (the worker crashed) is claimed again, so no job is lost.
+States: queued -> running (claimed with a lease and an owner token) -> done | queued again
+(retry with backoff) | failed (a reason no retry can fix, or attempts exhausted: the dead
+letter) | superseded (a newer revision of the series replaced it).
+
+A running job's lease is renewed by a heartbeat while its worker lives; a lease that runs out
+(the worker died or hangs) makes the job claimable again. Only the claim's owner can finish a
+job, so a job re-claimed elsewhere is never finished (or delivered) twice. Attempts that
+crashed or raised count against the cap, checked at claim time, so a job that kills its worker
+ends ``failed`` instead of looping; transient failures (backend down) and stops do not count.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from node.domain import Job, JobState, SeriesKey
 from node.store.jobs import JobStore
+
+RUNNING, QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,11 @@ class JobSummary:
     error: str | None
     result: dict[str, Any] | None
     updated_at: float
+    superseded_by: int | None = None
+
+
+class LeaseLost(RuntimeError):
+    """The job is no longer this worker's: its lease was taken over, or it was superseded."""
 
 
 class JobQueue:
@@ -49,7 +65,7 @@ class JobQueue:
                         name,
                         model,
                         priority,
-                        JobState.QUEUED,
+                        QUEUED,
                         now,
                         now,
                         now,
@@ -59,46 +75,163 @@ class JobQueue:
             )
             return db.total_changes - before
 
-    def claim(self, now: float, lease_s: float) -> Job | None:
-        """The next ready job (urgent first, then oldest), leased for ``lease_s`` seconds."""
+    def claim(self, now: float, lease_s: float, max_attempts: int = 1_000_000) -> Job | None:
+        """The next ready job (urgent first, then oldest), leased for ``lease_s`` seconds.
+
+        Jobs that already used ``max_attempts`` counted attempts (e.g. each one killed its
+        worker) are failed here instead of being run again."""
         with self._store.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state=?, owner=NULL, lease_until=NULL, updated_at=?,"
+                " error='gave up after ' || (attempts - transient) || ' attempts: '"
+                " || COALESCE(error, 'the worker stopped (crashed, killed or hung)')"
+                " WHERE attempts - transient >= ? AND ((state=? AND not_before<=?)"
+                " OR (state=? AND lease_until<?))",
+                (JobState.FAILED, now, max_attempts, QUEUED, now, RUNNING, now),
+            )
             row = db.execute(
-                "SELECT id, series_uid, revision, pipeline, model, attempts FROM jobs"
+                "SELECT id, series_uid, revision, pipeline, model, attempts - transient, state,"
+                " first_failed_at, transient FROM jobs"
                 " WHERE (state=? AND not_before<=?) OR (state=? AND lease_until<?)"
                 " ORDER BY priority DESC, id LIMIT 1",
-                (JobState.QUEUED, now, JobState.RUNNING, now),
+                (QUEUED, now, RUNNING, now),
             ).fetchone()
             if row is None:
                 return None
-            db.execute(
-                "UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, updated_at=?"
-                " WHERE id=?",
-                (JobState.RUNNING, now + lease_s, now, row[0]),
+            owner = uuid.uuid4().hex
+            error = (
+                "the worker stopped during the previous attempt (crashed, killed or hung)"
+                if row[6] == RUNNING
+                else None
             )
-        return Job(row[0], SeriesKey(row[1], row[2]), row[3], row[4], row[5] + 1)
+            db.execute(
+                "UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, owner=?,"
+                " error=COALESCE(?, error), updated_at=? WHERE id=?",
+                (RUNNING, now + lease_s, owner, error, now, row[0]),
+            )
+        return Job(
+            row[0], SeriesKey(row[1], row[2]), row[3], row[4], row[5] + 1, owner, row[7], row[8]
+        )
 
-    def _finish(self, job_id: int, now: float, **columns: Any) -> None:
-        assignments = ", ".join(f"{name}=?" for name in columns)
+    def heartbeat(self, jobs: list[Job], now: float, lease_s: float) -> list[Job]:
+        """Extend the leases of ``jobs`` still held; returns those that are not any more."""
+        lost: list[Job] = []
         with self._store.transaction() as db:
-            db.execute(
-                f"UPDATE jobs SET {assignments}, lease_until=NULL, updated_at=? WHERE id=?",
-                (*columns.values(), now, job_id),
+            for job in jobs:
+                cursor = db.execute(
+                    "UPDATE jobs SET lease_until=? WHERE id=? AND owner=? AND state=?",
+                    (now + lease_s, job.id, job.owner, RUNNING),
+                )
+                if cursor.rowcount != 1:
+                    lost.append(job)
+        return lost
+
+    def finish(
+        self,
+        job: Job,
+        now: float,
+        columns: dict[str, Any],
+        also: Callable[[sqlite3.Connection], None] | None = None,
+        *,
+        transient: bool = False,
+    ) -> None:
+        """Set ``columns`` (and run ``also`` in the same transaction) if ``job`` is still this
+        claim's; raises :class:`LeaseLost` otherwise, changing nothing. ``transient`` marks
+        the attempt as not counted."""
+        assignments = ", ".join(f"{name}=?" for name in columns)
+        if transient:
+            assignments += ", transient=transient+1"
+        with self._store.transaction() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET {assignments}, lease_until=NULL, owner=NULL, updated_at=?"
+                " WHERE id=? AND owner=? AND state=?",
+                (*columns.values(), now, job.id, job.owner, RUNNING),
             )
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"job {job.id} is no longer held by this worker")
+            if also is not None:
+                also(db)
 
-    def complete(self, job_id: int, result: dict[str, Any], now: float) -> None:
-        self._finish(job_id, now, state=JobState.DONE, error=None, result=json.dumps(result))
+    def complete(
+        self,
+        job: Job,
+        result: dict[str, Any],
+        now: float,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        self.finish(
+            job,
+            now,
+            {"state": JobState.DONE, "error": None, "result": json.dumps(result)},
+            also,
+        )
 
-    def retry(self, job_id: int, error: str, delay_s: float, now: float) -> None:
-        self._finish(job_id, now, state=JobState.QUEUED, error=error, not_before=now + delay_s)
+    def retry(
+        self, job: Job, error: str, delay_s: float, now: float, *, counted: bool = True
+    ) -> None:
+        """Queue again after ``delay_s``; a transient failure (``counted=False``) does not use
+        up an attempt and starts the retry window if none is open."""
+        columns: dict[str, Any] = {"state": QUEUED, "error": error, "not_before": now + delay_s}
+        if not counted:
+            columns["first_failed_at"] = now if job.first_failed_at is None else job.first_failed_at
+        self.finish(job, now, columns, transient=not counted)
 
-    def fail(self, job_id: int, error: str, now: float) -> None:
-        self._finish(job_id, now, state=JobState.FAILED, error=error)
+    def fail(self, job: Job, error: str, now: float) -> None:
+        self.finish(job, now, {"state": JobState.FAILED, "error": error})
+
+    def release_held(self, jobs: list[Job], now: float) -> int:
+        """Hand jobs back (the node is stopping): queued at once, the attempt not counted."""
+        released = 0
+        with self._store.transaction() as db:
+            for job in jobs:
+                released += db.execute(
+                    "UPDATE jobs SET state=?, owner=NULL, lease_until=NULL, not_before=?,"
+                    " transient=transient+1, error='handed back: the node stopped',"
+                    " updated_at=? WHERE id=? AND owner=? AND state=?",
+                    (QUEUED, now, now, job.id, job.owner, RUNNING),
+                ).rowcount
+        return released
+
+    def reset_running(self, now: float) -> int:
+        """At start, with one node per job store: jobs left running belonged to a process that
+        is gone. They are queued at once; the interrupted attempt counts (it may have been the
+        job that killed the node)."""
+        with self._store.transaction() as db:
+            return db.execute(
+                "UPDATE jobs SET state=?, owner=NULL, lease_until=NULL, not_before=?,"
+                " error='the node stopped during the previous attempt', updated_at=?"
+                " WHERE state=?",
+                (QUEUED, now, now, RUNNING),
+            ).rowcount
+
+    def requeue(self, job_ids: list[int] | None, now: float) -> list[int]:
+        """Failed jobs (those named, or all with ``None``) queued again with fresh attempts."""
+        with self._store.transaction() as db:
+            if job_ids is None:
+                rows = db.execute(
+                    "SELECT id FROM jobs WHERE state=?", (JobState.FAILED,)
+                ).fetchall()
+            else:
+                rows = [
+                    row
+                    for job_id in job_ids
+                    for row in db.execute(
+                        "SELECT id FROM jobs WHERE id=? AND state=?", (job_id, JobState.FAILED)
+                    ).fetchall()
+                ]
+            ids = [row[0] for row in rows]
+            db.executemany(
+                "UPDATE jobs SET state=?, attempts=0, transient=0, first_failed_at=NULL,"
+                " not_before=?, updated_at=? WHERE id=?",
+                [(QUEUED, now, now, job_id) for job_id in ids],
+            )
+        return ids
 
     def jobs(self, limit: int = 100) -> list[JobSummary]:
         with self._store.reading() as db:
             rows = db.execute(
                 "SELECT id, series_uid, revision, pipeline, model, state, attempts, error,"
-                " result, updated_at FROM jobs ORDER BY id DESC LIMIT ?",
+                " result, updated_at, superseded_by FROM jobs ORDER BY id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
@@ -113,6 +246,7 @@ class JobQueue:
                 r[7],
                 json.loads(r[8]) if r[8] else None,
                 r[9],
+                r[10],
             )
             for r in rows
         ]

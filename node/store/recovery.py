@@ -1,7 +1,8 @@
 """Start-up recovery: drop partial temporaries and re-index spool files the index lacks.
 
 Covers a crash (or power loss) between the spool's fsync and the index commit: such an
-instance may or may not have been acknowledged, so it is kept and joins its series again.
+instance may or may not have been acknowledged, so it is kept and joins its series again, with
+the calling and called AE titles its file meta recorded at reception (0002,0017/0018).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def recover(spool: Spool, store: JobStore, now: float) -> RecoveryReport:
             unreadable += 1
             log.error("spool file %s cannot be re-indexed: %s", path.name, exc)
             continue
-        ref = identity.ref(str(path), path.stat().st_size, RECOVERED_AE, RECOVERED_AE)
+        ref = identity.ref(
+            str(path),
+            path.stat().st_size,
+            identity.sending_ae or RECOVERED_AE,
+            identity.receiving_ae or RECOVERED_AE,
+        )
         store.record_instance(ref, now)
         reindexed += 1
     if removed or reindexed or unreadable:

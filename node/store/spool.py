@@ -8,12 +8,14 @@ partial file under its final name, and the file survives. Layout: ``<study>/<ser
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from node.store.durable import fsync_dir, write_atomically
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".tmp"
@@ -31,14 +33,6 @@ def path_component(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Durable instance files under ``root``."""
 
@@ -48,7 +42,6 @@ class Spool:
         self.tmp_dir = root / TMP_DIR_NAME
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
-        self._tmp_names = itertools.count()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -60,26 +53,14 @@ class Spool:
 
     def write(self, final: Path, chunks: Iterable[bytes]) -> int:
         """Write ``chunks`` atomically to ``final`` (replacing any old copy); returns the size."""
-        directory = final.parent
-        if directory not in self._known_dirs:
-            self._make_dirs(directory)
-        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{next(self._tmp_names)}.part"
-        size = 0
-        try:
-            with open(tmp, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    size += len(chunk)
-                handle.flush()
-                if self.fsync:
-                    os.fdatasync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.fsync:
-            _fsync_dir(directory)
-        return size
+        if final.parent not in self._known_dirs:
+            self._make_dirs(final.parent)
+
+        def _write(handle: BinaryIO) -> None:
+            for chunk in chunks:
+                handle.write(chunk)
+
+        return write_atomically(final, _write, fsync=self.fsync, tmp_dir=self.tmp_dir)
 
     def sync_data(self, path: Path) -> None:
         """``fdatasync`` a file (when durability is on)."""
@@ -104,7 +85,7 @@ class Spool:
         size = received.stat().st_size
         os.replace(received, final)
         if self.fsync:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         return size
 
     def _make_dirs(self, directory: Path) -> None:
@@ -112,7 +93,7 @@ class Spool:
         directory.mkdir(parents=True, exist_ok=True)
         if self.fsync:
             for created in reversed(missing):
-                _fsync_dir(created.parent)
+                fsync_dir(created.parent)
         self._known_dirs.add(directory)
 
     def iter_files(self) -> Iterator[Path]:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from node.domain import JobState, SeriesKey
+import pytest
+
+from node.domain import InstanceRef, JobState, SeriesKey
 from node.store.jobs import JobStore
-from node.store.queue import JobQueue
+from node.store.outbox import Outbox, ResultToSend
+from node.store.queue import JobQueue, LeaseLost
 
 KEY = SeriesKey("1.2.3", 1)
 
@@ -20,7 +24,7 @@ def test_enqueue_is_idempotent_and_claim_leases(tmp_path: Path) -> None:
     first = q.claim(now=12, lease_s=100)
     second = q.claim(now=12, lease_s=100)
     assert first and second and (first.pipeline, second.pipeline) == ("ct-body", "other")
-    assert first.attempts == 1
+    assert first.attempts == 1 and first.owner != second.owner
     assert q.claim(now=13, lease_s=100) is None  # both leased
     again = q.claim(now=200, lease_s=100)  # lease expired: the worker died
     assert again is not None and again.id == first.id and again.attempts == 2
@@ -31,11 +35,11 @@ def test_retry_waits_then_fail_is_final(tmp_path: Path) -> None:
     q.enqueue(KEY, [("p", "m")], now=0)
     job = q.claim(now=0, lease_s=60)
     assert job is not None
-    q.retry(job.id, "Triton down", delay_s=30, now=1)
+    q.retry(job, "Triton down", delay_s=30, now=1)
     assert q.claim(now=20, lease_s=60) is None
     job = q.claim(now=31, lease_s=60)
     assert job is not None and job.attempts == 2
-    q.fail(job.id, "model 'x' is not in the repository", now=32)
+    q.fail(job, "model 'x' is not in the repository", now=32)
     assert q.claim(now=10_000, lease_s=60) is None
     (summary,) = q.jobs()
     assert summary.state == JobState.FAILED and "not in the repository" in (summary.error or "")
@@ -48,6 +52,135 @@ def test_complete_keeps_the_result_and_priority_orders(tmp_path: Path) -> None:
     q.enqueue(SeriesKey("9.9", 1), [("urgent", "m")], now=1, priority=10)
     job = q.claim(now=2, lease_s=60)
     assert job is not None and job.pipeline == "urgent"
-    q.complete(job.id, {"labels": {"lesion": {"volume_ml": 1.5}}}, now=3)
+    q.complete(job, {"labels": {"lesion": {"volume_ml": 1.5}}}, now=3)
     done = next(j for j in q.jobs() if j.id == job.id)
     assert done.state == JobState.DONE and done.result == {"labels": {"lesion": {"volume_ml": 1.5}}}
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_at_claim_instead_of_looping(
+    tmp_path: Path,
+) -> None:
+    """Each claim whose worker died (lease ran out, or the node restarted) counts; at the cap
+    the job fails with a reason instead of being run (and crashing the node) again."""
+    q = queue(tmp_path)
+    q.enqueue(KEY, [("p", "m")], now=0)
+    now = 0.0
+    for attempt in (1, 2):
+        job = q.claim(now=now, lease_s=10, max_attempts=3)
+        assert job is not None and job.attempts == attempt
+        now += 11  # the worker died: the lease runs out
+    job = q.claim(now=now, lease_s=10, max_attempts=3)
+    assert job is not None and job.attempts == 3
+    assert q.reset_running(now=now + 1) == 1  # the node restarts after the third crash
+    assert q.claim(now=now + 2, lease_s=10, max_attempts=3) is None
+    (summary,) = q.jobs()
+    assert summary.state == JobState.FAILED
+    assert summary.error and summary.error.startswith("gave up after 3 attempts")
+
+
+def test_heartbeat_keeps_a_long_job_and_only_the_owner_finishes(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    q.enqueue(KEY, [("p", "m")], now=0)
+    job = q.claim(now=0, lease_s=10)
+    assert job is not None
+    for now in (5, 12, 19, 26):  # a job running far longer than one lease
+        assert q.heartbeat([job], now=now, lease_s=10) == []
+        assert q.claim(now=now + 1, lease_s=10) is None, "a live job is never claimed twice"
+    stale = job
+    taken = q.claim(now=100, lease_s=10)  # heartbeats stopped: taken over
+    assert taken is not None and taken.id == stale.id and taken.owner != stale.owner
+    assert q.heartbeat([stale], now=101, lease_s=10) == [stale]
+    with pytest.raises(LeaseLost):
+        q.complete(stale, {"from": "the stale worker"}, now=102)
+    q.complete(taken, {"from": "the owner"}, now=103)
+    (summary,) = q.jobs()
+    assert summary.state == JobState.DONE and summary.result == {"from": "the owner"}
+
+
+def test_stop_hands_jobs_back_without_counting_and_start_resets_leftovers(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    q.enqueue(KEY, [("a", "m"), ("b", "m")], now=0)
+    a, b = q.claim(now=0, lease_s=1800), q.claim(now=0, lease_s=1800)
+    assert a and b
+    assert q.release_held([a], now=1) == 1  # graceful stop: a is handed back at once
+    again = q.claim(now=2, lease_s=1800)
+    assert again is not None and again.id == a.id and again.attempts == 1  # not counted
+    assert q.reset_running(now=3) == 2  # a restart after a crash: no 30-minute wait
+    assert {j.state for j in q.jobs()} == {JobState.QUEUED}
+    assert q.claim(now=3, lease_s=1800) is not None
+
+
+def test_transient_retries_do_not_use_up_attempts(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    q.enqueue(KEY, [("p", "m")], now=0)
+    for now in range(0, 100, 10):
+        job = q.claim(now=now, lease_s=5, max_attempts=2)
+        assert job is not None and job.attempts == 1
+        assert job.first_failed_at == (None if now == 0 else 0)
+        q.retry(job, "Triton down", delay_s=1, now=now, counted=False)
+
+
+def test_requeue_failed_jobs(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    q.enqueue(KEY, [("a", "m"), ("b", "m")], now=0)
+    a, b = q.claim(now=0, lease_s=60), q.claim(now=0, lease_s=60)
+    assert a and b
+    q.fail(a, "broken", now=1)
+    q.complete(b, {}, now=1)
+    assert q.requeue([b.id, 99], now=2) == []  # only failed jobs can be requeued
+    assert q.requeue(None, now=2) == [a.id]
+    again = q.claim(now=3, lease_s=60)
+    assert again is not None and again.id == a.id and again.attempts == 1
+
+
+def _ref(sop: str, series: str = "1.2.3") -> InstanceRef:
+    return InstanceRef(sop, "1.2.840.10008.5.1.4.1.1.2", series, "1.2", "1.2.840.10008.1.2.1",
+                       "CT", f"/spool/{sop}.dcm", 10, "MOD", "AINODE")
+
+
+def test_a_new_revision_supersedes_unfinished_jobs_and_withdraws_their_results(
+    tmp_path: Path,
+) -> None:
+    """A re-sent instance moves to revision 2: the revision-1 jobs that would run on (or
+    deliver) a truncated series stop; delivered ones are marked superseded."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    q, outbox = JobQueue(store), Outbox(store)
+    for sop in ("1", "2", "3"):
+        store.record_instance(_ref(sop), now=0)
+    from node.domain import CompletionReason
+
+    assert store.complete_series(KEY, CompletionReason.QUIET, now=1)
+    q.enqueue(KEY, [("running", "m"), ("done", "m"), ("queued", "m")], now=1)
+    running = q.claim(now=2, lease_s=60)
+    done = q.claim(now=2, lease_s=60)
+    assert running and done
+    q.complete(done, {}, now=3, also=lambda db: None)
+    outbox.put(done.id, ResultToSend("PACS", "/r/seg.dcm", "9.9", "seg", 0), now=3)
+
+    outcome = store.record_instance(_ref("2"), now=4)  # the PACS re-sends one instance
+    assert outcome.series == SeriesKey("1.2.3", 2) and outcome.duplicate
+
+    states = {j.pipeline: (j.state, j.superseded_by) for j in q.jobs()}
+    assert states == {"queued": (JobState.SUPERSEDED, 2), "running": (JobState.SUPERSEDED, 2),
+                      "done": (JobState.DONE, 2)}
+    assert q.claim(now=5, lease_s=60) is None
+    with pytest.raises(LeaseLost):
+        q.complete(running, {}, now=6)
+    assert outbox.ready(now=10) == {}
+    assert outbox.by_destination()["PACS"]["superseded"] == 1
+
+
+def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
+    """SQLite keeps a transaction open when COMMIT itself fails (disk full, I/O error, a
+    deferred constraint): the store must roll back, or every later write fails."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    with store.transaction() as db:
+        db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE child (parent_id INTEGER REFERENCES parent(id)"
+                   " DEFERRABLE INITIALLY DEFERRED)")
+    with store.reading() as db:
+        db.execute("PRAGMA foreign_keys=ON")
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+        db.execute("INSERT INTO child VALUES (42)")  # fails only at COMMIT
+    outcome = store.record_instance(_ref("1"), now=1)  # the next C-STORE is indexed
+    assert outcome.instance_count == 1
