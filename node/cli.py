@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from node import __version__
+from node import __version__, logs
 from node.app import DB_FILE, Node, make_backend, open_store
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.infer.backend import BackendUnavailable
@@ -60,16 +60,6 @@ def _settings(path: Path | None) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("pynetdicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -83,7 +73,7 @@ def serve(
 ) -> None:
     """Run the node: DICOM Storage SCP, spool, series assembly."""
     settings = _settings(config)
-    _logging(log_level)
+    logs.configure(log_level)
     node = Node(settings)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

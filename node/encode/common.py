@@ -110,6 +110,30 @@ def series_number(kind: str) -> int:
     return {"seg": 9001, "sr": 9002, "sc": 9003}[kind]
 
 
+def with_component_person_names(source: Dataset) -> Dataset:
+    """``source`` as highdicom should see it: a Patient's Name without a component separator
+    (e.g. ``Pancreas-CT-CB_001``) written with the trailing ``^`` that PS3.5 6.2.1 allows,
+    which means the same name (family name only) and is not taken for a mistake. The source
+    is untouched; :func:`keep_source_patient_name` puts the exact source value back on each
+    result, so the PACS files the result under the very same patient."""
+    name = source.get("PatientName")
+    if name is None or str(name) == "" or "^" in str(name) or "=" in str(name):
+        return source
+    view = Dataset()
+    view.update(source)  # shares the elements; only the name below is replaced
+    if hasattr(source, "file_meta"):
+        view.file_meta = source.file_meta
+    view.add_new(0x00100010, "PN", f"{name}^")
+    return view
+
+
+def keep_source_patient_name(result: Dataset, source: Dataset) -> Dataset:
+    """The result carries the source's Patient's Name exactly as received."""
+    if "PatientName" in source:
+        result.add_new(0x00100010, "PN", source["PatientName"].value)
+    return result
+
+
 def header_only(dataset: Dataset) -> Dataset:
     """A copy without pixel data (for references)."""
     copy = Dataset(dataset)

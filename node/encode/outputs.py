@@ -8,7 +8,11 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from node.encode.common import Provenance
+from node.encode.common import (
+    Provenance,
+    keep_source_patient_name,
+    with_component_person_names,
+)
 from node.encode.sc import build_sc
 from node.encode.seg import EncodeError, build_seg, segment_specs
 from node.encode.sr import SegmentFinding, build_sr
@@ -36,7 +40,7 @@ def encode_outputs(
 ) -> dict[str, Dataset]:
     if not volume.headers or any(s.frame_number for s in volume.slices):
         raise EncodeError("results are written for single-frame source series only")
-    sources = list(volume.headers)
+    sources = [with_component_person_names(header) for header in volume.headers]
     outputs: dict[str, Dataset] = {}
     seg, values = build_seg(sources, labels, label_names, pipeline.segments, provenance)
     if "seg" in pipeline.outputs:
@@ -71,4 +75,7 @@ def encode_outputs(
         outputs["sc"] = build_sc(
             sources[k], volume.voxels[k], labels[k], colours, provenance, caption
         )
-    return outputs
+    return {
+        kind: keep_source_patient_name(dataset, volume.headers[0])
+        for kind, dataset in outputs.items()
+    }

@@ -27,6 +27,7 @@ from tests.conftest import (
     ROOT,
     TritonProcess,
     ct_files,
+    free_port,
     require,
     store_with_ct,
     storescu,
@@ -125,18 +126,46 @@ def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
     assert job.state == JobState.QUEUED and job.attempts == 1, job
     assert "Triton" in (job.error or "") or "BackendUnavailable" in (job.error or "")
 
-    clock.now += 3600  # past the retry delay
+    clock.now += 600  # past the retry delay (at most inference.max_job_retry_s)
     assert orchestrator.run_next() is not None  # server still down: retried again
     (job,) = queue.jobs()
     assert job.state == JobState.QUEUED and job.attempts == 2
 
     private_triton.up()
-    clock.now += 3600
+    clock.now += 600
     assert orchestrator.run_next() is not None
     (job,) = queue.jobs()
     assert job.state == JobState.DONE, job
     assert job.result and job.result["backend"] == "triton"
     assert job.result["labels"]["lungs"]["volume_ml"] > 500
+    backend.close()
+
+
+def test_a_triton_outage_is_retried_for_the_window_then_the_job_fails(tmp_path: Path) -> None:
+    """Nothing listens where Triton should be (a real refused connection): the job waits out
+    an outage far longer than its attempts (no attempt is used up), then fails with the
+    reason once inference.retry_window_s (1 h by default) has passed."""
+    store, key = store_with_ct(tmp_path)
+    clock = Clock()
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", retries=0, timeout_s=5)
+    orchestrator = _orchestrator(tmp_path, store, backend, clock)
+    orchestrator.series_complete(key)
+    queue = JobQueue(store)
+    started = clock.now
+    delays = []
+    while clock.now - started < 3000:  # 50 minutes down: far more than job_attempts (5)
+        assert orchestrator.run_next() is not None
+        (job,) = queue.jobs()
+        assert job.state == JobState.QUEUED, job
+        waited = store._db.execute("SELECT not_before FROM jobs").fetchone()[0] - clock.now
+        delays.append(waited)
+        clock.now += waited
+    assert len(delays) > 5 and delays == sorted(delays) and max(delays) <= 300
+    clock.now = started + 3601
+    assert orchestrator.run_next() is not None
+    (job,) = queue.jobs()
+    assert job.state == JobState.FAILED
+    assert job.error and job.error.startswith("backend unavailable for 3600 s")
     backend.close()
 
 
@@ -255,3 +284,43 @@ def test_lesion_unet_on_triton_equals_embedded(triton_grpc_url: str, ct_volume: 
                               run_model(volume, spec, EmbeddedBackend()))
     finally:
         backend.close()
+
+
+def test_two_patients_at_once_through_triton_shared_memory_never_mix(
+    triton_grpc_url: str, ct_volume: Any
+) -> None:
+    """Two workers share one Triton backend with system shared memory and run two different
+    series at the same time, with tensors of the same size (every sliding-window ROI): each
+    result must equal that series' own embedded result, never the other's."""
+    spec = load_model_spec(REPOSITORY, "ct_lesion_unet")
+    first, _ = _with_lesion(ct_volume, (95, 230, 170), radius_mm=10, contrast=90)
+    second, _ = _with_lesion(ct_volume, (60, 250, 300), radius_mm=14, contrast=120)
+    second = replace(second, voxels=np.ascontiguousarray(second.voxels[:, :, ::-1]))
+    expected = [run_model(v, spec, EmbeddedBackend()) for v in (first, second)]
+    assert not np.array_equal(expected[0], expected[1])
+    backend = TritonBackend(triton_grpc_url, shared_memory=True)
+    results: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    failures: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(index: int, volume: Any) -> None:
+        try:
+            start.wait(timeout=60)
+            for _ in range(2):
+                results[index].append(run_model(volume, spec, backend))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, v)) for i, v in enumerate((first, second))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+    finally:
+        backend.close()
+    assert not failures, failures
+    for index in (0, 1):
+        assert len(results[index]) == 2
+        for labels in results[index]:
+            assert np.array_equal(labels, expected[index]), f"series {index} got other data"

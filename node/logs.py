@@ -1,0 +1,47 @@
+"""Logging for every ``ainode`` process: one format, Python warnings routed through logging,
+and no patient data from other libraries' messages.
+
+Our own modules log UIDs, AE titles and reasons, never names or IDs. Libraries are not so
+careful: highdicom's person-name warning quotes the patient's name, pydicom's value warnings
+quote the offending value. :class:`RedactQuotedValues` replaces every quoted value in records
+that do not come from ``node`` (warnings included, once :func:`configure` routes them through
+logging) with ``<redacted>``, keeping the rest of the message for diagnosis.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+REDACTED = "<redacted>"
+NOISY = ("pynetdicom", "highdicom")
+
+
+class RedactQuotedValues(logging.Filter):
+    """Redact quoted values in records from outside the ``node`` package."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "node" or record.name.startswith("node."):
+            return True
+        message = record.getMessage()
+        redacted = _QUOTED.sub(f'"{REDACTED}"', message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def configure(level: str = "info") -> None:
+    """Log to stderr at ``level``; capture warnings; redact other libraries' quoted values."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactQuotedValues) for f in handler.filters):
+            handler.addFilter(RedactQuotedValues())
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
