@@ -138,7 +138,7 @@ def write_png(demo: Path, db: Path) -> None:
 
 
 def main() -> int:
-    demo = ROOT / "var" / "demo"
+    demo = Path(os.environ.get("AINODE_DEMO_DIR", ROOT / "var" / "demo"))
     shutil.rmtree(demo, ignore_errors=True)
     demo.mkdir(parents=True)
     config = yaml.safe_load((ROOT / "config" / "node.yaml").read_text())

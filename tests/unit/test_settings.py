@@ -79,3 +79,44 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(path, environ={})
+
+
+def test_secrets_are_never_printed_and_can_come_from_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from node.cli import app
+    from node.settings import dump_settings
+
+    secret_file = tmp_path / "pacs-password"
+    secret_file.write_text("from-a-file\n")
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "peers:\n"
+        "  - {name: WEB, ae_title: W, host: h, port: 1, dicomweb_url: 'http://h/dicom-web',\n"
+        "     token: tok3n-in-yaml}\n"
+        f"  - {{name: BASIC, ae_title: B, host: h, port: 2, username: u,\n"
+        f"     password_file: {secret_file}}}\n"
+        "  - {name: PLAIN, ae_title: P, host: h, port: 3, username: u, password: pa55word}\n")
+    settings = load_settings(config, environ={})
+    assert settings.peer("BASIC").secret("password") == "from-a-file"
+    assert settings.peer("WEB").secret("token") == "tok3n-in-yaml"
+    printed = dump_settings(settings) + repr(settings) + str(settings.peer("PLAIN"))
+    assert not {"from-a-file", "tok3n-in-yaml", "pa55word"} & set(printed.split())
+    assert "from-a-file" not in printed and "tok3n" not in printed and "pa55" not in printed
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "WEB" in result.output and "**********" in result.output
+    assert "tok3n" not in result.output and "pa55" not in result.output
+    assert "from-a-file" not in result.output
+
+
+def test_a_secret_given_twice_or_unreadable_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("peers:\n  - {name: A, ae_title: A, host: h, port: 1, password: x,\n"
+                      f"     password_file: {tmp_path / 'p'}}}\n")
+    with pytest.raises(ConfigError, match=r"peers\.0.*password or password_file, not both"):
+        load_settings(config, environ={})
+    config.write_text(f"peers:\n  - {{name: A, ae_title: A, host: h, port: 1,\n"
+                      f"     token_file: {tmp_path / 'missing'}}}\n")
+    with pytest.raises(ConfigError, match=r"peers\.0.*token_file .*missing"):
+        load_settings(config, environ={})
