@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from node.store.jobs import JobStore
+from node.store.jobs import JobStore, requeue_rows
 
 QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
 STATES = (QUEUED, SENT, DEAD, SUPERSEDED)
@@ -115,23 +115,9 @@ class Outbox:
     def requeue(self, item_ids: list[int] | None, now: float) -> list[int]:
         """Dead letters (those named, or all with ``None``) queued again, with a new window."""
         with self._store.transaction() as db:
-            if item_ids is None:
-                rows = db.execute("SELECT id FROM outbox WHERE state=?", (DEAD,)).fetchall()
-            else:
-                rows = [
-                    row
-                    for item_id in item_ids
-                    for row in db.execute(
-                        "SELECT id FROM outbox WHERE id=? AND state=?", (item_id, DEAD)
-                    ).fetchall()
-                ]
-            ids = [row[0] for row in rows]
-            db.executemany(
-                "UPDATE outbox SET state=?, attempts=0, first_failed_at=NULL, not_before=?,"
-                " updated_at=? WHERE id=?",
-                [(QUEUED, now, now, item_id) for item_id in ids],
+            return requeue_rows(
+                db, "outbox", DEAD, item_ids, "attempts=0, first_failed_at=NULL", now
             )
-        return ids
 
     def by_destination(self) -> dict[str, dict[str, int]]:
         """Counts per destination and state, for ``ainode status``."""

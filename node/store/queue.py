@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.domain import Job, JobState, SeriesKey
-from node.store.jobs import JobStore
+from node.store.jobs import JobStore, requeue_rows
 
 RUNNING, QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
 
@@ -207,25 +207,10 @@ class JobQueue:
     def requeue(self, job_ids: list[int] | None, now: float) -> list[int]:
         """Failed jobs (those named, or all with ``None``) queued again with fresh attempts."""
         with self._store.transaction() as db:
-            if job_ids is None:
-                rows = db.execute(
-                    "SELECT id FROM jobs WHERE state=?", (JobState.FAILED,)
-                ).fetchall()
-            else:
-                rows = [
-                    row
-                    for job_id in job_ids
-                    for row in db.execute(
-                        "SELECT id FROM jobs WHERE id=? AND state=?", (job_id, JobState.FAILED)
-                    ).fetchall()
-                ]
-            ids = [row[0] for row in rows]
-            db.executemany(
-                "UPDATE jobs SET state=?, attempts=0, transient=0, first_failed_at=NULL,"
-                " not_before=?, updated_at=? WHERE id=?",
-                [(QUEUED, now, now, job_id) for job_id in ids],
+            return requeue_rows(
+                db, "jobs", JobState.FAILED, job_ids,
+                "attempts=0, transient=0, first_failed_at=NULL, error=NULL", now,
             )
-        return ids
 
     def jobs(self, limit: int = 100) -> list[JobSummary]:
         with self._store.reading() as db:
