@@ -124,9 +124,10 @@ class Node:
         self.store.close()
 
     def wait(self) -> None:
-        """Block until :meth:`request_stop` is called (e.g. from a signal handler)."""
+        """Block until :meth:`request_stop` is called (e.g. from a signal handler), keeping
+        the sweeper (which watches the other threads) alive meanwhile."""
         while not self._stopping.wait(1.0):
-            pass
+            self._sweeper.ensure_running()
 
     def request_stop(self) -> None:
         self._stopping.set()

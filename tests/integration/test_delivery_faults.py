@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +64,16 @@ def test_a_dicomweb_peer_refusing_our_credentials_does_not_stop_the_others(
             "SELECT COUNT(*) FROM outbox WHERE destination='PACS' AND state='sent'") == [(3,)],
             120, 0.5), (node.query("SELECT * FROM outbox"), node.log()[-3000:])
         assert pacs.api("/statistics")["CountInstances"] == 3
-        time.sleep(4)  # let the delivery loop run ~20 passes: backoff must hold it back
-        web_rows = node.query(
-            "SELECT state, attempts, error FROM outbox WHERE destination='WEB'")
+        # the loop looks at the outbox every 0.2 s; the refused items wait 2 s, 4 s, 8 s ...
+        assert wait_for(lambda: all(r[0] >= 2 for r in node.query(
+            "SELECT attempts FROM outbox WHERE destination='WEB'")), 60, 0.2), (
+            node.query("SELECT * FROM outbox"))
+        web_rows = node.query("SELECT state, attempts, error, not_before - updated_at"
+                              " FROM outbox WHERE destination='WEB'")
         assert len(web_rows) == 3 and all(r[0] == "queued" for r in web_rows), web_rows
-        assert all("HTTP 401" in r[2] for r in web_rows if r[2]), web_rows
-        assert sum(r[1] for r in web_rows) <= 6, web_rows  # a few tries, not one a second
+        assert all("HTTP 401" in r[2] for r in web_rows), web_rows
+        for _, attempts, _, wait_s in web_rows:
+            assert wait_s == pytest.approx(min(30, 2 * 2 ** (attempts - 1))), web_rows
         assert node.alive and "ValueError" not in node.log()
 
 
