@@ -77,8 +77,9 @@ class Peer(_Strict):
 
     Results go by C-STORE, or by STOW-RS when ``dicomweb_url`` is set (HTTP basic auth with
     ``username``/``password``, or a bearer ``token``). Secrets are never printed; they can be
-    read from a file (``password_file``, ``token_file``: e.g. a container secret) instead of
-    being written in the configuration."""
+    read from a file (``password_file``, ``token_file``: e.g. a container secret) or an
+    environment variable (``password_env``, ``token_env``: its name) instead of being written
+    in the configuration."""
 
     name: str = Field(min_length=1)
     ae_title: str
@@ -91,23 +92,34 @@ class Peer(_Strict):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
+    password_env: str | None = None
     token: SecretStr | None = None
     token_file: Path | None = None
+    token_env: str | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Peer:
         for field_name in ("password", "token"):
-            source: Path | None = getattr(self, f"{field_name}_file")
-            if source is None:
+            file: Path | None = getattr(self, f"{field_name}_file")
+            variable: str | None = getattr(self, f"{field_name}_env")
+            given = [getattr(self, field_name) is not None, file is not None, bool(variable)]
+            if sum(given) > 1:
+                raise ValueError(
+                    f"set one of {field_name}, {field_name}_file, {field_name}_env"
+                )
+            if file is not None:
+                try:
+                    secret = file.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{field_name}_file {file}: {exc.strerror}") from exc
+            elif variable:
+                if variable not in os.environ:
+                    raise ValueError(f"{field_name}_env: {variable} is not set")
+                secret = os.environ[variable]
+            else:
                 continue
-            if getattr(self, field_name) is not None:
-                raise ValueError(f"set {field_name} or {field_name}_file, not both")
-            try:
-                secret = source.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"{field_name}_file {source}: {exc.strerror}") from exc
             object.__setattr__(self, field_name, SecretStr(secret))
         return self
 

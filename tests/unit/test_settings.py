@@ -114,9 +114,21 @@ def test_a_secret_given_twice_or_unreadable_names_the_key(tmp_path: Path) -> Non
     config = tmp_path / "node.yaml"
     config.write_text("peers:\n  - {name: A, ae_title: A, host: h, port: 1, password: x,\n"
                       f"     password_file: {tmp_path / 'p'}}}\n")
-    with pytest.raises(ConfigError, match=r"peers\.0.*password or password_file, not both"):
+    with pytest.raises(ConfigError, match=r"peers\.0.*one of password, password_file"):
         load_settings(config, environ={})
     config.write_text(f"peers:\n  - {{name: A, ae_title: A, host: h, port: 1,\n"
                       f"     token_file: {tmp_path / 'missing'}}}\n")
     with pytest.raises(ConfigError, match=r"peers\.0.*token_file .*missing"):
         load_settings(config, environ={})
+
+
+def test_a_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("peers:\n  - {name: A, ae_title: A, host: h, port: 1, dicomweb_url: u,\n"
+                      "     token_env: PACS_TOKEN}\n")
+    with pytest.raises(ConfigError, match=r"peers\.0.*token_env: PACS_TOKEN is not set"):
+        load_settings(config, environ={})
+    monkeypatch.setenv("PACS_TOKEN", "t0ken-from-env")
+    settings = load_settings(config, environ={})
+    assert settings.peer("A").secret("token") == "t0ken-from-env"
+    assert "t0ken" not in repr(settings)
