@@ -24,6 +24,7 @@ from node.app import DB_FILE, Node, make_backend, open_store
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.segments import missing_codes
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
@@ -74,6 +75,7 @@ def serve(
     """Run the node: DICOM Storage SCP, spool, series assembly."""
     settings = _settings(config)
     logs.configure(log_level)
+    _require_codes(settings, str(config or DEFAULT_CONFIG))
     node = Node(settings)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -367,7 +369,18 @@ def config_check(
     """Validate a configuration file and print the effective configuration."""
     settings = _settings(file)
     console.print(dump_settings(settings), highlight=False, markup=False)
+    _require_codes(settings, str(file))
     errors.print(f"{file}: valid")
+
+
+def _require_codes(settings: Settings, source: str) -> None:
+    """Refuse a configuration whose results could not be encoded (exit 2, naming each)."""
+    problems = missing_codes(settings)
+    if problems:
+        errors.print(f"[red]invalid configuration in {source}:[/red]", highlight=False)
+        for problem in problems:
+            errors.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
 from node.loops import Loop
 from node.route import route
+from node.segments import effective_segments
 from node.settings import Pipeline, Settings
 from node.store import outbox
 from node.store.durable import write_atomically
@@ -266,7 +267,7 @@ class Orchestrator:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        deliveries = self._encode(job, volume, labels, spec.labels, summary, target, spec.version)
+        deliveries = self._encode(job, volume, labels, spec, summary, target)
         summary["result_dir"] = str(target)
         return JobResult(labels, volume, summary, deliveries)
 
@@ -275,10 +276,9 @@ class Orchestrator:
         job: Job,
         volume: Volume,
         labels: NDArray[np.uint8],
-        label_names: tuple[str, ...],
+        spec: ModelSpec,
         summary: dict[str, Any],
         target: Path,
-        model_version: str,
     ) -> list[ResultToSend]:
         """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
         (queued with the job's completion)."""
@@ -292,14 +292,15 @@ class Orchestrator:
             return []
         provenance = Provenance(
             job.model,
-            model_version,
+            spec.version,
             volume.series_instance_uid,
             tuple(s.sop_instance_uid for s in volume.slices),
             self._settings.node.ae_title,
         )
         started = time.perf_counter()
         objects = encode_outputs(
-            volume, labels, label_names, summary["labels"], pipeline, provenance, urgent
+            volume, labels, spec.labels, summary["labels"], pipeline,
+            effective_segments(spec, pipeline), provenance, urgent,
         )
         destinations = list(pipeline.destinations)
         if pipeline.reply_to_sender:
@@ -344,16 +345,6 @@ class Orchestrator:
                 states[name] = str(exc)
                 log.error(
                     "model %s is not ready on the %s backend: %s", name, self._backend.name, exc
-                )
-        for index, pipeline in enumerate(self._settings.pipelines):
-            spec = specs.get(pipeline.model)
-            labels = spec.labels[1:] if spec else ()
-            missing = [label for label in labels if label not in pipeline.segments]
-            if pipeline.outputs and missing:
-                log.error(
-                    "pipelines.%d.segments has no codes for %s: its results cannot be encoded",
-                    index,
-                    ", ".join(missing),
                 )
         return states
 

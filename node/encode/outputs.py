@@ -17,7 +17,7 @@ from node.encode.sc import build_sc
 from node.encode.seg import EncodeError, build_seg, segment_specs
 from node.encode.sr import SegmentFinding, build_sr
 from node.imaging.volume import Volume
-from node.settings import Pipeline
+from node.settings import Pipeline, SegmentSpec
 
 
 def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]]) -> bool:
@@ -35,18 +35,21 @@ def encode_outputs(
     label_names: tuple[str, ...],
     findings: dict[str, dict[str, Any]],
     pipeline: Pipeline,
+    segments: dict[str, SegmentSpec],
     provenance: Provenance,
     urgent: bool,
 ) -> dict[str, Dataset]:
+    """The objects ``pipeline.outputs`` asks for; ``segments`` says what each label means
+    (the model's declaration with the pipeline's overrides)."""
     if not volume.headers or any(s.frame_number for s in volume.slices):
         raise EncodeError("results are written for single-frame source series only")
     sources = [with_component_person_names(header) for header in volume.headers]
     outputs: dict[str, Dataset] = {}
-    seg, values = build_seg(sources, labels, label_names, pipeline.segments, provenance)
+    seg, values = build_seg(sources, labels, label_names, segments, provenance)
     if "seg" in pipeline.outputs:
         outputs["seg"] = seg
     if "sr" in pipeline.outputs:
-        specs = segment_specs(label_names, values, pipeline.segments)
+        specs = segment_specs(label_names, values, segments)
         segment_findings = [
             SegmentFinding(
                 number,
@@ -66,7 +69,7 @@ def encode_outputs(
         # the slice where the most specific finding (highest label present) is largest
         focus = max(values)
         k = int(np.argmax((labels == focus).sum(axis=(1, 2))))
-        colours = {value: pipeline.segments[label_names[value]].color for value in values}
+        colours = {value: segments[label_names[value]].color for value in values}
         caption = f"{provenance.model_name} {provenance.model_version}: " + ", ".join(
             f"{label_names[v]} {findings[label_names[v]]['volume_ml']:.1f} ml" for v in values
         )

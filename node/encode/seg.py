@@ -1,6 +1,6 @@
 """DICOM Segmentation (PS3.3 A.51) of a label map, with highdicom.
 
-BINARY, one segment per label present, coded with the pipeline's SNOMED CT / DCM codes, a
+BINARY, one segment per label present, coded with the model's SNOMED CT / DCM codes, a
 display colour (RecommendedDisplayCIELabValue), algorithm identification, empty frames omitted,
 same Study and Frame of Reference as the source; frames reference their source instances.
 """
@@ -31,7 +31,9 @@ def segment_specs(
 ) -> list[SegmentSpec]:
     missing = [label_names[v] for v in values if label_names[v] not in segments]
     if missing:
-        raise EncodeError(f"the pipeline declares no segment codes for {', '.join(missing)}")
+        raise EncodeError(
+            f"neither the model nor the pipeline declares codes for {', '.join(missing)}"
+        )
     return [segments[label_names[v]] for v in values]
 
 

@@ -3,6 +3,8 @@
 The same directory serves Triton and the embedded backend. ainode's contract for a model is in
 its config.pbtxt ``parameters`` (Triton ignores them): ``ainode_version``, ``ainode_labels`` (JSON
 list, index = label value), ``ainode_output_kind`` (``labels`` or ``probabilities``),
+``ainode_segments`` (JSON: per label its meaning, ``{category: [scheme, value, meaning],
+type: [...], color: [r, g, b]}``, the codes SEG and SR use),
 ``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`),
 optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``),
 ``ainode_postprocess`` (MONAI transforms on the label map, e.g. ``RemoveSmallObjects``) and
@@ -12,7 +14,7 @@ optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class ModelSpec:
     sliding_window: dict[str, Any] | None
     model_file: Path
     min_finding_ml: float = 0.0  # a label smaller than this is reported absent
+    segments: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> meaning
 
 
 def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
@@ -81,6 +84,12 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     if not model_file.is_file():
         raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
     labels = _json_parameter(config, "ainode_labels", [], name)
+    segments = _json_parameter(config, "ainode_segments", {}, name)
+    if not isinstance(segments, dict) or not all(isinstance(v, dict) for v in segments.values()):
+        raise ModelConfigError(f"{name}: ainode_segments must map label names to their codes")
+    unknown = sorted(set(segments) - {str(label) for label in labels[1:]})
+    if unknown:
+        raise ModelConfigError(f"{name}: ainode_segments names unknown labels {', '.join(unknown)}")
     output_kind = (
         config.parameters["ainode_output_kind"].string_value
         if ("ainode_output_kind" in config.parameters)
@@ -113,4 +122,5 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         sliding_window=_json_parameter(config, "ainode_sliding_window", None, name),
         model_file=model_file,
         min_finding_ml=float(_json_parameter(config, "ainode_min_finding_ml", 0.0, name)),
+        segments=segments,
     )

@@ -268,3 +268,40 @@ def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_pa
     assert summary["urgent"] is True
     sr = pydicom.dcmread(Path(summary["result_dir"]) / "sr.dcm")
     assert "Urgent" in str(sr.ContentSequence)
+
+
+def readme_pipelines() -> list[dict[str, Any]]:
+    """The pipeline example of README.md, exactly as written there."""
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Pipelines, models and Triton", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    pipelines = yaml.safe_load(block)["pipelines"]
+    assert pipelines and "segments" not in pipelines[0], "the README shows a pipeline as is"
+    return pipelines  # type: ignore[no-any-return]
+
+
+def test_the_readme_pipeline_as_written_delivers_seg_and_sr(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """A new user's node: the README's pipeline snippet, no segment codes of its own (the
+    model declares them). The CT pushed by Orthanc comes back as SEG and SR."""
+    http_port, dicom_port = free_port(), free_port()
+    node = node_factory(**{**ct_body_node_sections(dicom_port),
+                           "pipelines": readme_pipelines()}).start()
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        study = pacs.upload(ct_files())
+        pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                          "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(2,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        study_uid = str(pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
+                        .StudyInstanceUID)
+        found = pacs.series_by_modality(study_uid)
+        assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+        (seg_ds,) = fetch(pacs, study_uid, found["SEG"][0])
+        assert {d.SegmentLabel: d.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
+                for d in seg_ds.SegmentSequence} == {
+            "body": "Entire body", "lungs": "Lung", "bone": "Bone"}

@@ -1,0 +1,59 @@
+"""What a model's labels mean: the model declares it (``ainode_segments`` in its
+config.pbtxt), a pipeline may override single labels (``pipelines[].segments``).
+
+A label the node would have to encode (a pipeline with outputs) with codes in neither place is
+a configuration error found before the node starts, never a job that fails later.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
+from node.settings import Pipeline, SegmentSpec, Settings
+
+
+def model_segments(spec: ModelSpec) -> dict[str, SegmentSpec]:
+    """The model's own label meanings, validated; errors name the model and label."""
+    meanings: dict[str, SegmentSpec] = {}
+    for label, raw in spec.segments.items():
+        try:
+            meanings[label] = SegmentSpec.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ModelConfigError(
+                f"{spec.name}: ainode_segments.{label}.{where}: {first['msg']}"
+            ) from exc
+    return meanings
+
+
+def effective_segments(spec: ModelSpec, pipeline: Pipeline) -> dict[str, SegmentSpec]:
+    """The model's meanings with the pipeline's overrides on top."""
+    return {**model_segments(spec), **pipeline.segments}
+
+
+def missing_codes(settings: Settings) -> list[str]:
+    """One message per label a pipeline would encode without codes (or per model whose
+    declared codes are invalid). Models missing from the repository are reported by
+    ``ainode models check`` and fail their jobs with that reason; they are not listed here."""
+    problems: list[str] = []
+    for index, pipeline in enumerate(settings.pipelines):
+        if not pipeline.outputs:
+            continue
+        try:
+            spec = load_model_spec(settings.inference.model_repository, pipeline.model)
+            known = effective_segments(spec, pipeline)
+        except ModelNotFound:
+            continue
+        except ModelConfigError as exc:
+            problems.append(f"pipelines.{index} ({pipeline.name}): {exc}")
+            continue
+        missing = [label for label in spec.labels[1:] if label not in known]
+        if missing:
+            problems.append(
+                f"pipelines.{index} ({pipeline.name}): model {spec.name} declares no codes for"
+                f" label(s) {', '.join(missing)}; add them to ainode_segments in its"
+                f" config.pbtxt or to pipelines.{index}.segments"
+            )
+    return problems

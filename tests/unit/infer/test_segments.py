@@ -1,0 +1,100 @@
+"""Label meanings live in the model; pipelines override; gaps are configuration errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from node.cli import app
+from node.infer.repository import ModelConfigError, load_model_spec
+from node.segments import effective_segments, missing_codes
+from node.settings import Pipeline, load_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+REPOSITORY = ROOT / "model_repository"
+
+
+@pytest.mark.parametrize("model", ["ct_body_seg", "ct_lesion_unet"])
+def test_every_shipped_model_declares_what_each_label_means(model: str) -> None:
+    spec = load_model_spec(REPOSITORY, model)
+    meanings = effective_segments(spec, Pipeline(name="p", model=model))  # no overrides
+    assert set(meanings) == set(spec.labels[1:])
+    for meaning in meanings.values():
+        assert meaning.category.scheme in ("SCT", "DCM") and meaning.type.value.isdigit()
+
+
+def _repository_without(tmp_path: Path, label: str) -> Path:
+    """A copy of the repository whose ct_body_seg declares no codes for ``label``."""
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY / "ct_body_seg", repository / "ct_body_seg",
+                    ignore=shutil.ignore_patterns("*.onnx"))
+    (repository / "ct_body_seg" / "1" / "model.onnx").write_bytes(b"")
+    config = repository / "ct_body_seg" / "config.pbtxt"
+    text = config.read_text()
+    match = re.search(r'key: "ainode_segments" value: \{ string_value: "(.*)" \}', text)
+    assert match
+    meanings = json.loads(match.group(1).replace('\\"', '"'))
+    del meanings[label]
+    config.write_text(text.replace(match.group(1), json.dumps(meanings).replace('"', '\\"')))
+    return repository
+
+
+def _config(tmp_path: Path, repository: Path, segments: dict[str, object] | None = None) -> Path:
+    pipeline = {"name": "ct-body", "model": "ct_body_seg", "outputs": ["seg", "sr"]}
+    if segments:
+        pipeline["segments"] = segments
+    path = tmp_path / "node.yaml"
+    path.write_text(json.dumps({"node": {"data_dir": str(tmp_path / "var"), "dicom_port": 1},
+                                "inference": {"model_repository": str(repository)},
+                                "pipelines": [pipeline]}))
+    return path
+
+
+def test_a_label_without_codes_stops_config_check_and_serve(tmp_path: Path) -> None:
+    repository = _repository_without(tmp_path, "lungs")
+    config = _config(tmp_path, repository)
+    (problem,) = missing_codes(load_settings(config, environ={}))
+    assert "pipelines.0 (ct-body)" in problem and "ct_body_seg" in problem
+    assert "lungs" in problem and "body" not in problem.split("label(s)")[1]
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 2 and "lungs" in result.output
+    ainode = str(Path(sys.executable).parent / "ainode")
+    served = subprocess.run([ainode, "serve", "--config", str(config)], capture_output=True,
+                            text=True, timeout=60)
+    assert served.returncode == 2, served.stdout + served.stderr
+    assert "ct_body_seg" in served.stderr and "lungs" in served.stderr
+    assert not (tmp_path / "var" / "jobs.sqlite3").exists(), "refused before starting"
+
+
+def test_a_pipeline_may_supply_or_override_a_label_s_codes(tmp_path: Path) -> None:
+    repository = _repository_without(tmp_path, "lungs")
+    lung = {"category": ["SCT", "123037004", "Anatomical Structure"],
+            "type": ["SCT", "39607008", "Lung"], "color": [1, 2, 3]}
+    bone = {"category": ["SCT", "91723000", "Anatomical Structure"],
+            "type": ["SCT", "272673000", "Bone"], "color": [9, 9, 9]}
+    settings = load_settings(_config(tmp_path, repository, {"lungs": lung, "bone": bone}),
+                             environ={})
+    assert missing_codes(settings) == []
+    meanings = effective_segments(load_model_spec(repository, "ct_body_seg"),
+                                  settings.pipelines[0])
+    assert meanings["lungs"].color == (1, 2, 3)
+    assert meanings["bone"].color == (9, 9, 9)  # the pipeline's override wins
+    assert meanings["body"].type.meaning == "Entire body"  # the model's own
+
+
+def test_invalid_codes_in_a_model_name_the_model_and_label(tmp_path: Path) -> None:
+    repository = _repository_without(tmp_path, "lungs")
+    config = repository / "ct_body_seg" / "config.pbtxt"
+    config.write_text(config.read_text().replace('\\"Entire body\\"', '\\"\\"'))
+    (problem,) = missing_codes(load_settings(_config(tmp_path, repository), environ={}))
+    assert "ct_body_seg: ainode_segments.body.type" in problem
+    config.write_text(config.read_text().replace('{\\"body\\"', '{\\"spleen\\"'))
+    with pytest.raises(ModelConfigError, match="unknown labels spleen"):
+        load_model_spec(repository, "ct_body_seg")
