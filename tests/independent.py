@@ -67,3 +67,31 @@ def body_lungs_bone(hu: NDArray[np.float32]) -> NDArray[np.uint8]:
     lungs &= ~bone
     body &= ~lungs & ~bone
     return (body * 1 + lungs * 2 + bone * 3).astype(np.uint8)
+
+
+def read_series(folder: Path) -> tuple[NDArray[np.float32], list[str]]:
+    """Any single-frame series, ordered by position along its slice normal (rescaled values),
+    and the SOP UID of each slice."""
+    datasets = [pydicom.dcmread(f) for f in folder.glob("*.dcm")]
+    row, col = (np.array(datasets[0].ImageOrientationPatient[i:i + 3], float) for i in (0, 3))
+    normal = np.cross(row, col)
+    datasets.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
+    values = np.stack([
+        d.pixel_array.astype(np.float32) * np.float32(d.get("RescaleSlope", 1) or 1)
+        + np.float32(d.get("RescaleIntercept", 0) or 0) for d in datasets
+    ])
+    return values, [str(d.SOPInstanceUID) for d in datasets]
+
+
+def head_mask(image: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """mr_head_mask's documented steps: 1 head, 0 background; H and W multiples of 4."""
+    level = image[image > image.mean()].mean()
+    tissue = _open(image > 0.25 * level, (1, 5, 5))
+    free = ~tissue
+    d, h, w = free.shape
+    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
+    outside = _geodesic(_ring(coarse), coarse, 40)
+    outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
+    outside = (outside & free) | _ring(free)
+    outside = _geodesic(outside, free, 6)
+    return _open(~outside, (1, 5, 5)).astype(np.uint8)

@@ -324,3 +324,16 @@ def test_two_patients_at_once_through_triton_shared_memory_never_mix(
         assert len(results[index]) == 2
         for labels in results[index]:
             assert np.array_equal(labels, expected[index]), f"series {index} got other data"
+
+
+def test_mr_head_mask_on_triton_equals_embedded(triton_grpc_url: str) -> None:
+    volume = load_series(sorted((CT_DIR.parent / "mr-brain").glob("*.dcm")))
+    spec = load_model_spec(REPOSITORY, "mr_head_mask")
+    backend = TritonBackend(triton_grpc_url)
+    try:
+        backend.check(spec)
+        on_triton = run_model(volume, spec, backend)
+    finally:
+        backend.close()
+    embedded = run_model(volume, spec, EmbeddedBackend())
+    assert embedded.any() and np.array_equal(on_triton, embedded)

@@ -305,3 +305,58 @@ def test_the_readme_pipeline_as_written_delivers_seg_and_sr(
         assert {d.SegmentLabel: d.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
                 for d in seg_ds.SegmentSequence} == {
             "body": "Entire body", "lungs": "Lung", "bone": "Bone"}
+
+
+MR_DIR = CT_DIR.parent / "mr-brain"
+
+
+def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """The real sagittal head MR (file order against position) through Orthanc -> node ->
+    Orthanc with mr_head_mask: SEG, SR and SC pass dciodvfy, the SEG equals the independent
+    computation on every source slice, and the SR reports the volume without Hounsfield units."""
+    from tests.independent import head_mask, read_series
+
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    sections = ct_body_node_sections(dicom_port)
+    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
+                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"],
+                              "destinations": ["PACS"]}]
+    node = node_factory(**sections).start()
+    files = sorted(MR_DIR.glob("*.dcm"))
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        study = pacs.upload(files)
+        pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                          "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        found = pacs.series_by_modality(study_uid)
+        (seg_ds,) = fetch(pacs, study_uid, found["SEG"][0])
+        (sr_ds,) = fetch(pacs, study_uid, found["SR"][0])
+        (sc_ds,) = fetch(pacs, study_uid, (found.get("OT", []) + found.get("SC", []))[0])
+    for dataset in (seg_ds, sr_ds, sc_ds):
+        assert dciodvfy_errors(dataset, tmp_path) == [], dataset.SOPClassUID.name
+    image, uids = read_series(MR_DIR)
+    expected = head_mask(image)
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    (description,) = seg.SegmentSequence
+    assert description.SegmentLabel == "head"
+    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "69536005"
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1], ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True)
+    assert np.array_equal(masks[..., 0] > 0, expected == 1)
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    voxel_ml = float(source.SpacingBetweenSlices if "SpacingBetweenSlices" in source
+                     else source.SliceThickness) * float(source.PixelSpacing[0]) * float(
+        source.PixelSpacing[1]) / 1000
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    measurements = {m.name.meaning: m for m in group.get_measurements()}
+    assert measurements["Volume"].value == pytest.approx(int(expected.sum()) * voxel_ml, rel=2e-3)
+    assert all(m.unit.value != "[hnsf'U]" for m in measurements.values())
+    assert sc_ds.Modality in ("OT", "MR") and sc_ds.BurnedInAnnotation == "YES"
