@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from ct_body_seg import border_seed, dilate, opening
+from torch import nn
 
 THRESHOLD_FRACTION = 0.25
 COARSE = 4
