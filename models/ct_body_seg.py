@@ -65,20 +65,27 @@ def border_seed(mask: torch.Tensor) -> torch.Tensor:
     return ring * mask
 
 
+def flood_from_border(free: torch.Tensor, coarse_iterations: int) -> torch.Tensor:
+    """Per slice, what is reachable from the in-plane border through ``free``: geodesic
+    dilation on a 4x coarser grid (a block is free only if all of it is; 3x3 steps), then
+    ``FINE_ITERATIONS`` full-resolution 3x3 steps from the upsampled result."""
+    coarse_free = -F.max_pool3d(-free, kernel_size=(1, COARSE, COARSE),
+                                stride=(1, COARSE, COARSE))
+    outside = border_seed(coarse_free)
+    for _ in range(coarse_iterations):
+        outside = dilate(outside, (1, 3, 3)) * coarse_free
+    outside = outside.repeat_interleave(COARSE, dim=3).repeat_interleave(COARSE, dim=4)
+    outside = torch.maximum(outside * free, border_seed(free))
+    for _ in range(FINE_ITERATIONS):
+        outside = dilate(outside, (1, 3, 3)) * free
+    return outside
+
+
 class CTBodySeg(nn.Module):
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
         air = (hu < AIR_HU).float()
         free = 1.0 - opening(1.0 - air, (1, 7, 7))
-        # step 2: outside, coarse then fine (per slice: kernels are 1 x k x k)
-        coarse_free = -F.max_pool3d(-free, kernel_size=(1, COARSE, COARSE),
-                                    stride=(1, COARSE, COARSE))
-        outside = border_seed(coarse_free)
-        for _ in range(COARSE_ITERATIONS):
-            outside = dilate(outside, (1, 3, 3)) * coarse_free
-        outside = outside.repeat_interleave(COARSE, dim=3).repeat_interleave(COARSE, dim=4)
-        outside = torch.maximum(outside * free, border_seed(free))
-        for _ in range(FINE_ITERATIONS):
-            outside = dilate(outside, (1, 3, 3)) * free
+        outside = flood_from_border(free, COARSE_ITERATIONS)  # step 2
         # steps 3-5
         body = opening(1.0 - outside, (3, 7, 7))
         lungs = opening(air * body, (3, 3, 3))
@@ -88,16 +95,21 @@ class CTBodySeg(nn.Module):
         return (body + 2.0 * lungs + 3.0 * bone).to(torch.uint8)
 
 
-def export(path: Path) -> None:
-    model = CTBodySeg().eval()
-    example = torch.full((1, 1, 4, 32, 32), -1000.0)
+def export_volume_model(model: nn.Module, example: torch.Tensor, input_name: str,
+                        path: Path) -> None:
+    """ONNX of a [N, 1, D, H, W] -> ``labels`` [N, 1, D, H, W] model, every axis but the
+    channel dynamic."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        model, (example,), str(path), input_names=["hu"], output_names=["labels"],
-        dynamic_axes={"hu": {0: "n", 2: "d", 3: "h", 4: "w"},
+        model.eval(), (example,), str(path), input_names=[input_name], output_names=["labels"],
+        dynamic_axes={input_name: {0: "n", 2: "d", 3: "h", 4: "w"},
                       "labels": {0: "n", 2: "d", 3: "h", 4: "w"}},
         opset_version=17, dynamo=False,
     )
+
+
+def export(path: Path) -> None:
+    export_volume_model(CTBodySeg(), torch.full((1, 1, 4, 32, 32), -1000.0), "hu", path)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from ct_body_seg import border_seed, dilate, opening
+from ct_body_seg import export_volume_model, flood_from_border, opening
 from torch import nn
 
 THRESHOLD_FRACTION = 0.25
-COARSE = 4
 COARSE_ITERATIONS = 40
-FINE_ITERATIONS = 6
 LABELS = ("background", "head")
 
 
@@ -42,30 +39,13 @@ class MRHeadMask(nn.Module):
         bright = (image > mean).float()
         level = (image * bright).sum() / bright.sum().clamp(min=1.0)
         tissue = opening((image > THRESHOLD_FRACTION * level).float(), (1, 5, 5))
-        free = 1.0 - tissue
-        coarse_free = -F.max_pool3d(-free, kernel_size=(1, COARSE, COARSE),
-                                    stride=(1, COARSE, COARSE))
-        outside = border_seed(coarse_free)
-        for _ in range(COARSE_ITERATIONS):
-            outside = dilate(outside, (1, 3, 3)) * coarse_free
-        outside = outside.repeat_interleave(COARSE, dim=3).repeat_interleave(COARSE, dim=4)
-        outside = torch.maximum(outside * free, border_seed(free))
-        for _ in range(FINE_ITERATIONS):
-            outside = dilate(outside, (1, 3, 3)) * free
+        outside = flood_from_border(1.0 - tissue, COARSE_ITERATIONS)
         head = opening(1.0 - outside, (1, 5, 5))
         return head.to(torch.uint8)
 
 
 def export(path: Path) -> None:
-    model = MRHeadMask().eval()
-    example = torch.zeros((1, 1, 4, 32, 32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model, (example,), str(path), input_names=["image"], output_names=["labels"],
-        dynamic_axes={"image": {0: "n", 2: "d", 3: "h", 4: "w"},
-                      "labels": {0: "n", 2: "d", 3: "h", 4: "w"}},
-        opset_version=17, dynamo=False,
-    )
+    export_volume_model(MRHeadMask(), torch.zeros((1, 1, 4, 32, 32)), "image", path)
 
 
 if __name__ == "__main__":

@@ -51,16 +51,22 @@ def _geodesic(seed: NDArray[np.bool_], mask: NDArray[np.bool_], steps: int) -> N
     return grown
 
 
+def _outside(free: NDArray[np.bool_], coarse_steps: int) -> NDArray[np.bool_]:
+    """Reachable from each slice's border through ``free``: ``coarse_steps`` on the 4x coarser
+    grid (a block free only if all of it is), then 6 full-resolution steps."""
+    d, h, w = free.shape
+    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
+    outside = _geodesic(_ring(coarse), coarse, coarse_steps)
+    outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
+    outside = (outside & free) | _ring(free)
+    return _geodesic(outside, free, 6)
+
+
 def body_lungs_bone(hu: NDArray[np.float32]) -> NDArray[np.uint8]:
     """0 background, 1 body, 2 lungs, 3 bone; H and W must be multiples of 4."""
     air = hu < -500
     free = ~_open(~air, (1, 7, 7))
-    d, h, w = free.shape
-    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
-    outside = _geodesic(_ring(coarse), coarse, 80)
-    outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
-    outside = (outside & free) | _ring(free)
-    outside = _geodesic(outside, free, 6)
+    outside = _outside(free, 80)
     body = _open(~outside, (3, 7, 7))
     lungs = _open(air & body, (3, 3, 3))
     bone = _open((hu > 250) & body, (3, 3, 3))
@@ -87,11 +93,5 @@ def head_mask(image: NDArray[np.float32]) -> NDArray[np.uint8]:
     """mr_head_mask's documented steps: 1 head, 0 background; H and W multiples of 4."""
     level = image[image > image.mean()].mean()
     tissue = _open(image > 0.25 * level, (1, 5, 5))
-    free = ~tissue
-    d, h, w = free.shape
-    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
-    outside = _geodesic(_ring(coarse), coarse, 40)
-    outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
-    outside = (outside & free) | _ring(free)
-    outside = _geodesic(outside, free, 6)
+    outside = _outside(~tissue, 40)
     return _open(~outside, (1, 5, 5)).astype(np.uint8)
