@@ -96,7 +96,6 @@ class Node:
         self.delivery.ensure_running()
         return routed > 0
 
-
     def start(self) -> None:
         report = recover(self.spool, self.store, self._clock())
         log.info(

@@ -335,11 +335,11 @@ class Orchestrator:
         """Each configured model: ``ready`` or why not. Logged at start; jobs retry or fail
         by themselves, so a backend that is still starting does not stop the node."""
         states: dict[str, str] = {}
-        specs: dict[str, ModelSpec] = {}
         for name in sorted({p.model for p in self._settings.pipelines}):
             try:
-                specs[name] = load_model_spec(self._settings.inference.model_repository, name)
-                self._backend.check(specs[name])
+                self._backend.check(
+                    load_model_spec(self._settings.inference.model_repository, name)
+                )
                 states[name] = "ready"
             except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
                 states[name] = str(exc)

@@ -100,7 +100,7 @@ class Peer(_Strict):
     _ae = field_validator("ae_title")(_check_ae_title)
 
     @model_validator(mode="after")
-    def _read_secret_files(self) -> Peer:
+    def _resolve_secrets(self) -> Peer:
         for field_name in ("password", "token"):
             file: Path | None = getattr(self, f"{field_name}_file")
             variable: str | None = getattr(self, f"{field_name}_env")

@@ -10,15 +10,14 @@ from dicomweb_client.api import DICOMwebClient
 
 from node.settings import Peer
 
-# Answers that say "later" (PS3.18 8.6.2 / RFC 9110): a lockout or expired password is fixed by
-# a person, so these are retried with backoff instead of dead-lettered or hammered.
-_TRANSIENT_HTTP = {401, 403, 408, 429}
-
 
 def _http_outcome(code: int) -> str:
+    """Credentials (401/403: a lockout or expired password is fixed by a person), timeouts,
+    throttling and server errors are retried with backoff (PS3.18 8.6.2, RFC 9110); any other
+    4xx is a refusal that will repeat."""
     if code in (401, 403):
         return f"unauthorized: HTTP {code} (check the peer's credentials)"
-    if code >= 500 or code in _TRANSIENT_HTTP:
+    if code >= 500 or code in (408, 429):
         return f"unavailable: HTTP {code}"
     return f"0xC000 refused: HTTP {code}"
 
