@@ -109,8 +109,8 @@ class Node:
             (node.bind, node.dicom_port), block=False, evt_handlers=handlers
         )
         self.orchestrator.start()
-        self._sweeper.start()
         self.delivery.start()
+        self._sweeper.start()  # last: it supervises the other loops
         log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
 
     def stop(self) -> None:

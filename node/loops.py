@@ -37,6 +37,7 @@ class Loop:
         self.wake = wake or threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._restart_lock = threading.Lock()
         self.restarts = 0
 
     def start(self) -> None:
@@ -48,13 +49,22 @@ class Loop:
         return self._thread is not None and self._thread.is_alive()
 
     def ensure_running(self) -> bool:
-        """Restart the thread if it died; ``True`` when it had to."""
-        if self._stopping.is_set() or self._thread is None or self._thread.is_alive():
-            return False
-        self.restarts += 1
-        log.error("%s thread had died; restarting it (restart %d)", self.name, self.restarts)
-        self.start()
-        return True
+        """Restart the thread if it died; ``True`` when it had to. A thread that has not begun
+        yet (``start`` is under way on another thread) has not died: restarting it then would
+        leave two threads running the same loop."""
+        with self._restart_lock:
+            thread = self._thread
+            if (
+                self._stopping.is_set()
+                or thread is None
+                or thread.ident is None  # not started yet
+                or thread.is_alive()
+            ):
+                return False
+            self.restarts += 1
+            log.error("%s thread had died; restarting it (restart %d)", self.name, self.restarts)
+            self.start()
+            return True
 
     def _run(self) -> None:
         failures = 0

@@ -70,10 +70,12 @@ def test_a_dicomweb_peer_refusing_our_credentials_does_not_stop_the_others(
             node.query("SELECT * FROM outbox"))
         web_rows = node.query("SELECT state, attempts, error, not_before - updated_at"
                               " FROM outbox WHERE destination='WEB'")
-        assert len(web_rows) == 3 and all(r[0] == "queued" for r in web_rows), web_rows
-        assert all("HTTP 401" in r[2] for r in web_rows), web_rows
+        context = (web_rows, node.query("SELECT id, revision, state, error FROM jobs"),
+                   node.log()[-3000:])
+        assert len(web_rows) == 3 and all(r[0] == "queued" for r in web_rows), context
+        assert all("HTTP 401" in r[2] for r in web_rows), context
         for _, attempts, _, wait_s in web_rows:
-            assert wait_s == pytest.approx(min(30, 2 * 2 ** (attempts - 1))), web_rows
+            assert wait_s == pytest.approx(min(30, 2 * 2 ** (attempts - 1))), context
         assert node.alive and "ValueError" not in node.log()
 
 

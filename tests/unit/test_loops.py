@@ -66,3 +66,26 @@ def test_retry_policy_backs_off_to_a_cap_within_a_window() -> None:
     assert [policy.delay(n) for n in (1, 2, 3, 8, 20)] == [5, 10, 20, 600, 600]
     assert not policy.exhausted(None, 10**9)
     assert not policy.exhausted(0, 86399) and policy.exhausted(0, 86400)
+
+
+def test_a_loop_being_started_is_not_restarted_by_its_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The supervisor may look between the thread's creation and its start (seen in a real
+    node: two delivery threads, every result sent twice). That thread has not died."""
+    loop = Loop("t", lambda: False, interval_s=0.01)
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start_with_a_look_in_the_gap(thread: threading.Thread) -> None:
+        if not started:
+            started.append(thread)
+            assert loop.ensure_running() is False
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_with_a_look_in_the_gap)
+    loop.start()
+    monkeypatch.undo()
+    assert started and loop.alive and loop.restarts == 0
+    assert [t.name for t in threading.enumerate()].count("t") == 1
+    loop.stop()
