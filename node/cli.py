@@ -21,6 +21,9 @@ from rich.table import Table
 
 from node import __version__, logs
 from node.app import DB_FILE, Node, make_backend, open_store
+from node.bundles.export import PLATFORMS
+from node.bundles.importer import import_bundle
+from node.bundles.source import BundleRefused
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
@@ -360,6 +363,41 @@ def models_check(config: ConfigOption = None) -> None:
     console.print(table)
     if failed:
         raise typer.Exit(1)
+
+
+@models_app.command("import")
+def models_import(
+    bundle: Annotated[Path, typer.Argument(help="A MONAI bundle: its directory or a zip.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the bundle's).")] = None,
+    format_: Annotated[str, typer.Option(
+        "--format", help="onnx (both backends) or torchscript (Triton pytorch_libtorch)."
+    )] = "onnx",
+    codes: Annotated[Path | None, typer.Option(
+        help="YAML: label -> {category, type, color}, for labels the built-in table lacks."
+    )] = None,
+    replace: Annotated[bool, typer.Option(help="Replace a model of the same name.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Import a MONAI bundle into the configuration's model repository."""
+    if format_ not in PLATFORMS:
+        errors.print(f"--format must be one of {', '.join(PLATFORMS)}")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    try:
+        report = import_bundle(bundle, settings.inference.model_repository, name, format_,
+                               codes, replace)
+    except BundleRefused as exc:
+        errors.print(f"[red]refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    spec = report.spec
+    for note in report.notes:
+        errors.print(f"note: {note}", highlight=False, markup=False)
+    console.print(
+        f"imported {spec.name} version {spec.version} ({spec.platform}) into "
+        f"{spec.model_file.parent.parent} in {report.seconds:.1f} s; labels: "
+        f"{', '.join(spec.labels[1:])}; export checked (max relative difference "
+        f"{report.export_difference:.1e})", highlight=False, markup=False,
+    )
 
 
 @config_app.command("check")

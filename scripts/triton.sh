@@ -2,6 +2,7 @@
 # Start/stop a real tritonserver (PyPI nvidia-pytriton wheel, CPU) serving model_repository/.
 #   scripts/triton.sh install | up | down | kill | status
 # Ports: TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002);
+# TRITON_MODEL_REPOSITORY (model_repository/) is the repository served;
 # TRITON_RUN_DIR (var/triton) holds the pid file, log and backend directory of one server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ up() {
   export PATH=$VENV/bin:$PATH
   export LD_LIBRARY_PATH=$SITE/nvidia_pytriton.libs:$SITE/pytriton/tritonserver/external_libs:${LD_LIBRARY_PATH:-}
   "$SITE/pytriton/tritonserver/bin/tritonserver" \
-    --model-repository "$ROOT/model_repository" --backend-directory "$RUN/backends" \
+    --model-repository "${TRITON_MODEL_REPOSITORY:-$ROOT/model_repository}" --backend-directory "$RUN/backends" \
     --http-address 127.0.0.1 --http-port "$HTTP" --grpc-address 127.0.0.1 --grpc-port "$GRPC" \
     --metrics-port "$METRICS" --allow-metrics false --exit-on-error false --strict-readiness true \
     > "$RUN/tritonserver.log" 2>&1 &

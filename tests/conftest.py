@@ -247,9 +247,11 @@ class TritonProcess:
     run_dir: Path
     http_port: int
     grpc_port: int
+    repository: Path = ROOT / "model_repository"
 
     def _script(self, command: str) -> None:
         env = {**os.environ, "TRITON_RUN_DIR": str(self.run_dir),
+               "TRITON_MODEL_REPOSITORY": str(self.repository),
                "TRITON_HTTP_PORT": str(self.http_port), "TRITON_GRPC_PORT": str(self.grpc_port),
                "TRITON_METRICS_PORT": str(free_port())}
         subprocess.run(["bash", str(TRITON_SCRIPT), command], env=env, check=True,

@@ -7,8 +7,15 @@ list, index = label value), ``ainode_output_kind`` (``labels`` or ``probabilitie
 type: [...], color: [r, g, b]}``, the codes SEG and SR use),
 ``ainode_preprocess`` (JSON list of MONAI transforms, see :mod:`node.infer.runner`),
 optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batch_size``),
-``ainode_postprocess`` (MONAI transforms on the label map, e.g. ``RemoveSmallObjects``) and
-``ainode_min_finding_ml`` (a label smaller than this volume is reported as absent).
+``ainode_postprocess`` (MONAI transforms on the label map, e.g. ``RemoveSmallObjects``),
+``ainode_min_finding_ml`` (a label smaller than this volume is reported as absent),
+``ainode_layout`` (``kji``: the tensor is [slice, row, column] on the voxel grid, the default;
+``ras``: MONAI's convention, [x, y, z] with the RAS affine, as MONAI bundles expect, so
+``Orientation`` and ``Spacing`` work in patient space), ``ainode_activation`` (``softmax`` or
+``sigmoid`` applied to the scores before they are mapped back) and ``ainode_invert``
+(``probabilities``: scores mapped back with each transform's own interpolation, then argmax;
+``labels``: argmax first, then mapped back with nearest neighbour: MONAI ``Invertd``'s
+``nearest_interp``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,27 @@ class ModelSpec:
     model_file: Path
     min_finding_ml: float = 0.0  # a label smaller than this is reported absent
     segments: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> meaning
+    layout: str = "kji"
+    activation: str = "none"
+    invert: str = "probabilities"
+    source: dict[str, Any] = field(default_factory=dict)  # provenance, e.g. the bundle imported
+
+
+_CHOICES = {
+    "ainode_output_kind": ("labels", "probabilities"),
+    "ainode_layout": ("kji", "ras"),
+    "ainode_activation": ("none", "softmax", "sigmoid"),
+    "ainode_invert": ("probabilities", "labels"),
+}
+
+
+def _choice(config: Any, key: str, model: str) -> str | None:
+    if key not in config.parameters:
+        return None
+    value = str(config.parameters[key].string_value)
+    if value not in _CHOICES[key]:
+        raise ModelConfigError(f"{model}: {key} must be one of {', '.join(_CHOICES[key])}")
+    return value
 
 
 def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
@@ -79,7 +107,9 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise ModelNotFound(f"model {name!r} has no numbered version directory")
-    filename = config.default_model_filename or "model.onnx"
+    platform = config.platform or config.backend
+    default_name = "model.pt" if platform in ("pytorch_libtorch", "pytorch") else "model.onnx"
+    filename = config.default_model_filename or default_name
     model_file = model_dir / str(versions[-1]) / filename
     if not model_file.is_file():
         raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
@@ -90,13 +120,7 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     unknown = sorted(set(segments) - {str(label) for label in labels[1:]})
     if unknown:
         raise ModelConfigError(f"{name}: ainode_segments names unknown labels {', '.join(unknown)}")
-    output_kind = (
-        config.parameters["ainode_output_kind"].string_value
-        if ("ainode_output_kind" in config.parameters)
-        else "probabilities"
-    )
-    if output_kind not in ("labels", "probabilities"):
-        raise ModelConfigError(f"{name}: ainode_output_kind must be labels or probabilities")
+    output_kind = _choice(config, "ainode_output_kind", name) or "probabilities"
     if len(config.input) != 1 or len(config.output) != 1:
         raise ModelConfigError(f"{name}: ainode runs models with one input and one output")
 
@@ -112,7 +136,7 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         if "ainode_version" in config.parameters
         else str(versions[-1]),
         triton_version=versions[-1],
-        platform=config.platform or config.backend,
+        platform=platform,
         inputs=tensors(config.input),
         outputs=tensors(config.output),
         labels=tuple(str(label) for label in labels),
@@ -123,4 +147,8 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         model_file=model_file,
         min_finding_ml=float(_json_parameter(config, "ainode_min_finding_ml", 0.0, name)),
         segments=segments,
+        layout=_choice(config, "ainode_layout", name) or "kji",
+        activation=_choice(config, "ainode_activation", name) or "none",
+        invert=_choice(config, "ainode_invert", name) or "probabilities",
+        source=_json_parameter(config, "ainode_source", {}, name),
     )

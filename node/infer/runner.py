@@ -1,11 +1,14 @@
 """Volume -> model -> label map on the source grid, with the model's declared MONAI transforms.
 
 Pre-processing is the model's ``ainode_preprocess`` list, each item a MONAI array transform
-from the allow-list below with its keyword arguments (no code from configuration). The
-transforms are invertible; after inference the prediction is mapped back with their inverse,
-so the label map has exactly the source volume's shape and voxel order. Models that declare
-``ainode_sliding_window`` run through MONAI ``sliding_window_inference`` with the backend as the
-predictor; the others get the whole (pre-processed) volume at once.
+from the allow-list below with its keyword arguments (no code from configuration). The spatial
+transforms are invertible; after inference the prediction is mapped back with their inverse
+(as MONAI ``Invertd`` does), so the label map has exactly the source volume's shape and voxel
+order. Models that declare ``ainode_sliding_window`` run through MONAI
+``sliding_window_inference`` with the backend as the predictor; the others get the whole
+(pre-processed) volume at once. A model in the ``ras`` layout (MONAI bundles) sees the volume as
+MONAI's readers present it: [x, y, z] with its RAS affine, so ``Orientation`` and ``Spacing``
+act in patient space exactly as in the bundle's own pipeline.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers.utils import sliding_window_inference
 from monai.transforms.compose import Compose
-from monai.transforms.croppad.array import DivisiblePad, SpatialPad
-from monai.transforms.intensity.array import ScaleIntensityRange
-from monai.transforms.post.array import RemoveSmallObjects
+from monai.transforms.croppad.array import CropForeground, DivisiblePad, SpatialPad
+from monai.transforms.intensity.array import (
+    NormalizeIntensity,
+    ScaleIntensity,
+    ScaleIntensityRange,
+)
+from monai.transforms.post.array import KeepLargestConnectedComponent, RemoveSmallObjects
+from monai.transforms.spatial.array import Orientation, Spacing
+from monai.transforms.utils import convert_applied_interp_mode
 from numpy.typing import NDArray
 
 from node.imaging.volume import Volume
@@ -30,13 +39,24 @@ from node.infer.backend import Backend
 from node.infer.repository import ModelConfigError, ModelSpec
 
 # Transforms a model may declare, by name. Pre-processing: invertible or intensity-only.
-_ALLOWED = {
+PREPROCESS_TRANSFORMS: dict[str, Any] = {
+    "CropForeground": CropForeground,
     "DivisiblePad": DivisiblePad,
-    "SpatialPad": SpatialPad,
+    "NormalizeIntensity": NormalizeIntensity,
+    "Orientation": Orientation,
+    "ScaleIntensity": ScaleIntensity,
     "ScaleIntensityRange": ScaleIntensityRange,
+    "Spacing": Spacing,
+    "SpatialPad": SpatialPad,
 }
 # Post-processing, on the label map ([1, ...] integer labels) on the source grid.
-_ALLOWED_POST = {"RemoveSmallObjects": RemoveSmallObjects}
+POSTPROCESS_TRANSFORMS: dict[str, Any] = {
+    "KeepLargestConnectedComponent": KeepLargestConnectedComponent,
+    "RemoveSmallObjects": RemoveSmallObjects,
+}
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+# (patient LPS, DICOM) -> (RAS, MONAI/NIfTI)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -62,6 +82,8 @@ def _compose(model: ModelSpec, key: str, items: tuple[dict[str, Any], ...],
                 f"{model.name}: {key}[{index}].transform {name!r} is not one of "
                 f"{', '.join(sorted(allowed))}"
             )
+        if name == "Orientation":  # axis codes in MONAI's (RAS) convention, as bundles mean
+            spec.setdefault("labels", RAS_LABELS)
         try:
             transforms.append(allowed[name](**spec))
         except TypeError as exc:
@@ -70,11 +92,28 @@ def _compose(model: ModelSpec, key: str, items: tuple[dict[str, Any], ...],
 
 
 def build_preprocess(model: ModelSpec) -> Compose:
-    return _compose(model, "ainode_preprocess", model.preprocess, _ALLOWED)
+    return _compose(model, "ainode_preprocess", model.preprocess, PREPROCESS_TRANSFORMS)
 
 
 def build_postprocess(model: ModelSpec) -> Compose:
-    return _compose(model, "ainode_postprocess", model.postprocess, _ALLOWED_POST)
+    return _compose(model, "ainode_postprocess", model.postprocess, POSTPROCESS_TRANSFORMS)
+
+
+def model_input(volume: Volume, layout: str) -> MetaTensor:
+    """The volume as the model's first transform receives it: channel first, with an affine."""
+    if layout == "ras":  # [x, y, z] = [column, row, slice], affine in RAS
+        data = np.ascontiguousarray(volume.voxels.transpose(2, 1, 0))
+        return MetaTensor(torch.from_numpy(data)[None],
+                          affine=torch.from_numpy(LPS_TO_RAS @ volume.affine))
+    return MetaTensor(torch.from_numpy(volume.voxels)[None], affine=torch.eye(4))
+
+
+def _activate(scores: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "softmax":
+        return torch.softmax(scores.float(), dim=0)
+    if activation == "sigmoid":
+        return torch.sigmoid(scores.float())
+    return scores
 
 
 def labels_from(prediction: NDArray[Any], output_kind: str) -> NDArray[np.uint8]:
@@ -98,8 +137,7 @@ def run_model(
     times = times or StageTimes()
     started = time.perf_counter()
     preprocess = build_preprocess(model)
-    image = MetaTensor(torch.from_numpy(volume.voxels)[None], affine=torch.eye(4))
-    prepared = preprocess(image)
+    prepared = preprocess(model_input(volume, model.layout))
     started = times.add("preprocess", started)
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
@@ -111,21 +149,31 @@ def run_model(
         window = model.sliding_window
         output = sliding_window_inference(
             batch, roi_size=window["roi_size"], sw_batch_size=window.get("sw_batch_size", 1),
-            predictor=predictor, overlap=window.get("overlap", 0.25), mode="gaussian",
+            predictor=predictor, overlap=window.get("overlap", 0.25),
+            mode=window.get("mode", "gaussian"), sigma_scale=window.get("sigma_scale", 0.125),
+            padding_mode=window.get("padding_mode", "constant"), cval=window.get("cval", 0.0),
         )
         prediction = output[0] if isinstance(output, torch.Tensor) else output[0][0]
     else:
         prediction = predictor(batch)[0]
     started = times.add("infer", started)
 
+    prediction = _activate(prediction, model.activation)
+    if model.invert == "labels":  # argmax, then back to the source grid by nearest neighbour
+        prediction = torch.from_numpy(
+            labels_from(np.asarray(prediction), model.output_kind)[None].astype(np.float32))
     operations = list(getattr(prepared, "applied_operations", []))
-    if operations:  # undo padding/cropping so the prediction lands on the source grid
-        restored = MetaTensor(prediction, affine=torch.eye(4), applied_operations=operations)
+    if operations:  # undo the spatial transforms so the prediction lands on the source grid
+        if model.invert == "labels":
+            operations = convert_applied_interp_mode(operations, mode="nearest")
+        restored = MetaTensor(prediction, meta=dict(prepared.meta), applied_operations=operations)
         prediction = cast(Any, preprocess).inverse(restored)
     array = np.asarray(
         prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction
     )
-    labels = labels_from(array, model.output_kind)
+    if model.layout == "ras":
+        array = array.transpose(0, 3, 2, 1)
+    labels = labels_from(array, "labels" if model.invert == "labels" else model.output_kind)
     if model.postprocess:
         with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
             warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
