@@ -25,6 +25,7 @@ from node.bundles.export import PLATFORMS
 from node.bundles.importer import import_bundle
 from node.bundles.source import BundleRefused
 from node.egress.dimse import PeerUnavailable, echo, send_files
+from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.segments import missing_codes
@@ -251,7 +252,7 @@ def status(
         )
         for job in jobs:
             detail = job.error or (
-                ", ".join(f"{k} {v['volume_ml']} ml" for k, v in job.result["labels"].items())
+                ", ".join(f"{k} {size_text(v)}" for k, v in job.result["labels"].items())
                 if job.result and "labels" in job.result
                 else ""
             )

@@ -70,8 +70,14 @@ def _save_dataset(dataset: Dataset, handle: BinaryIO) -> None:
     dataset.save_as(handle, enforce_file_format=True)
 
 
-def _finding(voxels: int, voxel_ml: float, min_ml: float) -> dict[str, Any]:
-    volume_ml = round(voxels * voxel_ml, 3)
+def _finding(voxels: int, volume: Volume, min_ml: float) -> dict[str, Any]:
+    """What was found of one label: its size (ml; for a radiograph mm², when the pixel spacing
+    is known, and pixels) and whether it counts as present."""
+    if volume.projection:
+        _, row_mm, col_mm = volume.spacing
+        area = round(voxels * row_mm * col_mm, 1) if volume.pixel_spacing_known else None
+        return {"pixels": voxels, "area_mm2": area, "present": voxels > 0}
+    volume_ml = round(voxels * volume.voxel_volume_ml, 3)
     return {"voxels": voxels, "volume_ml": volume_ml, "present": volume_ml >= max(min_ml, 1e-9)}
 
 
@@ -248,7 +254,7 @@ class Orchestrator:
             "backend": self._backend.name,
             "shape": list(labels.shape),
             "labels": {
-                name: _finding(int(counts[value]), volume.voxel_volume_ml, spec.min_finding_ml)
+                name: _finding(int(counts[value]), volume, spec.min_finding_ml)
                 for value, name in enumerate(spec.labels)
                 if value > 0
             },

@@ -26,15 +26,15 @@ def read_ct(folder: Path) -> tuple[NDArray[np.float32], list[str]]:
     return hu, [str(d.SOPInstanceUID) for d in datasets]
 
 
-def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+def _dilate(mask: NDArray[np.bool_], size: tuple[int, ...]) -> NDArray[np.bool_]:
     return ndimage.maximum_filter(mask, size=size, mode="constant", cval=0)
 
 
-def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+def _erode(mask: NDArray[np.bool_], size: tuple[int, ...]) -> NDArray[np.bool_]:
     return ndimage.minimum_filter(mask, size=size, mode="constant", cval=1)
 
 
-def _open(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+def _open(mask: NDArray[np.bool_], size: tuple[int, ...]) -> NDArray[np.bool_]:
     return _dilate(_erode(mask, size), size)
 
 
@@ -95,3 +95,37 @@ def head_mask(image: NDArray[np.float32]) -> NDArray[np.uint8]:
     tissue = _open(image > 0.25 * level, (1, 5, 5))
     outside = _outside(~tissue, 40)
     return _open(~outside, (1, 5, 5)).astype(np.uint8)
+
+
+def read_radiograph(path: Path) -> tuple[NDArray[np.float32], str]:
+    """One radiograph, larger = brighter (MONOCHROME1 inverted), and its SOP Instance UID."""
+    dataset = pydicom.dcmread(path)
+    image = dataset.pixel_array.astype(np.float32)
+    if dataset.PhotometricInterpretation == "MONOCHROME1":
+        image = image.max() + image.min() - image
+    return image, str(dataset.SOPInstanceUID)
+
+
+def lung_fields(image: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """cxr_lung_seg's documented steps on a 2-D radiograph: 1 lungs, 0 background. The image
+    is first padded to multiples of 8 by repeating its edge, half before and half after (the
+    model's pre-processing), and the result cropped back."""
+    rows, cols = image.shape
+    pad_r, pad_c = -rows % 8, -cols % 8
+    padded = np.pad(image, ((pad_r // 2, pad_r - pad_r // 2), (pad_c // 2, pad_c - pad_c // 2)),
+                    mode="edge")
+    blocks = padded.reshape(padded.shape[0] // 8, 8, padded.shape[1] // 8, 8).mean(axis=(1, 3))
+    dark = blocks < 0.95 * blocks.mean()
+    box = (9, 9)
+    free = _erode(dark, box)
+    seed = np.zeros_like(free)
+    seed[[0, -1], :] = True
+    seed[:, [0, -1]] = True
+    outside = ndimage.binary_dilation(seed & free, np.ones((3, 3), bool), iterations=200,
+                                      mask=free)
+    outside = _dilate(outside, box) & dark
+    lungs = _open(dark & ~outside, (5, 5))
+    lungs = _erode(_dilate(lungs, (7, 7)), (7, 7))  # closing
+    full = np.repeat(np.repeat(lungs, 8, axis=0), 8, axis=1)
+    top, left = pad_r // 2, pad_c // 2
+    return full[top:top + rows, left:left + cols].astype(np.uint8)

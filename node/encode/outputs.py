@@ -21,12 +21,36 @@ from node.settings import Pipeline, SegmentSpec
 
 
 def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]]) -> bool:
-    """Any urgency rule whose label is present with at least its volume."""
+    """Any urgency rule whose label is present with at least its volume (a radiograph's
+    findings have no volume: only rules without a minimum volume apply to them)."""
     return any(
         findings.get(rule.label, {}).get("present", False)
-        and findings[rule.label]["volume_ml"] >= rule.min_volume_ml
+        and (findings[rule.label].get("volume_ml") or 0.0) >= rule.min_volume_ml
         for rule in pipeline.urgent_if
     )
+
+
+def size_text(finding: dict[str, Any]) -> str:
+    """A finding's size for people: ml, or for a radiograph mm² (or pixels)."""
+    if finding.get("volume_ml") is not None:
+        return f"{finding['volume_ml']:.1f} ml"
+    if finding.get("area_mm2") is not None:
+        return f"{finding['area_mm2']:.0f} mm2"
+    return f"{finding.get('pixels', 0)} px"
+
+
+def _radiograph_view(source: Dataset) -> Dataset:
+    """A radiograph as highdicom should see it: a Pixel Spacing of zero (it happens) means
+    unknown, so it is left out rather than copied into the results."""
+    spacing = source.get("PixelSpacing")
+    if spacing is None or all(float(v) > 0 for v in spacing):
+        return source
+    view = Dataset()
+    view.update(source)
+    if hasattr(source, "file_meta"):
+        view.file_meta = source.file_meta
+    del view.PixelSpacing
+    return view
 
 
 def encode_outputs(
@@ -44,8 +68,13 @@ def encode_outputs(
     if not volume.headers or any(s.frame_number for s in volume.slices):
         raise EncodeError("results are written for single-frame source series only")
     sources = [with_component_person_names(header) for header in volume.headers]
+    if volume.projection:
+        sources = [_radiograph_view(source) for source in sources]
     outputs: dict[str, Dataset] = {}
     seg, values = build_seg(sources, labels, label_names, segments, provenance)
+    if volume.projection and "PatientOrientation" in volume.headers[0]:
+        # PS3.3 C.7.6.1: required when the image has no Image Plane module
+        seg.PatientOrientation = volume.headers[0].PatientOrientation
     if "seg" in pipeline.outputs:
         outputs["seg"] = seg
     if "sr" in pipeline.outputs:
@@ -56,14 +85,15 @@ def encode_outputs(
                 label_names[value],
                 spec,
                 labels == value,
-                findings[label_names[value]]["volume_ml"],
+                findings[label_names[value]].get("volume_ml"),
                 findings[label_names[value]]["present"],
             )
             for number, (value, spec) in enumerate(zip(values, specs, strict=True), start=1)
         ]
         _, row_mm, col_mm = volume.spacing
         outputs["sr"] = build_sr(
-            sources, seg, segment_findings, volume.voxels, (row_mm, col_mm), provenance, urgent
+            sources, seg, segment_findings, volume.voxels,
+            (row_mm, col_mm) if volume.pixel_spacing_known else None, provenance, urgent,
         )
     if "sc" in pipeline.outputs:
         # the slice where the most specific finding (highest label present) is largest
@@ -71,7 +101,7 @@ def encode_outputs(
         k = int(np.argmax((labels == focus).sum(axis=(1, 2))))
         colours = {value: segments[label_names[value]].color for value in values}
         caption = f"{provenance.model_name} {provenance.model_version}: " + ", ".join(
-            f"{label_names[v]} {findings[label_names[v]]['volume_ml']:.1f} ml" for v in values
+            f"{label_names[v]} {size_text(findings[label_names[v]])}" for v in values
         )
         if urgent:
             caption = "URGENT - " + caption

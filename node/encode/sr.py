@@ -56,7 +56,7 @@ class SegmentFinding:
     label: str
     spec: SegmentSpec
     mask: NDArray[np.bool_]  # on the source grid, [slice, row, column]
-    volume_ml: float
+    volume_ml: float | None  # None for a radiograph: it has no volume
     present: bool
 
 
@@ -85,10 +85,12 @@ def build_sr(
     seg: Dataset,
     findings: list[SegmentFinding],
     intensities: NDArray[np.float32],
-    spacing_mm: tuple[float, float],
+    spacing_mm: tuple[float, float] | None,
     provenance: Provenance,
     urgent: bool,
 ) -> Dataset:
+    """``spacing_mm`` (row, column) is None when the images do not say it: no areas then.
+    A finding without a volume (a radiograph) gets only the planar group."""
     reference = sources[0]
     modality = str(reference.get("Modality", ""))
     intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
@@ -120,26 +122,28 @@ def build_sr(
         )
         evaluations = [presence, priority]
         values = intensities[finding.mask]
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.SOPClassUID,
-                    sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=finding.segment_number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(provenance.series_instance_uid),
-                ),
-                finding_type=finding_type,
-                finding_category=code(finding.spec.category),
-                algorithm_id=algorithm,
-                measurements=[
-                    measured(codes.SCT.Volume, round(finding.volume_ml, 3), MILLILITRE),
-                    measured(codes.SCT.Mean, round(float(values.mean()), 2), intensity_unit),
-                    measured(codes.SCT.Maximum, round(float(values.max()), 2), intensity_unit),
-                ],
-                qualitative_evaluations=evaluations,
+        if finding.volume_ml is not None:
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=seg.SOPClassUID,
+                        sop_instance_uid=seg.SOPInstanceUID,
+                        segment_number=finding.segment_number,
+                        source_series=hd.sr.SourceSeriesForSegmentation(
+                            provenance.series_instance_uid),
+                    ),
+                    finding_type=finding_type,
+                    finding_category=code(finding.spec.category),
+                    algorithm_id=algorithm,
+                    measurements=[
+                        measured(codes.SCT.Volume, round(finding.volume_ml, 3), MILLILITRE),
+                        measured(codes.SCT.Mean, round(float(values.mean()), 2), intensity_unit),
+                        measured(codes.SCT.Maximum, round(float(values.max()), 2), intensity_unit),
+                    ],
+                    qualitative_evaluations=evaluations,
+                )
             )
-        )
         largest = int(np.argmax(finding.mask.sum(axis=(1, 2))))
         region = _largest_region(finding.mask[largest])
         source = sources[largest]
@@ -164,6 +168,8 @@ def build_sr(
                         round(float(region.sum()) * spacing_mm[0] * spacing_mm[1], 2),
                         SQUARE_MM,
                     )
+                ] if spacing_mm else [
+                    measured(codes.SCT.Mean, round(float(values.mean()), 2), intensity_unit),
                 ],
                 qualitative_evaluations=evaluations,
             )

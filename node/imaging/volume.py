@@ -5,6 +5,11 @@ Pixel values are rescaled (Rescale Slope/Intercept, PS3.3 C.11.1.1.2; for CT: Ho
 and MONOCHROME1 is inverted so that larger always means brighter. Enhanced multi-frame images
 contribute one slice per frame (PS3.3 C.7.6.16 functional groups).
 
+A projection radiograph (CR, DX, … PS3.3 C.8.9 / C.8.11: one frame, no Image Plane module)
+becomes a one-slice volume in image coordinates: its pixel spacing from Pixel Spacing or else
+Imager Pixel Spacing (PS3.3 10.7.1.3), and ``pixel_spacing_known`` false when neither holds a
+positive value (areas are then not reported in mm²).
+
 A series that is not a regular volume is refused with a :class:`VolumeError` whose ``reason``
 is short and readable: mixed orientation, mixed image sizes, duplicate positions, gantry tilt
 (rejected, not resampled: resampling changes the pixels a radiologist would compare against),
@@ -57,6 +62,8 @@ class Volume:
     frame_of_reference_uid: str
     modality: str
     headers: tuple[Dataset, ...] = ()  # per slice: its instance without pixel data
+    projection: bool = False  # a 2-D radiograph: one slice, no patient-space geometry
+    pixel_spacing_known: bool = True
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -199,6 +206,57 @@ def _check_and_order(planes: list[_Plane], min_slices: int) -> tuple[list[_Plane
     return order, median
 
 
+def _positive_spacing(dataset: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            values = [float(v) for v in dataset.get(keyword) or []]
+        except (TypeError, ValueError):
+            continue
+        if len(values) == 2 and min(values) > 0:
+            return values[0], values[1]
+    return None
+
+
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "RG", "IO", "PX"})
+
+
+def is_projection(dataset: Dataset) -> bool:
+    """A single-frame radiograph (CR, DX, …) without an Image Plane module."""
+    return (str(dataset.get("Modality", "")) in PROJECTION_MODALITIES
+            and "ImageOrientationPatient" not in dataset
+            and "PerFrameFunctionalGroupsSequence" not in dataset
+            and int(dataset.get("NumberOfFrames", 1) or 1) == 1)
+
+
+def _projection(datasets: Sequence[Dataset]) -> Volume:
+    if len(datasets) != 1:
+        raise VolumeError(f"a series of {len(datasets)} projection images: the node reads a "
+                          "radiograph series of one image (send each view as its own series)")
+    (dataset,) = datasets
+    pixels = _pixels(dataset)
+    if pixels.ndim != 2:
+        raise VolumeError("the radiograph is not a single grey-scale frame")
+    pixels = _rescale(pixels, dataset)
+    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    spacing = _positive_spacing(dataset)
+    row_mm, col_mm = spacing or (1.0, 1.0)
+    affine = np.diag([col_mm, row_mm, 1.0, 1.0])
+    dataset.pop("PixelData", None)
+    return Volume(
+        voxels=pixels[None].astype(np.float32, copy=False),
+        affine=affine,
+        slices=(SliceRef(str(dataset.SOPInstanceUID), str(dataset.SOPClassUID)),),
+        study_instance_uid=str(dataset.StudyInstanceUID),
+        series_instance_uid=str(dataset.SeriesInstanceUID),
+        frame_of_reference_uid=str(dataset.get("FrameOfReferenceUID", "")),
+        modality=str(dataset.get("Modality", "")),
+        headers=(dataset,),
+        projection=True,
+        pixel_spacing_known=spacing is not None,
+    )
+
+
 def load_series(paths: Sequence[Path | str], min_slices: int = 3) -> Volume:
     """Read, check and stack a series. Raises :class:`VolumeError` with a readable reason."""
     if not paths:
@@ -217,6 +275,8 @@ def load_series(paths: Sequence[Path | str], min_slices: int = 3) -> Volume:
         raise VolumeError("instances from more than one series")
     if len({str(d.get("FrameOfReferenceUID", "")) for d in datasets}) > 1:
         raise VolumeError("instances in more than one frame of reference")
+    if any(is_projection(d) for d in datasets):
+        return _projection(datasets)
     planes: list[_Plane] = []
     for dataset in datasets:
         found = _planes(dataset)

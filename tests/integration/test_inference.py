@@ -337,3 +337,24 @@ def test_mr_head_mask_on_triton_equals_embedded(triton_grpc_url: str) -> None:
         backend.close()
     embedded = run_model(volume, spec, EmbeddedBackend())
     assert embedded.any() and np.array_equal(on_triton, embedded)
+
+
+@pytest.mark.parametrize("syntax", ["RG1_J2KI", "RG1_JLSN"])
+def test_cxr_lung_seg_on_both_backends_equals_the_twin(triton_grpc_url: str, syntax: str) -> None:
+    """The chest radiograph in JPEG 2000 and JPEG-LS: a one-slice volume, lung fields equal to
+    the independent computation on both backends."""
+    from tests.independent import lung_fields, read_radiograph
+
+    path = CT_DIR.parent / "cxr" / f"{syntax}.dcm"
+    volume = load_series([path])
+    assert volume.projection and volume.voxels.shape == (1, 1955, 1841)
+    assert not volume.pixel_spacing_known  # the file's Pixel Spacing is 0\0
+    spec = load_model_spec(REPOSITORY, "cxr_lung_seg")
+    expected = lung_fields(read_radiograph(path)[0])
+    backend = TritonBackend(triton_grpc_url)
+    try:
+        for labels in (run_model(volume, spec, EmbeddedBackend()),
+                       run_model(volume, spec, backend)):
+            assert np.array_equal(labels[0], expected)
+    finally:
+        backend.close()

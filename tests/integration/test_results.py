@@ -360,3 +360,60 @@ def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
     assert measurements["Volume"].value == pytest.approx(int(expected.sum()) * voxel_ml, rel=2e-3)
     assert all(m.unit.value != "[hnsf'U]" for m in measurements.values())
     assert sc_ds.Modality in ("OT", "MR") and sc_ds.BurnedInAnnotation == "YES"
+
+
+CXR_DIR = CT_DIR.parent / "cxr"
+
+
+def test_chest_radiograph_lung_fields_reach_orthanc_valid_and_aligned(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """The real CR chest PA (MONOCHROME1, JPEG-LS near-lossless, Pixel Spacing 0) through
+    Orthanc -> node -> Orthanc with cxr_lung_seg: a single-frame SEG, an SR and an SC that
+    pass dciodvfy, reference the one source image, and whose SEG equals the independent
+    computation on every pixel; no area is claimed in mm² since the spacing is unknown."""
+    from tests.independent import lung_fields, read_radiograph
+
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    sections = ct_body_node_sections(dicom_port)
+    sections["pipelines"] = [{"name": "cxr-lungs",
+                              "match": {"modality": ["CR", "DX"], "body_part": "CHEST"},
+                              "model": "cxr_lung_seg", "outputs": ["seg", "sr", "sc"],
+                              "destinations": ["PACS"]}]
+    node = node_factory(**sections).start()
+    source_path = CXR_DIR / "RG1_JLSN.dcm"
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        study = pacs.upload([source_path])
+        pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                          "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        source = pydicom.dcmread(source_path, stop_before_pixels=True)
+        found = pacs.series_by_modality(str(source.StudyInstanceUID))
+        (seg_ds,) = fetch(pacs, str(source.StudyInstanceUID), found["SEG"][0])
+        (sr_ds,) = fetch(pacs, str(source.StudyInstanceUID), found["SR"][0])
+        (sc_ds,) = fetch(pacs, str(source.StudyInstanceUID),
+                         (found.get("OT", []) + found.get("SC", []))[0])
+    for dataset in (seg_ds, sr_ds, sc_ds):
+        assert dciodvfy_errors(dataset, tmp_path) == [], dataset.SOPClassUID.name
+    image, uid = read_radiograph(source_path)
+    expected = lung_fields(image)
+    assert 0.15 < expected.mean() < 0.4  # the lung fields, not nothing and not everything
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert seg.NumberOfFrames == 1 and seg.PatientOrientation == source.PatientOrientation
+    assert "PixelSpacing" not in str(seg.SharedFunctionalGroupsSequence)
+    (description,) = seg.SegmentSequence
+    assert description.SegmentLabel == "lungs"
+    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "39607008"
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[uid], segment_numbers=[1], ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True)
+    assert np.array_equal(masks[0, ..., 0] > 0, expected == 1)
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    assert uid in str(group.roi.ContentSequence)  # the outline is drawn on the source image
+    assert "Area" not in [m.name.meaning for m in group.get_measurements()]
+    assert sc_ds.BurnedInAnnotation == "YES"
