@@ -27,7 +27,7 @@ from pydicom import Dataset
 
 from node.domain import Job, SeriesKey
 from node.encode.common import Provenance, count_labels
-from node.encode.outputs import encode_outputs, is_urgent
+from node.encode.outputs import encode_findings_report, encode_outputs, is_urgent
 from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
@@ -237,7 +237,7 @@ class Orchestrator:
     def execute(self, job: Job) -> JobResult:
         # torch + MONAI take seconds to import: loaded by the first job, not at start-up,
         # so the DICOM listener is up at once
-        from node.infer.runner import StageTimes, run_model
+        from node.infer.runner import StageTimes, run_classifier, run_model
 
         times = StageTimes()
         started = time.perf_counter()
@@ -246,23 +246,31 @@ class Orchestrator:
         paths = self._store.instance_paths(job.series)
         volume = load_series(paths)
         times.add("load", started)
-        labels = run_model(volume, spec, self._backend, times)
-        counts = count_labels(labels, max(len(spec.labels), 1))
         summary: dict[str, Any] = {
             "model": spec.name,
             "model_version": spec.version,
             "backend": self._backend.name,
-            "shape": list(labels.shape),
-            "labels": {
-                name: _finding(int(counts[value]), volume, spec.min_finding_ml)
-                for value, name in enumerate(spec.labels)
-                if value > 0
-            },
-            "seconds": {k: round(v, 3) for k, v in times.seconds.items()},
         }
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
-        write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        if spec.is_classifier:
+            probabilities = run_classifier(volume, spec, self._backend, times)
+            labels = np.zeros((0,), dtype=np.uint8)  # a classifier draws nothing
+            summary["labels"] = {
+                name: {"probability": p, "present": p >= spec.threshold}
+                for name, p in probabilities.items()
+            }
+        else:
+            labels = run_model(volume, spec, self._backend, times)
+            counts = count_labels(labels, max(len(spec.labels), 1))
+            summary["shape"] = list(labels.shape)
+            summary["labels"] = {
+                name: _finding(int(counts[value]), volume, spec.min_finding_ml)
+                for value, name in enumerate(spec.labels)
+                if value > 0
+            }
+            write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
         write_atomically(
             target / "slices.json",
             lambda handle: handle.write(
@@ -287,14 +295,17 @@ class Orchestrator:
         target: Path,
     ) -> list[ResultToSend]:
         """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
-        (queued with the job's completion)."""
+        (queued with the job's completion). A classifier gives an SR of its findings; a job
+        that found nothing gives a rule-out SR when the pipeline reports negatives."""
         pipeline = self._pipeline(job.pipeline)
-        urgent = is_urgent(pipeline, summary["labels"])
+        urgent = is_urgent(pipeline, summary["labels"], spec.threshold)
         summary["urgent"] = urgent
-        if not pipeline.outputs or not any(
-            label["present"] for label in summary["labels"].values()
-        ):
-            summary["outputs"] = {}
+        found = any(label["present"] for label in summary["labels"].values())
+        report_negative = (spec.is_classifier if pipeline.report_negative is None
+                           else pipeline.report_negative)
+        summary["outputs"] = {}
+        if not pipeline.outputs or (not found and not (report_negative
+                                                       and "sr" in pipeline.outputs)):
             return []
         provenance = Provenance(
             job.model,
@@ -304,17 +315,22 @@ class Orchestrator:
             self._settings.node.ae_title,
         )
         started = time.perf_counter()
-        objects = encode_outputs(
-            volume, labels, spec.labels, summary["labels"], pipeline,
-            effective_segments(spec, pipeline), provenance, urgent,
-        )
+        segments = effective_segments(spec, pipeline)
+        if spec.is_classifier or not found:
+            summary["negative"] = not found
+            objects = encode_findings_report(volume, summary["labels"], segments, provenance,
+                                             urgent)
+        else:
+            objects = encode_outputs(
+                volume, labels, spec.labels, summary["labels"], pipeline, segments, provenance,
+                urgent,
+            )
         destinations = list(pipeline.destinations)
         if pipeline.reply_to_sender:
             attributes = self._store.series_attributes(job.series)
             sender = self._settings.peer_by_ae(attributes.calling_ae) if attributes else None
             if sender is not None and sender.name not in destinations:
                 destinations.append(sender.name)
-        summary["outputs"] = {}
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
         deliveries: list[ResultToSend] = []
         for kind, dataset in objects.items():

@@ -35,7 +35,8 @@ def effective_segments(spec: ModelSpec, pipeline: Pipeline) -> dict[str, Segment
 
 def missing_codes(settings: Settings) -> list[str]:
     """One message per label a pipeline would encode without codes (or per model whose
-    declared codes are invalid). Models missing from the repository are reported by
+    declared codes are invalid, an output a classification model cannot give, an urgency rule
+    naming what the model does not report). Models missing from the repository are reported by
     ``ainode models check`` and fail their jobs with that reason; they are not listed here."""
     problems: list[str] = []
     for index, pipeline in enumerate(settings.pipelines):
@@ -49,7 +50,20 @@ def missing_codes(settings: Settings) -> list[str]:
         except ModelConfigError as exc:
             problems.append(f"pipelines.{index} ({pipeline.name}): {exc}")
             continue
-        missing = [label for label in spec.labels[1:] if label not in known]
+        if spec.is_classifier and set(pipeline.outputs) - {"sr"}:
+            problems.append(
+                f"pipelines.{index} ({pipeline.name}): model {spec.name} is a classification"
+                f" model: it has no image to segment or draw, so its outputs can only be [sr]")
+        for rule in pipeline.urgent_if:
+            subject = rule.finding if rule.finding is not None else rule.label
+            if subject not in spec.findings or (rule.finding is not None) != spec.is_classifier:
+                kind = "finding" if rule.finding is not None else "label"
+                problems.append(
+                    f"pipelines.{index} ({pipeline.name}): urgent_if names {kind} {subject!r},"
+                    f" which model {spec.name} does not report (it reports"
+                    f" {'findings' if spec.is_classifier else 'labels'}"
+                    f" {', '.join(spec.findings)})")
+        missing = [label for label in spec.findings if label not in known]
         if missing:
             problems.append(
                 f"pipelines.{index} ({pipeline.name}): model {spec.name} declares no codes for"

@@ -209,10 +209,22 @@ class SegmentSpec(_Strict):
 
 
 class UrgencyRule(_Strict):
-    """A finding is urgent when this label's volume reaches ``min_volume_ml``."""
+    """A result is urgent when a segmentation label is present with at least ``min_volume_ml``
+    (``label``), or a classification finding has at least ``min_probability`` (``finding``;
+    by default the model's threshold)."""
 
-    label: str
+    label: str | None = None
     min_volume_ml: float = Field(0.0, ge=0)
+    finding: str | None = None
+    min_probability: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> UrgencyRule:
+        if (self.label is None) == (self.finding is None):
+            raise ValueError("an urgency rule names either a label or a finding")
+        if self.finding is None and self.min_probability is not None:
+            raise ValueError("min_probability goes with a finding (a classification output)")
+        return self
 
 
 class Pipeline(_Strict):
@@ -229,6 +241,9 @@ class Pipeline(_Strict):
     )
     urgent_if: list[UrgencyRule] = []
     priority: int = Field(0, description="higher runs first; urgent pipelines use e.g. 10")
+    report_negative: bool | None = Field(
+        None, description="write an SR saying so when nothing is found (rule-out); default: "
+        "on for classification models, off for segmentation models")
 
 
 class EgressSection(_Strict):

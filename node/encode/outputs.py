@@ -13,6 +13,7 @@ from node.encode.common import (
     keep_source_patient_name,
     with_component_person_names,
 )
+from node.encode.report import ImageFinding, build_findings_sr
 from node.encode.sc import build_sc
 from node.encode.seg import EncodeError, build_seg, segment_specs
 from node.encode.sr import SegmentFinding, build_sr
@@ -20,18 +21,30 @@ from node.imaging.volume import Volume
 from node.settings import Pipeline, SegmentSpec
 
 
-def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]]) -> bool:
-    """Any urgency rule whose label is present with at least its volume (a radiograph's
-    findings have no volume: only rules without a minimum volume apply to them)."""
-    return any(
-        findings.get(rule.label, {}).get("present", False)
-        and (findings[rule.label].get("volume_ml") or 0.0) >= rule.min_volume_ml
-        for rule in pipeline.urgent_if
-    )
+def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]],
+              threshold: float = 0.5) -> bool:
+    """Any urgency rule that holds: a label present with at least its volume (a radiograph's
+    labels have no volume: only rules without a minimum volume apply to them), or a finding
+    with at least its probability (by default the model's ``threshold``)."""
+    for rule in pipeline.urgent_if:
+        if rule.finding is not None:
+            probability = findings.get(rule.finding, {}).get("probability")
+            minimum = threshold if rule.min_probability is None else rule.min_probability
+            if probability is not None and probability >= minimum:
+                return True
+        elif rule.label is not None:
+            found = findings.get(rule.label, {})
+            if found.get("present", False) and (
+                found.get("volume_ml") or 0.0
+            ) >= rule.min_volume_ml:
+                return True
+    return False
 
 
 def size_text(finding: dict[str, Any]) -> str:
     """A finding's size for people: ml, or for a radiograph mm² (or pixels)."""
+    if finding.get("probability") is not None:
+        return f"p={finding['probability']:.2f}"
     if finding.get("volume_ml") is not None:
         return f"{finding['volume_ml']:.1f} ml"
     if finding.get("area_mm2") is not None:
@@ -51,6 +64,31 @@ def _radiograph_view(source: Dataset) -> Dataset:
         view.file_meta = source.file_meta
     del view.PixelSpacing
     return view
+
+
+def encode_findings_report(
+    volume: Volume,
+    findings: dict[str, dict[str, Any]],
+    segments: dict[str, SegmentSpec],
+    provenance: Provenance,
+    urgent: bool,
+) -> dict[str, Dataset]:
+    """The SR of image-level findings: a classification result, or the rule-out report of a
+    segmentation that found nothing (every label absent)."""
+    missing = [name for name in findings if name not in segments]
+    if missing:
+        raise EncodeError(f"neither the model nor the pipeline declares codes for "
+                          f"{', '.join(missing)}")
+    sources = [with_component_person_names(header) for header in volume.headers]
+    if volume.projection:
+        sources = [_radiograph_view(source) for source in sources]
+    report = build_findings_sr(
+        sources,
+        [ImageFinding(name, segments[name], bool(found["present"]), found.get("probability"))
+         for name, found in findings.items()],
+        provenance, urgent,
+    )
+    return {"sr": keep_source_patient_name(report, volume.headers[0])}
 
 
 def encode_outputs(

@@ -41,8 +41,11 @@ PROCEDURES = {  # CID 100 Quantitative Diagnostic Imaging Procedures
     "CT": Code("25045-6", "LN", "CT unspecified body region"),
     "MR": Code("25056-3", "LN", "MRI unspecified body region"),
     "PT": Code("44136-0", "LN", "PET unspecified body region"),
-    "CR": Code("43468-8", "LN", "XR unspecified body region"),
-    "DX": Code("43468-8", "LN", "XR unspecified body region"),
+    # LOINC 43468-8 "XR unspecified body region" joined CID 100 only recently; validators with
+    # an older edition of PS3.16 (PixelMed as packaged) reject it, so radiographs use the
+    # generic concept that every edition has
+    "CR": Code("363679005", "SCT", "Imaging procedure"),
+    "DX": Code("363679005", "SCT", "Imaging procedure"),
 }
 MAX_OUTLINE_POINTS = 256
 measure: Any = _measure  # scikit-image is untyped
@@ -94,15 +97,6 @@ def build_sr(
     reference = sources[0]
     modality = str(reference.get("Modality", ""))
     intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=provenance.uid("device"),
-            name=provenance.model_name,
-            manufacturer_name="ainode",
-            model_name=provenance.model_name,
-        ),
-    )
     algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
 
     def measured(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
@@ -174,6 +168,23 @@ def build_sr(
                 qualitative_evaluations=evaluations,
             )
         )
+    return measurement_report(sources, [seg], groups, provenance)
+
+
+def measurement_report(sources: list[Dataset], other_evidence: list[Dataset], groups: list[Any],
+                       provenance: Provenance) -> Dataset:
+    """The TID 1500 document around ``groups``: the device as observer, the imaging procedure
+    of the source modality, the sources (and e.g. the SEG) as evidence."""
+    modality = str(sources[0].get("Modality", ""))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=provenance.uid("device"),
+            name=provenance.model_name,
+            manufacturer_name="ainode",
+            model_name=provenance.model_name,
+        ),
+    )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURES.get(modality, PROCEDURES["CT"]),
@@ -182,7 +193,7 @@ def build_sr(
     return cast(
         Dataset,
         hd.sr.Comprehensive3DSR(
-            evidence=[*sources, seg],
+            evidence=[*sources, *other_evidence],
             content=report,
             is_complete=True,
             is_final=False,

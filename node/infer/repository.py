@@ -15,7 +15,9 @@ optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batc
 ``sigmoid`` applied to the scores before they are mapped back) and ``ainode_invert``
 (``probabilities``: scores mapped back with each transform's own interpolation, then argmax;
 ``labels``: argmax first, then mapped back with nearest neighbour: MONAI ``Invertd``'s
-``nearest_interp``).
+``nearest_interp``). A ``classification`` model outputs [N, F], one score per finding;
+``ainode_labels`` then names the findings (no background) and ``ainode_threshold`` (0.5) is the
+probability from which a finding is reported present.
 """
 
 from __future__ import annotations
@@ -64,10 +66,20 @@ class ModelSpec:
     activation: str = "none"
     invert: str = "probabilities"
     source: dict[str, Any] = field(default_factory=dict)  # provenance, e.g. the bundle imported
+    threshold: float = 0.5  # classification: a finding is present from this probability
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.output_kind == "classification"
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """What the model can report: its labels, less the background of a label map."""
+        return self.labels if self.is_classifier else self.labels[1:]
 
 
 _CHOICES = {
-    "ainode_output_kind": ("labels", "probabilities"),
+    "ainode_output_kind": ("labels", "probabilities", "classification"),
     "ainode_layout": ("kji", "ras"),
     "ainode_activation": ("none", "softmax", "sigmoid"),
     "ainode_invert": ("probabilities", "labels"),
@@ -117,10 +129,11 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     segments = _json_parameter(config, "ainode_segments", {}, name)
     if not isinstance(segments, dict) or not all(isinstance(v, dict) for v in segments.values()):
         raise ModelConfigError(f"{name}: ainode_segments must map label names to their codes")
-    unknown = sorted(set(segments) - {str(label) for label in labels[1:]})
+    output_kind = _choice(config, "ainode_output_kind", name) or "probabilities"
+    findings = labels if output_kind == "classification" else labels[1:]
+    unknown = sorted(set(segments) - {str(label) for label in findings})
     if unknown:
         raise ModelConfigError(f"{name}: ainode_segments names unknown labels {', '.join(unknown)}")
-    output_kind = _choice(config, "ainode_output_kind", name) or "probabilities"
     if len(config.input) != 1 or len(config.output) != 1:
         raise ModelConfigError(f"{name}: ainode runs models with one input and one output")
 
@@ -151,4 +164,5 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         activation=_choice(config, "ainode_activation", name) or "none",
         invert=_choice(config, "ainode_invert", name) or "probabilities",
         source=_json_parameter(config, "ainode_source", {}, name),
+        threshold=float(_json_parameter(config, "ainode_threshold", 0.5, name)),
     )

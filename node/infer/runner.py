@@ -30,7 +30,7 @@ from monai.transforms.intensity.array import (
     ScaleIntensityRange,
 )
 from monai.transforms.post.array import KeepLargestConnectedComponent, RemoveSmallObjects
-from monai.transforms.spatial.array import Orientation, Spacing
+from monai.transforms.spatial.array import Orientation, Resize, Spacing
 from monai.transforms.utils import convert_applied_interp_mode
 from numpy.typing import NDArray
 
@@ -44,6 +44,7 @@ PREPROCESS_TRANSFORMS: dict[str, Any] = {
     "DivisiblePad": DivisiblePad,
     "NormalizeIntensity": NormalizeIntensity,
     "Orientation": Orientation,
+    "Resize": Resize,
     "ScaleIntensity": ScaleIntensity,
     "ScaleIntensityRange": ScaleIntensityRange,
     "Spacing": Spacing,
@@ -128,6 +129,26 @@ def labels_from(prediction: NDArray[Any], output_kind: str) -> NDArray[np.uint8]
         labels[better] = channel
         np.maximum(best, prediction[channel], out=best)
     return labels
+
+
+def run_classifier(
+    volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes | None = None
+) -> dict[str, float]:
+    """A classification model's probability per finding for the whole image (or volume)."""
+    times = times or StageTimes()
+    started = time.perf_counter()
+    prepared = build_preprocess(model)(model_input(volume, model.layout))
+    tensor = prepared.as_tensor() if isinstance(prepared, MetaTensor) else prepared
+    batch = np.ascontiguousarray(np.asarray(tensor, dtype=np.float32)[None])
+    started = times.add("preprocess", started)
+    scores = torch.from_numpy(np.asarray(backend.infer(model, batch), dtype=np.float32))
+    times.add("infer", started)
+    if scores.ndim != 2 or scores.shape != (1, len(model.labels)):
+        raise ModelConfigError(f"{model.name}: a classifier must output [1, {len(model.labels)}]"
+                               f" scores, got {tuple(scores.shape)}")
+    probabilities = _activate(scores[0], model.activation)
+    return {name: round(float(p), 4) for name, p in zip(model.labels, probabilities,
+                                                          strict=True)}
 
 
 def run_model(

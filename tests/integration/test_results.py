@@ -417,3 +417,84 @@ def test_chest_radiograph_lung_fields_reach_orthanc_valid_and_aligned(
     assert uid in str(group.roi.ContentSequence)  # the outline is drawn on the source image
     assert "Area" not in [m.name.meaning for m in group.get_measurements()]
     assert sc_ds.BurnedInAnnotation == "YES"
+
+
+def _image_findings(sr_ds: pydicom.Dataset) -> dict[str, dict[str, Any]]:
+    """Per TID 1501 group of an SR: finding type -> presence, priority, probability."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+    found = {}
+    for group in sr.content.get_image_measurement_groups():
+        evaluations = {e.name.meaning: e.value.meaning
+                       for e in group.get_qualitative_evaluations()}
+        # "Finding: Present/Absent" shares its concept name (DCM 121071) with the finding type
+        presence = [item.ConceptCodeSequence[0].CodeMeaning for item in group[0].ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeValue == "121071"
+                    and item.ConceptCodeSequence[0].CodeMeaning in ("Present", "Absent")]
+        measurements = {m.name.meaning: m.value for m in group.get_measurements()}
+        found[group.finding_type.meaning] = {**evaluations, **measurements,
+                                             "Finding": presence[0]}
+    return found
+
+
+def test_classification_triage_and_rule_out_reports_reach_orthanc(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """Three chest radiographs (three patients) through Orthanc -> node -> Orthanc with the
+    mass classifier (SR only, urgent from p 0.8) and the lung segmentation with
+    ``report_negative``: the plain film gets a rule-out SR (mass absent, routine) and the lung
+    SEG; the film with a synthetic mass an urgent SR (present, p >= 0.8) sent first; the blank
+    film a rule-out SR from the segmentation too (lungs absent). Every SR passes dciodvfy and
+    PixelMed's TID 1500 validator and references only its own patient's image."""
+    from tests.radiographs import radiograph
+
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    sections = ct_body_node_sections(dicom_port)
+    sections["pipelines"] = [
+        {"name": "cxr-mass", "match": {"modality": "CR"}, "model": "cxr_mass_cls",
+         "outputs": ["sr"], "destinations": ["PACS"],
+         "urgent_if": [{"finding": "mass", "min_probability": 0.8}]},
+        {"name": "cxr-lungs", "match": {"modality": "CR"}, "model": "cxr_lung_seg",
+         "outputs": ["seg", "sr"], "destinations": ["PACS"], "report_negative": True},
+    ]
+    node = node_factory(**sections).start()
+    films = {kind: radiograph(tmp_path, kind, f"P-{kind}") for kind in ("plain", "mass", "blank")}
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        for path in films.values():
+            study = pacs.upload([path])
+            pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                              "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(8,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        results: dict[str, dict[str, list[pydicom.Dataset]]] = {}
+        for kind, path in films.items():
+            source = pydicom.dcmread(path, stop_before_pixels=True)
+            found = pacs.series_by_modality(str(source.StudyInstanceUID))
+            results[kind] = {modality: [d for s in series for d in fetch(
+                pacs, str(source.StudyInstanceUID), s)] for modality, series in found.items()
+                if modality != "CR"}
+    urgent = node.query("SELECT o.priority FROM outbox o JOIN jobs j ON o.job_id = j.id "
+                        "WHERE j.pipeline = 'cxr-mass' ORDER BY o.priority DESC")
+    assert [p for (p,) in urgent] == [10, 0, 0]
+    for kind, objects in results.items():
+        source = pydicom.dcmread(films[kind], stop_before_pixels=True)
+        for dataset in [*objects.get("SR", []), *objects.get("SEG", [])]:
+            assert dataset.PatientID == source.PatientID
+            references = dataset.get("CurrentRequestedProcedureEvidenceSequence") or \
+                dataset.ReferencedSeriesSequence
+            assert str(source.SOPInstanceUID) in str(references)
+            assert dciodvfy_errors(dataset, tmp_path) == [], (kind, dataset.SOPClassUID.name)
+        for sr_ds in objects["SR"]:
+            assert pixelmed_errors(sr_ds, tmp_path) == [], kind
+    by_kind = {kind: {name: finding for sr_ds in objects["SR"]
+                      for name, finding in _image_findings(sr_ds).items()}
+               for kind, objects in results.items()}
+    plain, mass, blank = by_kind["plain"], by_kind["mass"], by_kind["blank"]
+    assert plain["Mass"]["Finding"] == "Absent" and plain["Mass"]["Priority"] == "Routine"
+    assert float(plain["Mass"]["Probability"]) < 0.5
+    assert len(results["plain"]["SEG"]) == 1  # the lungs were found: SEG + SR, no rule-out
+    assert mass["Mass"]["Finding"] == "Present" and mass["Mass"]["Priority"] == "Urgent"
+    assert float(mass["Mass"]["Probability"]) >= 0.8
+    assert blank["Lung"]["Finding"] == "Absent" and "Probability" not in blank["Lung"]
+    assert "SEG" not in results["blank"]

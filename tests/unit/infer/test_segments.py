@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[3]
 REPOSITORY = ROOT / "model_repository"
 
 
-@pytest.mark.parametrize("model", ["ct_body_seg", "ct_lesion_unet"])
+@pytest.mark.parametrize("model", sorted(p.parent.name for p in REPOSITORY.glob(
+    "*/config.pbtxt")))
 def test_every_shipped_model_declares_what_each_label_means(model: str) -> None:
     spec = load_model_spec(REPOSITORY, model)
     meanings = effective_segments(spec, Pipeline(name="p", model=model))  # no overrides
-    assert set(meanings) == set(spec.labels[1:])
+    assert set(meanings) == set(spec.findings)
     for meaning in meanings.values():
         assert meaning.category.scheme in ("SCT", "DCM") and meaning.type.value.isdigit()
 
@@ -98,3 +99,38 @@ def test_invalid_codes_in_a_model_name_the_model_and_label(tmp_path: Path) -> No
     config.write_text(config.read_text().replace('{\\"body\\"', '{\\"spleen\\"'))
     with pytest.raises(ModelConfigError, match="unknown labels spleen"):
         load_model_spec(repository, "ct_body_seg")
+
+
+def test_a_classifier_pipeline_asking_for_images_or_a_wrong_rule_is_refused(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(json.dumps({
+        "inference": {"model_repository": str(REPOSITORY)},
+        "peers": [{"name": "PACS", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+        "pipelines": [
+            {"name": "mass", "model": "cxr_mass_cls", "outputs": ["seg", "sr"],
+             "destinations": ["PACS"], "urgent_if": [{"label": "mass"}]},
+            {"name": "lungs", "model": "cxr_lung_seg", "outputs": ["sr"],
+             "destinations": ["PACS"], "urgent_if": [{"finding": "lungs",
+                                                      "min_probability": 0.9}]},
+        ],
+    }))
+    problems = missing_codes(load_settings(config))
+    assert any("cxr_mass_cls is a classification model" in p and "[sr]" in p
+               for p in problems)
+    assert any("urgent_if names label 'mass'" in p for p in problems)
+    assert any("urgent_if names finding 'lungs'" in p for p in problems)
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 2
+
+
+def test_an_urgency_rule_names_a_label_or_a_finding() -> None:
+    from pydantic import ValidationError
+
+    from node.settings import UrgencyRule
+
+    with pytest.raises(ValidationError, match="either a label or a finding"):
+        UrgencyRule.model_validate({"label": "a", "finding": "b"})
+    with pytest.raises(ValidationError, match="min_probability goes with a finding"):
+        UrgencyRule.model_validate({"label": "a", "min_probability": 0.5})
