@@ -14,9 +14,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "RG1_JLSN.dcm"
 
 
-def radiograph(target: Path, kind: str, patient_id: str) -> Path:
+def radiograph(target: Path, kind: str, patient_id: str,
+               pixel_spacing: str | None = None) -> Path:
     """``kind``: ``mass`` (a disc of 140 px radius in the right lung, 35 % of the image's range
-    brighter on display), ``blank`` (every pixel the image's mean) or ``plain``."""
+    brighter on display), ``blank`` (every pixel the image's mean) or ``plain``.
+    ``pixel_spacing`` (e.g. ``"0.15\\0.15"``) replaces the shared file's ``0\\0``."""
     dataset = pydicom.dcmread(SOURCE)
     pixels = dataset.pixel_array.astype(np.float32)
     low, high = float(pixels.min()), float(pixels.max())
@@ -33,6 +35,8 @@ def radiograph(target: Path, kind: str, patient_id: str) -> Path:
     dataset.SOPInstanceUID = generate_uid()
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     dataset.PatientID = patient_id
+    if pixel_spacing is not None:
+        dataset.PixelSpacing = pixel_spacing.split("\\")
     path = target / f"{kind}.dcm"
     dataset.save_as(path, enforce_file_format=True)
     return path

@@ -403,7 +403,7 @@ def test_chest_radiograph_lung_fields_reach_orthanc_valid_and_aligned(
     assert 0.15 < expected.mean() < 0.4  # the lung fields, not nothing and not everything
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert seg.NumberOfFrames == 1 and seg.PatientOrientation == source.PatientOrientation
-    assert "PixelSpacing" not in str(seg.SharedFunctionalGroupsSequence)
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
     (description,) = seg.SegmentSequence
     assert description.SegmentLabel == "lungs"
     assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "39607008"
