@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 import logging
 import os
 import signal
@@ -377,16 +378,26 @@ def models_import(
         help="YAML: label -> {category, type, color}, for labels the built-in table lacks."
     )] = None,
     replace: Annotated[bool, typer.Option(help="Replace a model of the same name.")] = False,
+    override: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE (VALUE as JSON), a bundle setting, e.g. displayable_configs#highres=false."
+    )] = None,
     config: ConfigOption = None,
 ) -> None:
     """Import a MONAI bundle into the configuration's model repository."""
     if format_ not in PLATFORMS:
         errors.print(f"--format must be one of {', '.join(PLATFORMS)}")
         raise typer.Exit(2)
+    overrides = {}
+    for item in override or []:
+        key, _, raw = item.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw  # a plain string
     settings = _settings(config)
     try:
         report = import_bundle(bundle, settings.inference.model_repository, name, format_,
-                               codes, replace)
+                               codes, replace, overrides)
     except BundleRefused as exc:
         errors.print(f"[red]refused:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc

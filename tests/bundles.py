@@ -29,8 +29,8 @@ def _output_bias(network: torch.nn.Module, channels: int) -> torch.nn.Parameter:
 
 
 def with_weights(name: str, into: Path, seed: int = 0,
-                 calibration: torch.Tensor | None = None) -> Path:
-    """A copy of the shared bundle ``name`` in ``into`` with ``models/model.pt``."""
+                 calibration: torch.Tensor | None = None, weights: str = "model.pt") -> Path:
+    """A copy of the shared bundle ``name`` in ``into`` with ``models/<weights>``."""
     target = into / name
     shutil.copytree(BUNDLES / name, target)
     for path in target.rglob("*"):
@@ -50,7 +50,7 @@ def with_weights(name: str, into: Path, seed: int = 0,
                 margin = (scores[channel] - scores[0]).flatten()
                 bias[channel] -= float(np.median(margin.numpy()))
     (target / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), target / "models" / "model.pt")
+    torch.save(network.state_dict(), target / "models" / weights)
     return target
 
 
@@ -61,8 +61,9 @@ def spleen_calibration(voxels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(block.transpose(2, 1, 0)))[None, None].float()
 
 
-def run_bundle_inference(bundle: Path, dicom_dir: Path, out_dir: Path) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
+def run_bundle_inference(bundle: Path, dicom_dir: Path, out_dir: Path,
+                         overrides: dict[str, object] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """The bundle's own inference: its inference.json through MONAI's bundle machinery
     (``initialize`` loads the checkpoint, ``run`` runs its evaluator with its preprocessing,
     inferer and postprocessing, SaveImaged writes NIfTI). Only the data source is changed: the
@@ -75,6 +76,8 @@ def run_bundle_inference(bundle: Path, dicom_dir: Path, out_dir: Path) -> tuple[
         parser.read_meta(str(bundle / "configs" / "metadata.json"))
         parser.read_config(str(bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle)
+        for key, value in (overrides or {}).items():
+            parser[key] = value
         parser["datalist"] = [str(dicom_dir)]
         parser["preprocessing"]["transforms"][0]["reader"] = "PydicomReader"
         parser["dataloader"]["num_workers"] = 0

@@ -30,17 +30,31 @@ PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"),
              "torchscript": ("pytorch_libtorch", "model.pt")}
 
 
+def checkpoint_path(bundle: Bundle) -> Path:
+    """Where the bundle's own ``checkpointloader`` loads from (it may depend on the bundle's
+    settings, e.g. a low-resolution model), else ``models/model.pt``."""
+    if bundle.has("checkpointloader"):
+        try:
+            found = bundle.parser.get_parsed_content("checkpointloader#load_path")
+            return Path(str(found))
+        except Exception:  # noqa: S110 - an expression we cannot evaluate: the default path
+            pass
+    return bundle.root / "models" / "model.pt"
+
+
 def build_network(bundle: Bundle, reasons: list[str]) -> torch.nn.Module | None:
     """``network_def`` with the bundle's weights, in eval mode (or None with reasons)."""
     weights_ts = bundle.root / "models" / "model.ts"
-    weights_pt = bundle.root / "models" / "model.pt"
-    if weights_ts.is_file():
+    weights_pt = checkpoint_path(bundle)
+    if weights_ts.is_file() and not bundle.has("checkpointloader"):
         with torchscript_api():
             module: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(weights_ts), map_location="cpu")
             return module.eval()
     if not weights_pt.is_file():
-        reasons.append("no weights: models/model.pt or models/model.ts is missing")
+        shown = weights_pt.relative_to(bundle.root) if weights_pt.is_relative_to(bundle.root) \
+            else weights_pt
+        reasons.append(f"no weights: {shown} (or models/model.ts) is missing")
         return None
     if not bundle.has("network_def"):
         reasons.append("the inference config has no network_def")

@@ -70,7 +70,7 @@ def _segments(labels: list[str], given: dict[str, dict[str, Any]],
 
 
 def _parameters(bundle: Bundle, contract: Contract, segments: dict[str, Any],
-                fmt: str) -> dict[str, Any]:
+                fmt: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
     metadata = bundle.metadata
     parameters: dict[str, Any] = {
         "ainode_version": str(metadata.get("version", "0")),
@@ -89,6 +89,7 @@ def _parameters(bundle: Bundle, contract: Contract, segments: dict[str, Any],
             "monai_version": metadata.get("monai_version"),
             "intended_use": metadata.get("intended_use", ""),
             "format": fmt,
+            "overrides": overrides or {},
         },
     }
     if contract.sliding_window:
@@ -97,7 +98,8 @@ def _parameters(bundle: Bundle, contract: Contract, segments: dict[str, Any],
 
 
 def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: str = "onnx",
-                  codes_file: Path | None = None, replace: bool = False) -> ImportReport:
+                  codes_file: Path | None = None, replace: bool = False,
+                  overrides: dict[str, Any] | None = None) -> ImportReport:
     """Import the bundle at ``path`` or raise :class:`BundleRefused` listing every reason."""
     started = time.perf_counter()
     given = read_codes_file(codes_file) if codes_file else {}
@@ -106,7 +108,7 @@ def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: st
         # MONAI's deprecation notices about the bundle's keys are not the operator's concern
         warnings.filterwarnings("ignore", category=UserWarning, module="monai")
         warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
-        bundle = open_bundle(path, Path(workdir))
+        bundle = open_bundle(path, Path(workdir), overrides)
         model_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.name)
         reasons: list[str] = []
         if not MODEL_NAME.match(model_name):
@@ -129,7 +131,7 @@ def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: st
         )
         difference = write_model(
             network, example_input(contract, bundle), contract, fmt, model_name, target,
-            _parameters(bundle, contract, segments, fmt), header, bundle,
+            _parameters(bundle, contract, segments, fmt, overrides), header, bundle,
         )
     spec = load_model_spec(repository, model_name)
     return ImportReport(spec=spec, seconds=time.perf_counter() - started,

@@ -53,8 +53,10 @@ def _extract(archive: Path, into: Path) -> Path:
     raise BundleRefused(archive.name, ["no configs/metadata.json in the zip"])
 
 
-def open_bundle(path: Path, workdir: Path) -> Bundle:
-    """Parse the bundle at ``path``; a zip is unpacked into ``workdir``."""
+def open_bundle(path: Path, workdir: Path, overrides: dict[str, Any] | None = None) -> Bundle:
+    """Parse the bundle at ``path``; a zip is unpacked into ``workdir``. ``overrides`` set
+    config ids before anything is resolved, as MONAI's own ``--key value`` arguments do (e.g.
+    ``displayable_configs#highres: false`` for a bundle's low-resolution model)."""
     name = path.name.removesuffix(".zip")
     root = _extract(path, workdir) if path.is_file() and zipfile.is_zipfile(path) else path
     if root is path and root.is_dir() and root.name in ("configs",):
@@ -76,4 +78,8 @@ def open_bundle(path: Path, workdir: Path) -> Bundle:
     parser.read_meta(str(metadata_file))
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        if key not in parser:
+            raise BundleRefused(name, [f"--override {key}: the bundle has no such setting"])
+        parser[key] = value
     return Bundle(name=name, root=root, metadata=metadata, parser=parser)

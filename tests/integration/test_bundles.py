@@ -309,3 +309,64 @@ def test_the_breast_density_classification_bundle_is_refused_with_its_reasons(
     assert "Resized is not one the node can reproduce" in message
     assert "no weights" in message
     assert not (tmp_path / "r").exists()
+
+
+WHOLE_BODY = "wholeBody_ct_segmentation"
+
+
+@pytest.mark.slow
+def test_whole_body_bundle_low_resolution_imports_and_runs_like_the_bundle(
+    ct_volume: Volume, tmp_path: Path,
+) -> None:
+    """The 105-label SegResNet bundle in its 3 mm mode (``--override
+    displayable_configs#highres=false``: its own switch, which also picks
+    ``models/model_lowres.pt``), labels the built-in table lacks coded in a --codes file (local
+    ``99AINODE`` codes here: a site would use SNOMED CT). NormalizeIntensity(nonzero),
+    ScaleIntensity(-1, 1), gaussian blending with replicate padding, and argmax before a
+    nearest-neighbour Invertd: the node's label map equals the bundle's own inference."""
+    from node.bundles.codes import known_codes
+
+    bundle = with_weights(WHOLE_BODY, tmp_path / "bundles", weights="model_lowres.pt")
+    channels = json.loads((bundle / "configs" / "metadata.json").read_text())[
+        "network_data_format"]["outputs"]["pred"]["channel_def"]
+    codes = {name: known_codes(name) or {
+        "category": ["SCT", "123037004", "Anatomical Structure"],
+        "type": ["99AINODE", f"WB{index}", name.replace("_", " ")], "color": [200, 200, 200]}
+        for index, name in channels.items() if index != "0"}
+    codes_file = tmp_path / "codes.yaml"
+    codes_file.write_text(yaml.safe_dump(codes))
+    config = tmp_path / "node.yaml"
+    repository = tmp_path / "repo"
+    config.write_text(yaml.safe_dump({"inference": {"model_repository": str(repository)}}))
+    refused = ainode("models", "import", str(bundle), "--override",
+                     "displayable_configs#highres=false", "--config", str(config))
+    assert refused.returncode == 1
+    assert "no SEG/SR codes for label(s)" in refused.stderr and "more" in refused.stderr
+    result = ainode("models", "import", str(bundle), "--override",
+                    "displayable_configs#highres=false", "--codes", str(codes_file),
+                    "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    spec = load_model_spec(repository, WHOLE_BODY)
+    assert len(spec.labels) == 105 and spec.invert == "labels"
+    assert spec.preprocess[1] == {"transform": "Spacing", "pixdim": [3.0, 3.0, 3.0],
+                                  "mode": "bilinear"}
+    assert [t["transform"] for t in spec.preprocess][2:] == ["NormalizeIntensity",
+                                                             "ScaleIntensity"]
+    assert spec.sliding_window is not None and spec.sliding_window["mode"] == "gaussian"
+    assert spec.sliding_window["padding_mode"] == "replicate"
+
+    labels = run_model(ct_volume, spec, EmbeddedBackend())
+    dicom_dir = tmp_path / "ct"
+    dicom_dir.mkdir()
+    for path in ct_files():
+        (dicom_dir / path.name).symlink_to(path)
+    array, affine = run_bundle_inference(bundle, dicom_dir, tmp_path / "out",
+                                         {"displayable_configs#highres": False})
+    theirs = on_node_grid(array, affine, ct_volume.affine).astype(np.uint8)
+    agreement = float((labels == theirs).mean())
+    present = [v for v in range(1, 105) if (theirs == v).sum() >= 1000]
+    worst = min(dice(labels == v, theirs == v) for v in present)
+    print(f"\nwholeBody (3 mm), node vs bundle: {agreement:.6f} of voxels agree, "
+          f"{len(present)} labels with >= 1000 voxels, lowest Dice {worst:.4f}")
+    assert len(present) >= 3, "seeded weights label too little to compare"
+    assert agreement >= 0.999 and worst >= 0.99
