@@ -119,11 +119,18 @@ def with_component_person_names(source: Dataset) -> Dataset:
     name = source.get("PatientName")
     if name is None or str(name) == "" or "^" in str(name) or "=" in str(name):
         return source
+    view = shallow_view(source)  # only the name below is replaced
+    view.add_new(0x00100010, "PN", f"{name}^")
+    return view
+
+
+def shallow_view(source: Dataset) -> Dataset:
+    """A new dataset sharing ``source``'s elements (and file meta): elements can be replaced
+    or removed on the view without touching the source."""
     view = Dataset()
-    view.update(source)  # shares the elements; only the name below is replaced
+    view.update(source)
     if hasattr(source, "file_meta"):
         view.file_meta = source.file_meta
-    view.add_new(0x00100010, "PN", f"{name}^")
     return view
 
 

@@ -11,6 +11,7 @@ from pydicom import Dataset
 from node.encode.common import (
     Provenance,
     keep_source_patient_name,
+    shallow_view,
     with_component_person_names,
 )
 from node.encode.report import ImageFinding, build_findings_sr
@@ -58,12 +59,17 @@ def _radiograph_view(source: Dataset) -> Dataset:
     spacing = source.get("PixelSpacing")
     if spacing is None or all(float(v) > 0 for v in spacing):
         return source
-    view = Dataset()
-    view.update(source)
-    if hasattr(source, "file_meta"):
-        view.file_meta = source.file_meta
+    view = shallow_view(source)
     del view.PixelSpacing
     return view
+
+
+def _sources(volume: Volume) -> list[Dataset]:
+    """The source headers as highdicom should see them (see the two views above)."""
+    sources = [with_component_person_names(header) for header in volume.headers]
+    if volume.projection:
+        sources = [_radiograph_view(source) for source in sources]
+    return sources
 
 
 def encode_findings_report(
@@ -79,9 +85,7 @@ def encode_findings_report(
     if missing:
         raise EncodeError(f"neither the model nor the pipeline declares codes for "
                           f"{', '.join(missing)}")
-    sources = [with_component_person_names(header) for header in volume.headers]
-    if volume.projection:
-        sources = [_radiograph_view(source) for source in sources]
+    sources = _sources(volume)
     report = build_findings_sr(
         sources,
         [ImageFinding(name, segments[name], bool(found["present"]), found.get("probability"))
@@ -105,9 +109,7 @@ def encode_outputs(
     (the model's declaration with the pipeline's overrides)."""
     if not volume.headers or any(s.frame_number for s in volume.slices):
         raise EncodeError("results are written for single-frame source series only")
-    sources = [with_component_person_names(header) for header in volume.headers]
-    if volume.projection:
-        sources = [_radiograph_view(source) for source in sources]
+    sources = _sources(volume)
     outputs: dict[str, Dataset] = {}
     seg, values = build_seg(sources, labels, label_names, segments, provenance)
     if volume.projection and "PatientOrientation" in volume.headers[0]:

@@ -35,7 +35,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.independent import head_mask, lung_fields, read_radiograph, read_series
-from tests.ohif_page import CHROMIUM, OhifPage, ohif_browser
+from tests.ohif_page import CHROMIUM, ohif_browser
 from tests.radiographs import radiograph
 from tests.viewer_site import OHIF_DIST, ohif_site
 
@@ -98,15 +98,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 yield Site(url, studies, tmp)
     finally:
         node.stop()
-
-
-@pytest.fixture
-def ohif(site: Site, request: pytest.FixtureRequest) -> Iterator[OhifPage]:
-    with ohif_browser(site.url, site.artifacts) as page:
-        yield page
-        errors = page.viewer_errors()
-        page.save(f"{request.node.name}-end.png")
-        assert not errors, "viewer errors:\n" + "\n".join(e[:500] for e in errors)
 
 
 def test_viewer_cannot_yet_load_a_seg_of_a_radiograph(site: Site) -> None:
