@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Inference benchmark: per-stage seconds, embedded vs Triton, same run, for each model on its
 shared data: ct_body_seg (134-slice CT), mr_head_mask (35-slice head MR), cxr_lung_seg and
-cxr_mass_cls (the chest radiograph), and optionally a MONAI bundle imported for the run
+cxr_mass_cls and cxr_mass_map (the chest radiograph), and optionally a MONAI bundle imported for the run
 (`--bundle spleen`: the shared spleen_ct_segmentation configuration with seeded weights,
 imported by `ainode models import`; its import time is reported).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from node.imaging.volume import Volume, load_series  # noqa: E402
 from node.infer.embedded import EmbeddedBackend  # noqa: E402
 from node.infer.repository import ModelSpec, load_model_spec  # noqa: E402
-from node.infer.runner import StageTimes, run_classifier, run_model  # noqa: E402
+from node.infer.runner import StageTimes, run_classifier, run_heatmap, run_model  # noqa: E402
 from node.infer.triton import TritonBackend  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -45,6 +45,7 @@ MODEL_DATA = {
     "mr_head_mask": DATA / "mr-brain",
     "cxr_lung_seg": DATA / "cxr" / "RG1_JLSN.dcm",
     "cxr_mass_cls": DATA / "cxr" / "RG1_JLSN.dcm",
+    "cxr_mass_map": DATA / "cxr" / "RG1_JLSN.dcm",
 }
 
 
@@ -66,6 +67,8 @@ def paths_of(data: Path) -> list[Path]:
 def run_once(volume: Volume, spec: ModelSpec, backend: Any, times: StageTimes) -> None:
     if spec.is_classifier:
         run_classifier(volume, spec, backend, times)
+    elif spec.is_heatmap:
+        run_heatmap(volume, spec, backend, times)
     else:
         run_model(volume, spec, backend, times)
 
@@ -146,7 +149,7 @@ def bench_spleen_bundle(rounds: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--models", default="ct_body_seg,mr_head_mask,cxr_lung_seg,cxr_mass_cls")
+    parser.add_argument("--models", default="ct_body_seg,mr_head_mask,cxr_lung_seg,cxr_mass_cls,cxr_mass_map")
     parser.add_argument("--bundle", choices=["spleen"], help="also a bundle imported for the run")
     args = parser.parse_args()
     grpc = f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}"

@@ -96,14 +96,15 @@ class CTBodySeg(nn.Module):
 
 
 def export_volume_model(model: nn.Module, example: torch.Tensor, input_name: str,
-                        path: Path) -> None:
-    """ONNX of a [N, 1, D, H, W] -> ``labels`` [N, 1, D, H, W] model, every axis but the
+                        path: Path, output_name: str = "labels") -> None:
+    """ONNX of a [N, 1, D, H, W] -> ``labels`` [N, C, D, H, W] model, every axis but the
     channel dynamic."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        model.eval(), (example,), str(path), input_names=[input_name], output_names=["labels"],
+        model.eval(), (example,), str(path), input_names=[input_name],
+        output_names=[output_name],
         dynamic_axes={input_name: {0: "n", 2: "d", 3: "h", 4: "w"},
-                      "labels": {0: "n", 2: "d", 3: "h", 4: "w"}},
+                      output_name: {0: "n", 2: "d", 3: "h", 4: "w"}},
         opset_version=17, dynamo=False,
     )
 

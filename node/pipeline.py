@@ -27,7 +27,12 @@ from pydicom import Dataset
 
 from node.domain import Job, SeriesKey
 from node.encode.common import Provenance, count_labels
-from node.encode.outputs import encode_findings_report, encode_outputs, is_urgent
+from node.encode.outputs import (
+    encode_findings_report,
+    encode_heatmap_outputs,
+    encode_outputs,
+    is_urgent,
+)
 from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, BackendUnavailable, InferenceFailed
@@ -79,6 +84,16 @@ def _finding(voxels: int, volume: Volume, min_ml: float) -> dict[str, Any]:
         return {"pixels": voxels, "area_mm2": area, "present": voxels > 0}
     volume_ml = round(voxels * volume.voxel_volume_ml, 3)
     return {"voxels": voxels, "volume_ml": volume_ml, "present": volume_ml >= max(min_ml, 1e-9)}
+
+
+def _heat_finding(probability: NDArray[np.float32], volume: Volume,
+                  threshold: float) -> dict[str, Any]:
+    """A heatmap's finding: its highest probability, present when that reaches the model's
+    threshold, and the size of the region where it does."""
+    peak = float(probability.max())
+    found = _finding(int(np.count_nonzero(probability >= threshold)), volume, 0.0)
+    found.update(probability=round(peak, 4), present=peak >= threshold)
+    return found
 
 
 class Orchestrator:
@@ -237,7 +252,7 @@ class Orchestrator:
     def execute(self, job: Job) -> JobResult:
         # torch + MONAI take seconds to import: loaded by the first job, not at start-up,
         # so the DICOM listener is up at once
-        from node.infer.runner import StageTimes, run_classifier, run_model
+        from node.infer.runner import StageTimes, run_classifier, run_heatmap, run_model
 
         times = StageTimes()
         started = time.perf_counter()
@@ -253,6 +268,7 @@ class Orchestrator:
         }
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
+        maps: NDArray[np.float32] | None = None
         if spec.is_classifier:
             probabilities = run_classifier(volume, spec, self._backend, times)
             labels = np.zeros((0,), dtype=np.uint8)  # a classifier draws nothing
@@ -260,6 +276,14 @@ class Orchestrator:
                 name: {"probability": p, "present": p >= spec.threshold}
                 for name, p in probabilities.items()
             }
+        elif spec.is_heatmap:
+            maps = run_heatmap(volume, spec, self._backend, times)
+            labels = np.zeros((0,), dtype=np.uint8)  # the maps are the result
+            summary["shape"] = list(maps.shape)
+            summary["labels"] = {name: _heat_finding(maps[index], volume, spec.threshold)
+                                 for index, name in enumerate(spec.labels)}
+            stored = np.round(maps * 255).astype(np.uint8)  # as the FRACTIONAL SEG stores them
+            write_atomically(target / "heatmap.npy", lambda handle: np.save(handle, stored))
         else:
             labels = run_model(volume, spec, self._backend, times)
             counts = count_labels(labels, max(len(spec.labels), 1))
@@ -281,7 +305,7 @@ class Orchestrator:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        deliveries = self._encode(job, volume, labels, spec, summary, target)
+        deliveries = self._encode(job, volume, labels, spec, summary, target, maps)
         summary["result_dir"] = str(target)
         return JobResult(labels, volume, summary, deliveries)
 
@@ -293,15 +317,17 @@ class Orchestrator:
         spec: ModelSpec,
         summary: dict[str, Any],
         target: Path,
+        maps: NDArray[np.float32] | None = None,
     ) -> list[ResultToSend]:
         """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
-        (queued with the job's completion). A classifier gives an SR of its findings; a job
-        that found nothing gives a rule-out SR when the pipeline reports negatives."""
+        (queued with the job's completion). A classifier gives an SR of its findings, a heatmap
+        model a FRACTIONAL SEG, the SR and SC; a job that found nothing gives a rule-out SR
+        when the pipeline reports negatives."""
         pipeline = self._pipeline(job.pipeline)
         urgent = is_urgent(pipeline, summary["labels"], spec.threshold)
         summary["urgent"] = urgent
         found = any(label["present"] for label in summary["labels"].values())
-        report_negative = (spec.is_classifier if pipeline.report_negative is None
+        report_negative = (spec.labels_are_findings if pipeline.report_negative is None
                            else pipeline.report_negative)
         summary["outputs"] = {}
         if not pipeline.outputs or (not found and not (report_negative
@@ -320,6 +346,9 @@ class Orchestrator:
             summary["negative"] = not found
             objects = encode_findings_report(volume, summary["labels"], segments, provenance,
                                              urgent)
+        elif maps is not None:
+            objects = encode_heatmap_outputs(volume, maps, summary["labels"], pipeline, segments,
+                                             provenance, urgent, spec.threshold)
         else:
             objects = encode_outputs(
                 volume, labels, spec.labels, summary["labels"], pipeline, segments, provenance,

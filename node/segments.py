@@ -56,12 +56,13 @@ def missing_codes(settings: Settings) -> list[str]:
                 f" model: it has no image to segment or draw, so its outputs can only be [sr]")
         for rule in pipeline.urgent_if:
             subject = rule.finding if rule.finding is not None else rule.label
-            if subject not in spec.findings or (rule.finding is not None) != spec.is_classifier:
+            if subject not in spec.findings or (
+                    rule.finding is not None) != spec.labels_are_findings:
                 kind = "finding" if rule.finding is not None else "label"
                 problems.append(
                     f"pipelines.{index} ({pipeline.name}): urgent_if names {kind} {subject!r},"
                     f" which model {spec.name} does not report (it reports"
-                    f" {'findings' if spec.is_classifier else 'labels'}"
+                    f" {'findings' if spec.labels_are_findings else 'labels'}"
                     f" {', '.join(spec.findings)})")
         missing = [label for label in spec.findings if label not in known]
         if missing:

@@ -8,6 +8,7 @@ ordering. Used to check that the node's label map lands on the right voxels of t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -106,15 +107,40 @@ def read_radiograph(path: Path) -> tuple[NDArray[np.float32], str]:
     return image, str(dataset.SOPInstanceUID)
 
 
-def lung_fields(image: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """cxr_lung_seg's documented steps on a 2-D radiograph: 1 lungs, 0 background. The image
-    is first padded to multiples of 8 by repeating its edge, half before and half after (the
-    model's pre-processing), and the result cropped back."""
+def _blocks_of_padded(image: NDArray[np.float32]) -> tuple[NDArray[np.float64], tuple[int, int]]:
+    """The image padded to multiples of 8 by repeating its edge, half before and half after
+    (the models' pre-processing), as the mean of each 8x8 block; and the padding before."""
     rows, cols = image.shape
     pad_r, pad_c = -rows % 8, -cols % 8
     padded = np.pad(image, ((pad_r // 2, pad_r - pad_r // 2), (pad_c // 2, pad_c - pad_c // 2)),
                     mode="edge")
     blocks = padded.reshape(padded.shape[0] // 8, 8, padded.shape[1] // 8, 8).mean(axis=(1, 3))
+    return blocks, (pad_r // 2, pad_c // 2)
+
+
+def _full_size(blocks: NDArray[Any], before: tuple[int, int],
+               shape: tuple[int, ...]) -> NDArray[Any]:
+    full = np.repeat(np.repeat(blocks, 8, axis=0), 8, axis=1)
+    return full[before[0]:before[0] + shape[0], before[1]:before[1] + shape[1]]
+
+
+def mass_map(image: NDArray[np.float32]) -> NDArray[np.float64]:
+    """cxr_mass_map's documented steps on a 2-D radiograph: the probability of a round
+    opacity per pixel, 0-1."""
+    blocks, before = _blocks_of_padded(image)
+    standard = (blocks - blocks.mean()) / blocks.std()
+    contrast = (ndimage.uniform_filter(standard, 25, mode="nearest")
+                - ndimage.uniform_filter(standard, 49, mode="nearest"))
+    probability = 1.0 / (1.0 + np.exp(-20.0 * (contrast - 0.85)))
+    result: NDArray[np.float64] = _full_size(probability, before, image.shape)
+    return result
+
+
+def lung_fields(image: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """cxr_lung_seg's documented steps on a 2-D radiograph: 1 lungs, 0 background. The image
+    is first padded to multiples of 8 by repeating its edge, half before and half after (the
+    model's pre-processing), and the result cropped back."""
+    blocks, before = _blocks_of_padded(image.astype(np.float32))
     dark = blocks < 0.95 * blocks.mean()
     box = (9, 9)
     free = _erode(dark, box)
@@ -126,6 +152,4 @@ def lung_fields(image: NDArray[np.float32]) -> NDArray[np.uint8]:
     outside = _dilate(outside, box) & dark
     lungs = _open(dark & ~outside, (5, 5))
     lungs = _erode(_dilate(lungs, (7, 7)), (7, 7))  # closing
-    full = np.repeat(np.repeat(lungs, 8, axis=0), 8, axis=1)
-    top, left = pad_r // 2, pad_c // 2
-    return full[top:top + rows, left:left + cols].astype(np.uint8)
+    return _full_size(lungs, before, image.shape).astype(np.uint8)

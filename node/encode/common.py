@@ -23,6 +23,7 @@ from node import __version__
 
 MANUFACTURER = "ainode"
 BANNER = "AI RESULT - NOT FOR PRIMARY DIAGNOSIS"
+NOTICE = "not for primary diagnosis"
 UID_NAMESPACE = uuid.UUID("5b0b6a3e-6f3c-5d7e-9a51-a1c0de0a1de0")  # ainode's, for uuid5
 
 
@@ -53,6 +54,13 @@ class Provenance:
     def description(self) -> str:
         return f"AI {self.model_name} {self.model_version}"[:64]
 
+    def series_description(self, kind: str) -> str:
+        """What a viewer lists for the result's series: the model, its version, the kind and
+        that it is not for primary diagnosis; the notice is kept whole within the 64
+        characters of LO (a long model name is cut instead; it is whole in the equipment)."""
+        tail = f" {kind}, {NOTICE}"
+        return f"AI {self.model_name} {self.model_version}"[:64 - len(tail)] + tail
+
     def algorithm(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(
             name=self.model_name,
@@ -70,7 +78,7 @@ class Provenance:
             "sop_instance_uid": self.uid(kind),
             "instance_number": 1,
             "manufacturer": MANUFACTURER,
-            "series_description": f"{self.description} {kind.upper()}",
+            "series_description": self.series_description(kind.upper()),
             "contributing_equipment": [self.equipment()],
         }
 

@@ -15,8 +15,8 @@ from node.encode.common import (
     with_component_person_names,
 )
 from node.encode.report import ImageFinding, build_findings_sr
-from node.encode.sc import build_sc
-from node.encode.seg import EncodeError, build_seg, segment_specs
+from node.encode.sc import build_sc, heat_layers, label_layers
+from node.encode.seg import EncodeError, build_probability_seg, build_seg, segment_specs
 from node.encode.sr import SegmentFinding, build_sr
 from node.imaging.volume import Volume
 from node.settings import Pipeline, SegmentSpec
@@ -140,15 +140,58 @@ def encode_outputs(
         focus = max(values)
         k = int(np.argmax((labels == focus).sum(axis=(1, 2))))
         colours = {value: segments[label_names[value]].color for value in values}
-        caption = f"{provenance.model_name} {provenance.model_version}: " + ", ".join(
-            f"{label_names[v]} {size_text(findings[label_names[v]])}" for v in values
-        )
-        if urgent:
-            caption = "URGENT - " + caption
+        caption = _caption(provenance, [f"{label_names[v]} {size_text(findings[label_names[v]])}"
+                                        for v in values], urgent)
         outputs["sc"] = build_sc(
-            sources[k], volume.voxels[k], labels[k], colours, provenance, caption
+            sources[k], volume.voxels[k], label_layers(labels[k], colours), provenance, caption
         )
+    return _as_source_patient(outputs, volume)
+
+
+def _as_source_patient(outputs: dict[str, Dataset], volume: Volume) -> dict[str, Dataset]:
     return {
         kind: keep_source_patient_name(dataset, volume.headers[0])
         for kind, dataset in outputs.items()
     }
+
+
+def _caption(provenance: Provenance, parts: list[str], urgent: bool) -> str:
+    caption = f"{provenance.model_name} {provenance.model_version}: " + ", ".join(parts)
+    return "URGENT - " + caption if urgent else caption
+
+
+def encode_heatmap_outputs(
+    volume: Volume,
+    maps: NDArray[np.float32],
+    findings: dict[str, dict[str, Any]],
+    pipeline: Pipeline,
+    segments: dict[str, SegmentSpec],
+    provenance: Provenance,
+    urgent: bool,
+    threshold: float,
+) -> dict[str, Dataset]:
+    """A heatmap model's results: a FRACTIONAL (probability) SEG of its maps, the findings SR
+    (present / absent and the highest probability of each), and a Secondary Capture of the
+    image (slice) where the most probable finding peaks."""
+    if not volume.headers or any(s.frame_number for s in volume.slices):
+        raise EncodeError("results are written for single-frame source series only")
+    names = tuple(findings)
+    sources = _sources(volume)
+    outputs: dict[str, Dataset] = {}
+    if "seg" in pipeline.outputs:
+        seg, _ = build_probability_seg(sources, maps, names, segments, provenance)
+        if volume.projection and "PatientOrientation" in volume.headers[0]:
+            seg.PatientOrientation = volume.headers[0].PatientOrientation  # as for label maps
+        outputs["seg"] = seg
+    if "sr" in pipeline.outputs:
+        outputs.update(encode_findings_report(volume, findings, segments, provenance, urgent))
+    if "sc" in pipeline.outputs:
+        top = int(np.argmax([findings[name]["probability"] for name in names]))
+        k = int(np.argmax(maps[top].reshape(maps.shape[1], -1).max(axis=1)))
+        shown = [(maps[index][k], segment_specs(names, [index], segments)[0].color)
+                 for index in range(len(names))]
+        outputs["sc"] = build_sc(
+            sources[k], volume.voxels[k], heat_layers(shown, threshold), provenance,
+            _caption(provenance, [f"{n} {size_text(findings[n])}" for n in names], urgent),
+        )
+    return _as_source_patient(outputs, volume)

@@ -1,11 +1,15 @@
-"""DICOM Segmentation (PS3.3 A.51) of a label map, with highdicom.
+"""DICOM Segmentation (PS3.3 A.51) of a label map or of probability maps, with highdicom.
 
-BINARY, one segment per label present, coded with the model's SNOMED CT / DCM codes, a
-display colour (RecommendedDisplayCIELabValue), algorithm identification, empty frames omitted,
-same Study and Frame of Reference as the source; frames reference their source instances.
+A label map gives a BINARY SEG, probability maps (heatmaps) a FRACTIONAL one of type
+PROBABILITY (PS3.3 C.8.20.2.3: 0-255 for 0-1). One segment per label present, coded with the
+model's SNOMED CT / DCM codes, a display colour (RecommendedDisplayCIELabValue), algorithm
+identification, empty frames omitted, same Study and Frame of Reference as the source; frames
+reference their source instances.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -37,6 +41,44 @@ def segment_specs(
     return [segments[label_names[v]] for v in values]
 
 
+def _descriptions(
+    names: list[str], specs: list[SegmentSpec], provenance: Provenance
+) -> list[hd.seg.SegmentDescription]:
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=code(spec.category),
+            segmented_property_type=code(spec.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=provenance.algorithm(),
+            tracking_uid=provenance.uid(f"tracking-{name}"),
+            tracking_id=f"{provenance.model_name} {name}",
+            display_color=hd.color.CIELabColor.from_rgb(*spec.color),
+        )
+        for number, (name, spec) in enumerate(zip(names, specs, strict=True), start=1)
+    ]
+
+
+def _segmentation(sources: list[Dataset], pixels: NDArray[Any], kind: str,
+                  descriptions: list[hd.seg.SegmentDescription],
+                  provenance: Provenance) -> Dataset:
+    fractional = kind == "fractional"
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional
+        else hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        content_description=provenance.description,
+        content_label="AI_HEATMAP" if fractional else "AI_SEG",
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,  # FRACTIONAL only
+        **provenance.instance_attributes("seg"),
+        **provenance.device_attributes(),
+        omit_empty_frames=True,
+    )
+
+
 def build_seg(
     sources: list[Dataset],
     labels: NDArray[np.uint8],
@@ -52,29 +94,27 @@ def build_seg(
     remapped = np.zeros(labels.shape, dtype=np.uint8)
     for number, value in enumerate(values, start=1):
         remapped[labels == value] = number
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label_names[value],
-            segmented_property_category=code(spec.category),
-            segmented_property_type=code(spec.type),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=provenance.algorithm(),
-            tracking_uid=provenance.uid(f"tracking-{label_names[value]}"),
-            tracking_id=f"{provenance.model_name} {label_names[value]}",
-            display_color=hd.color.CIELabColor.from_rgb(*spec.color),
-        )
-        for number, (value, spec) in enumerate(zip(values, specs, strict=True), start=1)
-    ]
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=remapped,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        content_description=provenance.description,
-        content_label="AI_SEG",
-        **provenance.instance_attributes("seg"),
-        **provenance.device_attributes(),
-        omit_empty_frames=True,
-    )
-    return seg, values
+    names = [label_names[value] for value in values]
+    return _segmentation(sources, remapped, "binary", _descriptions(names, specs, provenance),
+                         provenance), values
+
+
+def build_probability_seg(
+    sources: list[Dataset],
+    maps: NDArray[np.float32],
+    findings: tuple[str, ...],
+    segments: dict[str, SegmentSpec],
+    provenance: Provenance,
+) -> tuple[Dataset, list[int]]:
+    """The FRACTIONAL (PROBABILITY) SEG of a heatmap model's maps ([F, frames, rows,
+    columns] in 0-1), one segment per finding whose map is not zero once stored as 0-255; and
+    the finding index of each segment."""
+    shown = [index for index in range(maps.shape[0])
+             if float(maps[index].max()) * 255 >= 0.5]
+    if not shown:
+        raise EncodeError("every probability map is zero: there is nothing to segment")
+    specs = segment_specs(findings, shown, segments)
+    stacked = np.stack([maps[index] for index in shown], axis=-1)  # [frames, rows, cols, segs]
+    names = [findings[index] for index in shown]
+    return _segmentation(sources, stacked, "fractional", _descriptions(names, specs, provenance),
+                         provenance), shown

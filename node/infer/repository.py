@@ -17,7 +17,10 @@ optionally ``ainode_sliding_window`` (JSON: ``roi_size``, ``overlap``, ``sw_batc
 ``labels``: argmax first, then mapped back with nearest neighbour: MONAI ``Invertd``'s
 ``nearest_interp``). A ``classification`` model outputs [N, F], one score per finding;
 ``ainode_labels`` then names the findings (no background) and ``ainode_threshold`` (0.5) is the
-probability from which a finding is reported present.
+probability from which a finding is reported present. A ``heatmap`` model outputs one
+probability map per finding ([F, ...] like the input, after ``ainode_activation``), mapped back
+to the source grid with each transform's own interpolation; its labels also name findings only,
+and a finding is present where its map reaches the threshold.
 """
 
 from __future__ import annotations
@@ -73,13 +76,23 @@ class ModelSpec:
         return self.output_kind == "classification"
 
     @property
+    def is_heatmap(self) -> bool:
+        return self.output_kind == "heatmap"
+
+    @property
+    def labels_are_findings(self) -> bool:
+        """Classifiers and heatmaps name findings only; a label map's label 0 is background."""
+        return self.output_kind in FINDING_KINDS
+
+    @property
     def findings(self) -> tuple[str, ...]:
         """What the model can report: its labels, less the background of a label map."""
-        return self.labels if self.is_classifier else self.labels[1:]
+        return self.labels if self.labels_are_findings else self.labels[1:]
 
 
+FINDING_KINDS = ("classification", "heatmap")
 _CHOICES = {
-    "ainode_output_kind": ("labels", "probabilities", "classification"),
+    "ainode_output_kind": ("labels", "probabilities", *FINDING_KINDS),
     "ainode_layout": ("kji", "ras"),
     "ainode_activation": ("none", "softmax", "sigmoid"),
     "ainode_invert": ("probabilities", "labels"),
@@ -130,7 +143,7 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     if not isinstance(segments, dict) or not all(isinstance(v, dict) for v in segments.values()):
         raise ModelConfigError(f"{name}: ainode_segments must map label names to their codes")
     output_kind = _choice(config, "ainode_output_kind", name) or "probabilities"
-    findings = labels if output_kind == "classification" else labels[1:]
+    findings = labels if output_kind in FINDING_KINDS else labels[1:]
     unknown = sorted(set(segments) - {str(label) for label in findings})
     if unknown:
         raise ModelConfigError(f"{name}: ainode_segments names unknown labels {', '.join(unknown)}")

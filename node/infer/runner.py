@@ -151,11 +151,11 @@ def run_classifier(
                                                           strict=True)}
 
 
-def run_model(
-    volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes | None = None
-) -> NDArray[np.uint8]:
-    """The model's label map on the volume's own grid: shape ``volume.voxels.shape``."""
-    times = times or StageTimes()
+def _predict_on_source_grid(
+    volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes
+) -> NDArray[Any]:
+    """Pre-process, infer (whole, or by sliding window), activate and map back: [C, ...] on
+    the volume's own grid (scores or probabilities; [1, ...] labels when inverted as labels)."""
     started = time.perf_counter()
     preprocess = build_preprocess(model)
     prepared = preprocess(model_input(volume, model.layout))
@@ -194,6 +194,17 @@ def run_model(
     )
     if model.layout == "ras":
         array = array.transpose(0, 3, 2, 1)
+    times.add("postprocess", started)
+    return array
+
+
+def run_model(
+    volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes | None = None
+) -> NDArray[np.uint8]:
+    """The model's label map on the volume's own grid: shape ``volume.voxels.shape``."""
+    times = times or StageTimes()
+    array = _predict_on_source_grid(volume, model, backend, times)
+    started = time.perf_counter()
     labels = labels_from(array, "labels" if model.invert == "labels" else model.output_kind)
     if model.postprocess:
         with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
@@ -207,3 +218,18 @@ def run_model(
         )
     times.add("postprocess", started)
     return labels
+
+
+def run_heatmap(
+    volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes | None = None
+) -> NDArray[np.float32]:
+    """A heatmap model's probability maps on the volume's own grid: [F, *voxels.shape] in
+    [0, 1], one per finding (``model.labels``)."""
+    times = times or StageTimes()
+    array = _predict_on_source_grid(volume, model, backend, times)
+    expected = (len(model.labels), *volume.voxels.shape)
+    if array.shape != expected:
+        raise ModelConfigError(
+            f"{model.name}: a heatmap must map back to {expected}, got {array.shape}")
+    maps: NDArray[np.float32] = np.clip(array.astype(np.float32), 0.0, 1.0)
+    return maps

@@ -16,7 +16,7 @@ from node.domain import JobState
 from node.imaging.volume import load_series
 from node.infer.embedded import EmbeddedBackend
 from node.infer.repository import load_model_spec
-from node.infer.runner import run_model
+from node.infer.runner import run_heatmap, run_model
 from node.infer.triton import TritonBackend
 from node.pipeline import Orchestrator
 from node.settings import load_settings
@@ -356,5 +356,29 @@ def test_cxr_lung_seg_on_both_backends_equals_the_twin(triton_grpc_url: str, syn
         for labels in (run_model(volume, spec, EmbeddedBackend()),
                        run_model(volume, spec, backend)):
             assert np.array_equal(labels[0], expected)
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("shared_memory", [False, True])
+def test_cxr_mass_map_heatmap_on_both_backends_equals_the_twin(
+    triton_grpc_url: str, tmp_path: Path, shared_memory: bool
+) -> None:
+    """A heatmap model's probability map on the source grid ([findings, 1, rows, columns]),
+    from onnxruntime in-process and from Triton (gRPC, and system shared memory sized for the
+    float maps), equal to the independent computation."""
+    from tests.independent import mass_map, read_radiograph
+    from tests.radiographs import radiograph
+
+    path = radiograph(tmp_path, "mass", "P-HEATMAP")
+    volume = load_series([path])
+    spec = load_model_spec(REPOSITORY, "cxr_mass_map")
+    expected = mass_map(read_radiograph(path)[0])
+    backend = TritonBackend(triton_grpc_url, shared_memory=shared_memory)
+    try:
+        for maps in (run_heatmap(volume, spec, EmbeddedBackend()),
+                     run_heatmap(volume, spec, backend)):
+            assert maps.shape == (1, 1, 1955, 1841) and maps.dtype == np.float32
+            assert np.abs(maps[0, 0] - expected).max() < 1e-4 and maps.max() > 0.99
     finally:
         backend.close()

@@ -498,3 +498,79 @@ def test_classification_triage_and_rule_out_reports_reach_orthanc(
     assert float(mass["Mass"]["Probability"]) >= 0.8
     assert blank["Lung"]["Finding"] == "Absent" and "Probability" not in blank["Lung"]
     assert "SEG" not in results["blank"]
+
+
+def test_heatmap_gives_fractional_seg_sc_and_sr_or_a_rule_out(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """The heatmap output kind, end to end with cxr_mass_map: the film with a synthetic mass
+    gets a FRACTIONAL (PROBABILITY) SEG whose stored map equals the independent computation
+    (tests/independent.py ``mass_map``) to within one step of 1/255 on every pixel, a burned-in
+    SC and an urgent findings SR (present, probability >= 0.9), sent first; the plain film only a
+    rule-out SR (absent, routine). All pass dciodvfy, the SRs also PixelMed's validator."""
+    from tests.independent import mass_map, read_radiograph
+    from tests.radiographs import radiograph
+
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    sections = ct_body_node_sections(dicom_port)
+    sections["pipelines"] = [
+        {"name": "cxr-map", "match": {"modality": "CR"}, "model": "cxr_mass_map",
+         "outputs": ["seg", "sr", "sc"], "destinations": ["PACS"],
+         "urgent_if": [{"finding": "mass", "min_probability": 0.8}]},
+    ]
+    node = node_factory(**sections).start()
+    films = {kind: radiograph(tmp_path, kind, f"P-{kind}") for kind in ("plain", "mass")}
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        for path in films.values():
+            study = pacs.upload([path])
+            pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                              "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(4,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        results: dict[str, dict[str, list[pydicom.Dataset]]] = {}
+        for kind, path in films.items():
+            source = pydicom.dcmread(path, stop_before_pixels=True)
+            found = pacs.series_by_modality(str(source.StudyInstanceUID))
+            results[kind] = {modality: [d for s in series for d in fetch(
+                pacs, str(source.StudyInstanceUID), s)] for modality, series in found.items()
+                if modality != "CR"}
+    priorities = node.query("SELECT priority, kind FROM outbox ORDER BY priority DESC, kind")
+    assert priorities == [(10, "sc"), (10, "seg"), (10, "sr"), (0, "sr")]
+    assert set(results["plain"]) == {"SR"} and len(results["plain"]["SR"]) == 1
+    for kind, objects in results.items():
+        source = pydicom.dcmread(films[kind], stop_before_pixels=True)
+        for dataset in (d for datasets in objects.values() for d in datasets):
+            assert dataset.PatientID == source.PatientID
+            # where a person reads it: the model, its version, not for primary diagnosis
+            assert dataset.SeriesDescription.startswith("AI cxr_mass_map 1.0.0 ")
+            assert dataset.SeriesDescription.endswith(", not for primary diagnosis")
+            assert dciodvfy_errors(dataset, tmp_path) == [], (kind, dataset.SOPClassUID.name)
+        (sr_ds,) = objects["SR"]
+        assert pixelmed_errors(sr_ds, tmp_path) == [], kind
+    plain = _image_findings(results["plain"]["SR"][0])["Mass"]
+    assert plain["Finding"] == "Absent" and plain["Priority"] == "Routine"
+    assert float(plain["Probability"]) < 0.5
+    mass = _image_findings(results["mass"]["SR"][0])["Mass"]
+    assert mass["Finding"] == "Present" and mass["Priority"] == "Urgent"
+    assert float(mass["Probability"]) >= 0.9
+    image, uid = read_radiograph(films["mass"])
+    expected = np.round(mass_map(image) * 255)
+    (seg_ds,) = results["mass"]["SEG"]
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    assert seg.MaximumFractionalValue == 255 and seg.NumberOfFrames == 1
+    (description,) = seg.SegmentSequence
+    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"
+    stored = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[uid], segment_numbers=[1], ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True, rescale_fractional=False)[0, ..., 0]
+    assert stored.shape == expected.shape
+    assert np.abs(stored.astype(np.int16) - expected).max() <= 1
+    assert expected.max() >= 250 and (expected >= 128).sum() > 5000  # a mass, not a speck
+    (sc_ds,) = results["mass"].get("OT", []) + results["mass"].get("SC", [])
+    assert sc_ds.BurnedInAnnotation == "YES"
+    rows, cols = np.nonzero(expected >= 128)
+    centre = sc_ds.pixel_array[int(rows.mean()), int(cols.mean())].astype(int)
+    assert centre[0] > centre[2] + 60  # the mass drawn in its colour (red-orange) on grey
