@@ -25,8 +25,32 @@ CHROMIUM_ARGS = ["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 WINDOW = {"width": 1400, "height": 900}
 
-VIEWPORT_STATE = """() => {
-  const viewport = cornerstone.getEnabledElements()[0].viewport;
+# OHIF may replace its viewport while it loads (e.g. while it hydrates a SEG), so every script
+# that uses the viewport first waits, in the page, for one that shows an image (and, once a
+# segmentation exists, draws it) and then acts within the same JavaScript turn: the viewport
+# cannot go away between the check and the use.
+READY_VIEWPORT = """
+const readyViewport = async () => {
+  const deadline = Date.now() + 60000;
+  for (;;) {
+    const elements = window.cornerstone ? cornerstone.getEnabledElements() : [];
+    const viewport = elements.length ? elements[0].viewport : null;
+    if (viewport && viewport.getCurrentImageId() && viewport.getImageData()) {
+      const segmentations = cornerstoneTools.segmentation.state.getSegmentations();
+      if (segmentations.length === 0 || cornerstoneTools.segmentation.state
+          .getSegmentationRepresentations(viewport.id,
+            {segmentationId: segmentations[0].segmentationId}).length > 0) {
+        return viewport;
+      }
+    }
+    if (Date.now() > deadline) throw new Error('no viewport showing its image for 60 s');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+};
+"""
+
+VIEWPORT_STATE = """async () => {""" + READY_VIEWPORT + """
+  const viewport = await readyViewport();
   const imageId = viewport.getCurrentImageId();
   const rect = viewport.canvas.getBoundingClientRect();
   const imageData = viewport.getImageData().imageData;  // the displayed image's grid
@@ -37,10 +61,17 @@ VIEWPORT_STATE = """() => {
           rect: [rect.x, rect.y, rect.width, rect.height], corners};
 }"""
 
-JUMP = """async (index) => {
-  const viewport = cornerstone.getEnabledElements()[0].viewport;
-  await cornerstone.utilities.jumpToSlice(viewport.element, {imageIndex: index});
-  viewport.render();
+# until the viewport shows image `index` (again, should OHIF replace the viewport meanwhile)
+JUMP = """async (index) => {""" + READY_VIEWPORT + """
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    const viewport = await readyViewport();
+    if (viewport.getCurrentImageIdIndex() === index) return;
+    if (Date.now() > deadline) throw new Error('the viewport did not go to image ' + index);
+    await cornerstone.utilities.jumpToSlice(viewport.element, {imageIndex: index});
+    viewport.render();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }"""
 
 SEGMENTATIONS = """() => cornerstoneTools.segmentation.state.getSegmentations().map((s) => ({
@@ -48,13 +79,14 @@ SEGMENTATIONS = """() => cornerstoneTools.segmentation.state.getSegmentations().
   segments: Object.fromEntries(Object.entries(s.segments).filter(([, v]) => v)
                                .map(([k, v]) => [k, v.label]))}))"""
 
-SHOW_SEGMENTS = """([viewportId, segmentationId, visible]) => {
+SHOW_SEGMENTS = """async ([viewportId, segmentationId, visible]) => {""" + READY_VIEWPORT + """
+  const viewport = await readyViewport();
   const visibility = cornerstoneTools.segmentation.config.visibility;
   const type = cornerstoneTools.Enums.SegmentationRepresentations.Labelmap;
   for (const [index, shown] of Object.entries(visible)) {
     visibility.setSegmentIndexVisibility(viewportId, {segmentationId, type}, Number(index), shown);
   }
-  cornerstone.getEnabledElements()[0].viewport.render();
+  viewport.render();
 }"""
 
 
@@ -62,6 +94,7 @@ SHOW_SEGMENTS = """([viewportId, segmentationId, visible]) => {
 class ViewportState:
     """Which image the viewport shows and how its canvas maps to that image's pixels."""
 
+    viewport_id: str
     image_id: str
     index: int
     count: int
@@ -76,7 +109,7 @@ class ViewportState:
     def from_page(cls, raw: dict[str, Any]) -> ViewportState:
         origin, along_x, along_y = (np.array(c[:2], dtype=np.float64) for c in raw["corners"])
         affine = np.column_stack([(along_x - origin) / 100, (along_y - origin) / 100, origin])
-        return cls(raw["imageId"], int(raw["index"]), int(raw["count"]),
+        return cls(raw["viewportId"], raw["imageId"], int(raw["index"]), int(raw["count"]),
                    tuple(raw["rect"]), affine)  # type: ignore[arg-type]
 
     def image_pixels(self, shape: tuple[int, int]) -> tuple[NDArray[np.intp], NDArray[np.intp],
@@ -134,10 +167,19 @@ class OhifPage:
 
     def jump_to(self, index: int) -> ViewportState:
         self.page.evaluate(JUMP, index)
-        self.page.wait_for_function(
-            "(i) => cornerstone.getEnabledElements()[0].viewport.getCurrentImageIdIndex() === i",
-            arg=index, timeout=30_000)
         return self.viewport()
+
+    def hydrate_seg(self, study_uid: str, seg_series_uid: str) -> tuple[ViewportState,
+                                                                         dict[str, Any]]:
+        """Open a SEG series, accept OHIF's offer to load it over its images, and wait until
+        the viewport draws it; the viewport's state and the segmentation."""
+        self.open(study_uid, seg_series_uid)
+        self.page.locator('[data-cy="yes-hydrate-btn"]').click(timeout=90_000)
+        self.page.wait_for_function(
+            "() => window.cornerstoneTools"
+            " && cornerstoneTools.segmentation.state.getSegmentations().length > 0",
+            timeout=90_000)
+        return self.viewport(), self.segmentations()[0]  # a viewport that draws it
 
     def segmentations(self) -> list[dict[str, Any]]:
         return list(self.page.evaluate(SEGMENTATIONS))

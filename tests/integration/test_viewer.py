@@ -127,18 +127,12 @@ def on_image(state: ViewportState, canvas_mask: NDArray[np.bool_],
 
 
 def test_viewer_shows_seg_overlay_on_the_anatomy_it_segments(loop: Loop, ohif: OhifPage) -> None:
-    ohif.open(loop.study_uid, loop.series["SEG"])
-    ohif.page.locator('[data-cy="yes-hydrate-btn"]').click(timeout=90_000)
-    ohif.page.wait_for_function(
-        "() => cornerstoneTools.segmentation.state.getSegmentations().length > 0",
-        timeout=90_000)
-    state = ohif.wait_for_viewport()
-    segmentation = ohif.segmentations()[0]
+    state, segmentation = ohif.hydrate_seg(loop.study_uid, loop.series["SEG"])
     segments = {int(k): v for k, v in segmentation["segments"].items()}
     assert sorted(segments.values()) == sorted(SEGMENTS), segmentation
     value_of = {label: value for value, label in LABELS.items()}
 
-    viewport_id = ohif.page.evaluate("() => cornerstone.getEnabledElements()[0].viewport.id")
+    viewport_id = state.viewport_id
     shape = loop.reference.shape[1:]
     report = []
     for name, index in {"top": 0, "middle": state.count // 2, "bottom": state.count - 1}.items():
@@ -235,8 +229,9 @@ def test_viewer_lists_sr_measurements_and_draws_their_outlines(loop: Loop,
         if seen:
             ohif.page.locator('[data-cy="viewport-action-arrows-right"]').click()
             ohif.page.wait_for_function(
-                "(i) => cornerstone.getEnabledElements()[0].viewport"
-                ".getCurrentImageIdIndex() !== i", arg=state.index, timeout=30_000)
+                "(i) => cornerstone.getEnabledElements().length > 0 && cornerstone"
+                ".getEnabledElements()[0].viewport.getCurrentImageIdIndex() !== i",
+                arg=state.index, timeout=30_000)
         ohif.page.locator(".svg-layer polyline").first.wait_for(timeout=30_000)
         state = ohif.wait_for_viewport()
         z = loop.slice_of[state.sop_instance_uid]

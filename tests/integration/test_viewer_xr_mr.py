@@ -35,7 +35,8 @@ from tests.conftest import (
     write_config,
 )
 from tests.independent import head_mask, lung_fields, read_radiograph, read_series
-from tests.ohif_page import CHROMIUM, ohif_browser
+from tests.integration.test_viewer import on_image, share
+from tests.ohif_page import CHROMIUM, OhifPage, ohif_browser
 from tests.radiographs import radiograph
 from tests.viewer_site import OHIF_DIST, ohif_site
 
@@ -98,6 +99,47 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 yield Site(url, studies, tmp)
     finally:
         node.stop()
+
+
+@pytest.fixture
+def ohif(site: Site, request: pytest.FixtureRequest) -> Iterator[OhifPage]:
+    with ohif_browser(site.url, site.artifacts) as page:
+        yield page
+        errors = page.viewer_errors()
+        page.save(f"{request.node.name}-end.png")
+        assert not errors, "viewer errors:\n" + "\n".join(e[:500] for e in errors)
+
+
+@pytest.mark.parametrize(("study", "label"), [("mr", "head")])
+def test_viewer_shows_the_seg_overlay_where_the_reference_is(
+    site: Site, ohif: OhifPage, study: str, label: str
+) -> None:
+    found = site.studies[study]
+    state, segmentation = ohif.hydrate_seg(found.study_uid, found.seg_series)
+    segments = {int(k): v for k, v in segmentation["segments"].items()}
+    assert list(segments.values()) == [label], segmentation
+    (number,) = segments
+    viewport_id = state.viewport_id
+    state = ohif.jump_to(state.count // 2)
+    index = found.image_of[state.sop_instance_uid]
+    shape = found.reference.shape[1:]
+    ohif.show_segments(viewport_id, segmentation["id"], {number: False})
+    plain = ohif.canvas_pixels(state)
+    ohif.show_segments(viewport_id, segmentation["id"], {number: True})
+    overlay = np.abs(ohif.canvas_pixels(state) - plain).sum(axis=2) > 30
+    ohif.save(f"{study}-seg.png")
+    rows, columns, inside = state.image_pixels(shape)
+    expected = (found.reference[index][rows, columns] == 1) & inside
+    mirrored = (found.reference[index][:, ::-1][rows, columns] == 1) & inside
+    shown_on_image = on_image(state, overlay, shape)
+    precision, recall = share(expected, overlay), share(overlay, expected)
+    report = (f"{study} image {index}: {overlay.sum()} canvas px shown, {expected.sum()} "
+              f"expected, precision {precision:.3f}, recall {recall:.3f}, mirrored precision "
+              f"{share(mirrored, overlay):.3f}; {shown_on_image.sum()} image px under it")
+    print(report)
+    assert expected.sum() > 1000, report
+    assert precision >= 0.95 and recall >= 0.95, report
+    assert share(mirrored, overlay) < precision - 0.05, report  # the check can tell a flip
 
 
 def test_viewer_cannot_yet_load_a_seg_of_a_radiograph(site: Site) -> None:
