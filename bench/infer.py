@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Inference benchmark: per-stage seconds, embedded vs Triton, same run, for each model on its
-shared data: ct_body_seg (134-slice CT), mr_head_mask (35-slice head MR), cxr_lung_seg and
-cxr_mass_cls and cxr_mass_map (the chest radiograph), and optionally a MONAI bundle imported for the run
+shared data: ct_body_seg (134-slice CT), mr_head_mask (35-slice head MR), cxr_lung_seg,
+cxr_mass_cls and cxr_mass_map (the chest radiograph), and optionally a MONAI bundle imported for
+the run
 (`--bundle spleen`: the shared spleen_ct_segmentation configuration with seeded weights,
 imported by `ainode models import`; its import time is reported).
 
@@ -149,7 +150,8 @@ def bench_spleen_bundle(rounds: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--models", default="ct_body_seg,mr_head_mask,cxr_lung_seg,cxr_mass_cls,cxr_mass_map")
+    parser.add_argument(
+        "--models", default="ct_body_seg,mr_head_mask,cxr_lung_seg,cxr_mass_cls,cxr_mass_map")
     parser.add_argument("--bundle", choices=["spleen"], help="also a bundle imported for the run")
     args = parser.parse_args()
     grpc = f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
