@@ -11,9 +11,6 @@ from typing import Any
 
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
-from node.infer.backend import Backend
-from node.infer.embedded import EmbeddedBackend
-from node.infer.triton import TritonBackend
 from node.ingest.dimse import StorageHandlers, build_storage_ae
 from node.loops import Loop
 from node.pipeline import Orchestrator
@@ -23,6 +20,7 @@ from node.store.outbox import Outbox
 from node.store.recovery import recover
 from node.store.series import CompletionPolicy, SeriesAssembler
 from node.store.spool import Spool
+from node.workers import ProcessExecutor, make_backend
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +30,6 @@ DB_FILE = "jobs.sqlite3"
 
 def open_store(data_dir: Path) -> JobStore:
     return JobStore(data_dir / DB_FILE)
-
-
-def make_backend(settings: Settings) -> Backend:
-    """The configured inference backend (embedded by default)."""
-    inference = settings.inference
-    if inference.backend == "triton":
-        return TritonBackend(
-            inference.triton_url or "",
-            protocol=inference.triton_protocol,
-            timeout_s=inference.timeout_s,
-            retries=inference.retries,
-            shared_memory=inference.triton_shared_memory,
-        )
-    return EmbeddedBackend()
 
 
 class Node:
@@ -64,9 +48,14 @@ class Node:
             use_expected_count=settings.series.use_expected_count,
         )
         self.delivery = Delivery(settings, Outbox(self.store), clock)
-        self.orchestrator = Orchestrator(
-            settings, self.store, make_backend(settings), clock, on_outbox=self.delivery.wake.set
-        )
+        if settings.inference.isolation == "process":  # models never load in this process
+            self.orchestrator = Orchestrator(
+                settings, self.store, None, clock, on_outbox=self.delivery.wake.set,
+                executor_factory=lambda index: ProcessExecutor(settings, f"worker-{index}"))
+        else:
+            self.orchestrator = Orchestrator(
+                settings, self.store, make_backend(settings), clock,
+                on_outbox=self.delivery.wake.set)
         self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
         self._handlers = StorageHandlers(
             settings,

@@ -21,10 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node import __version__, logs
-from node.app import DB_FILE, Node, make_backend, open_store
-from node.bundles.export import PLATFORMS
-from node.bundles.importer import import_bundle
-from node.bundles.source import BundleRefused
+from node.app import DB_FILE, Node, open_store
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
@@ -34,6 +31,7 @@ from node.settings import ConfigError, Peer, Settings, dump_settings, load_setti
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.workers import make_backend
 
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
@@ -384,6 +382,11 @@ def models_import(
     config: ConfigOption = None,
 ) -> None:
     """Import a MONAI bundle into the configuration's model repository."""
+    # torch + MONAI: imported by this command only, never by `ainode serve`
+    from node.bundles.export import PLATFORMS
+    from node.bundles.importer import import_bundle
+    from node.bundles.source import BundleRefused
+
     if format_ not in PLATFORMS:
         errors.print(f"--format must be one of {', '.join(PLATFORMS)}")
         raise typer.Exit(2)

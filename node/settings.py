@@ -142,6 +142,12 @@ class InferenceSection(_Strict):
     retries: int = Field(3, ge=0, description="retries of a failed request, with backoff")
     model_repository: Path = Path("model_repository")
     workers: int = Field(1, ge=1, description="jobs processed at once")
+    isolation: Literal["process", "thread"] = Field(
+        "process", description="process: each worker runs its jobs in a process of its own,"
+        " replaced when it crashes or hangs; thread: in the node's process")
+    job_timeout_s: float = Field(
+        3600, gt=0, description="a job running longer is stopped (its worker process"
+        " replaced) and retried as a failed attempt")
     job_attempts: int = Field(
         5, ge=1, description="attempts that crash or raise before a job fails"
     )

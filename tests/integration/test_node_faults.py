@@ -129,11 +129,11 @@ def test_a_worker_that_fails_to_warm_up_keeps_working(
     failures: list[int] = []
     real_warm_up = node.pipeline.Orchestrator._warm_up
 
-    def flaky_warm_up(self: Any) -> None:
+    def flaky_warm_up(self: Any, *args: Any) -> None:
         if not failures:
             failures.append(1)
             raise ImportError("injected warm-up fault")
-        real_warm_up(self)
+        real_warm_up(self, *args)
 
     monkeypatch.setattr(node.pipeline.Orchestrator, "_warm_up", flaky_warm_up)
     instance = _in_process_node(tmp_path, pipelines=[CT_BODY],

@@ -1,0 +1,234 @@
+"""One job, start to finish, on a backend: series -> volume -> model -> results on disk.
+
+Runs wherever the node runs its models: in a worker process (the default, see
+:mod:`node.workers`) or in the node's own process. It touches no job store: it gets the
+instance paths and the sender, and returns the summary and what to deliver; the orchestrator
+records both. torch and MONAI are imported by the first job, not when this module is.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import Dataset
+
+from node.domain import Job, SeriesKey
+from node.encode.common import Provenance, count_labels
+from node.encode.outputs import (
+    encode_findings_report,
+    encode_heatmap_outputs,
+    encode_outputs,
+    is_urgent,
+)
+from node.encode.seg import EncodeError
+from node.imaging.volume import Volume, VolumeError, load_series
+from node.infer.backend import Backend, InferenceFailed
+from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
+from node.segments import effective_segments
+from node.settings import Pipeline, Settings
+from node.store.durable import write_atomically
+from node.store.outbox import ResultToSend
+from node.store.spool import path_component
+
+# what a retry cannot fix: the job fails at once with the reason
+PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a job produced: its summary (stored with the job) and the results to deliver."""
+
+    summary: dict[str, Any]
+    deliveries: list[ResultToSend] = field(default_factory=list)
+
+
+def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
+    """Where a job's files go. The series UID comes from received data: it is used only as a
+    safe path component (a hash when it is not a well-formed UID), never as given."""
+    return (
+        data_dir / "results" / path_component(key.series_instance_uid) / str(key.revision)
+        / path_component(pipeline)
+    )
+
+
+def _save_dataset(dataset: Dataset, handle: BinaryIO) -> None:
+    dataset.save_as(handle, enforce_file_format=True)
+
+
+def _finding(voxels: int, volume: Volume, min_ml: float) -> dict[str, Any]:
+    """What was found of one label: its size (ml; for a radiograph mm², when the pixel spacing
+    is known, and pixels) and whether it counts as present."""
+    if volume.projection:
+        _, row_mm, col_mm = volume.spacing
+        area = round(voxels * row_mm * col_mm, 1) if volume.pixel_spacing_known else None
+        return {"pixels": voxels, "area_mm2": area, "present": voxels > 0}
+    volume_ml = round(voxels * volume.voxel_volume_ml, 3)
+    return {"voxels": voxels, "volume_ml": volume_ml, "present": volume_ml >= max(min_ml, 1e-9)}
+
+
+def _heat_finding(probability: NDArray[np.float32], volume: Volume,
+                  threshold: float) -> dict[str, Any]:
+    """A heatmap's finding: its highest probability, present when that reaches the model's
+    threshold, and the size of the region where it does."""
+    peak = float(probability.max())
+    found = _finding(int(np.count_nonzero(probability >= threshold)), volume, 0.0)
+    found.update(probability=round(peak, 4), present=peak >= threshold)
+    return found
+
+
+class JobExecutor:
+    """Runs jobs with one backend, in the calling process."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self._settings = settings
+        self._backend = backend
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    def check(self, model: str) -> None:
+        """Raise why ``model`` cannot run now (not found, misconfigured, backend down)."""
+        self._backend.check(load_model_spec(self._settings.inference.model_repository, model))
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def execute(self, job: Job, paths: list[str], calling_ae: str | None) -> JobResult:
+        """Run ``job`` on the instances at ``paths``; ``calling_ae`` is who sent the series
+        (for ``reply_to_sender``)."""
+        from node.infer.runner import StageTimes, run_classifier, run_heatmap, run_model
+
+        times = StageTimes()
+        started = time.perf_counter()
+        spec = load_model_spec(self._settings.inference.model_repository, job.model)
+        self._backend.check(spec)
+        volume = load_series(paths)
+        times.add("load", started)
+        summary: dict[str, Any] = {
+            "model": spec.name,
+            "model_version": spec.version,
+            "backend": self._backend.name,
+        }
+        target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
+        target.mkdir(parents=True, exist_ok=True)
+        maps: NDArray[np.float32] | None = None
+        if spec.is_classifier:
+            probabilities = run_classifier(volume, spec, self._backend, times)
+            labels = np.zeros((0,), dtype=np.uint8)  # a classifier draws nothing
+            summary["labels"] = {
+                name: {"probability": p, "present": p >= spec.threshold}
+                for name, p in probabilities.items()
+            }
+        elif spec.is_heatmap:
+            maps = run_heatmap(volume, spec, self._backend, times)
+            labels = np.zeros((0,), dtype=np.uint8)  # the maps are the result
+            summary["shape"] = list(maps.shape)
+            summary["labels"] = {name: _heat_finding(maps[index], volume, spec.threshold)
+                                 for index, name in enumerate(spec.labels)}
+            stored = np.round(maps * 255).astype(np.uint8)  # as the FRACTIONAL SEG stores them
+            write_atomically(target / "heatmap.npy", lambda handle: np.save(handle, stored))
+        else:
+            labels = run_model(volume, spec, self._backend, times)
+            counts = count_labels(labels, max(len(spec.labels), 1))
+            summary["shape"] = list(labels.shape)
+            summary["labels"] = {
+                name: _finding(int(counts[value]), volume, spec.min_finding_ml)
+                for value, name in enumerate(spec.labels)
+                if value > 0
+            }
+            write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
+        write_atomically(
+            target / "slices.json",
+            lambda handle: handle.write(
+                json.dumps([[s.sop_instance_uid, s.frame_number] for s in volume.slices]).encode()
+            ),
+        )
+        write_atomically(
+            target / "summary.json",
+            lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
+        )
+        deliveries = self._encode(job, volume, labels, spec, summary, target, calling_ae, maps)
+        summary["result_dir"] = str(target)
+        return JobResult(summary, deliveries)
+
+    def _encode(
+        self,
+        job: Job,
+        volume: Volume,
+        labels: NDArray[np.uint8],
+        spec: ModelSpec,
+        summary: dict[str, Any],
+        target: Path,
+        calling_ae: str | None,
+        maps: NDArray[np.float32] | None = None,
+    ) -> list[ResultToSend]:
+        """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
+        (queued with the job's completion). A classifier gives an SR of its findings, a heatmap
+        model a FRACTIONAL SEG, the SR and SC; a job that found nothing gives a rule-out SR
+        when the pipeline reports negatives."""
+        pipeline = self._pipeline(job.pipeline)
+        urgent = is_urgent(pipeline, summary["labels"], spec.threshold)
+        summary["urgent"] = urgent
+        found = any(label["present"] for label in summary["labels"].values())
+        report_negative = (spec.labels_are_findings if pipeline.report_negative is None
+                           else pipeline.report_negative)
+        summary["outputs"] = {}
+        if not pipeline.outputs or (not found and not (report_negative
+                                                       and "sr" in pipeline.outputs)):
+            return []
+        provenance = Provenance(
+            job.model,
+            spec.version,
+            volume.series_instance_uid,
+            tuple(s.sop_instance_uid for s in volume.slices),
+            self._settings.node.ae_title,
+        )
+        started = time.perf_counter()
+        segments = effective_segments(spec, pipeline)
+        if spec.is_classifier or not found:
+            summary["negative"] = not found
+            objects = encode_findings_report(volume, summary["labels"], segments, provenance,
+                                             urgent)
+        elif maps is not None:
+            objects = encode_heatmap_outputs(volume, maps, summary["labels"], pipeline, segments,
+                                             provenance, urgent, spec.threshold)
+        else:
+            objects = encode_outputs(
+                volume, labels, spec.labels, summary["labels"], pipeline, segments, provenance,
+                urgent,
+            )
+        destinations = list(pipeline.destinations)
+        if pipeline.reply_to_sender:
+            sender = self._settings.peer_by_ae(calling_ae) if calling_ae else None
+            if sender is not None and sender.name not in destinations:
+                destinations.append(sender.name)
+        summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
+        deliveries: list[ResultToSend] = []
+        for kind, dataset in objects.items():
+            path = target / f"{kind}.dcm"
+            write_atomically(path, functools.partial(_save_dataset, dataset))
+            summary["outputs"][kind] = str(dataset.SOPInstanceUID)
+            for destination in destinations:
+                wanted = self._settings.peer(destination).results
+                if wanted is not None and kind not in wanted:
+                    continue
+                deliveries.append(ResultToSend(
+                    destination, str(path), str(dataset.SOPInstanceUID), kind, 10 if urgent else 0
+                ))
+        return deliveries
+
+    def _pipeline(self, name: str) -> Pipeline:
+        for pipeline in self._settings.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        raise ModelConfigError(f"pipeline {name!r} is no longer configured")
+
