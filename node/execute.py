@@ -8,6 +8,7 @@ records both. torch and MONAI are imported by the first job, not when this modul
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -84,11 +85,21 @@ def _heat_finding(probability: NDArray[np.float32], volume: Volume,
 
 
 class JobExecutor:
-    """Runs jobs with one backend, in the calling process."""
+    """Runs jobs with one backend, in the calling process. The last series loaded is kept, so
+    the next pipeline of the same series (same instance files) does not read it again."""
 
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self._settings = settings
         self._backend = backend
+        self._last: tuple[tuple[str, ...], Volume] | None = None
+
+    def _load(self, paths: list[str]) -> Volume:
+        key = tuple(str(path) for path in paths)
+        if self._last is None or self._last[0] != key:
+            self._last = None  # the previous volume can go before the next one is read
+            self._last = (key, load_series(paths))
+        kept = self._last[1]  # each job gets its own voxels: none sees another's changes
+        return dataclasses.replace(kept, voxels=kept.voxels.copy())
 
     @property
     def backend_name(self) -> str:
@@ -110,7 +121,7 @@ class JobExecutor:
         started = time.perf_counter()
         spec = load_model_spec(self._settings.inference.model_repository, job.model)
         self._backend.check(spec)
-        volume = load_series(paths)
+        volume = self._load(paths)
         times.add("load", started)
         summary: dict[str, Any] = {
             "model": spec.name,
