@@ -103,9 +103,19 @@ class Node:
         log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
 
     def stop(self) -> None:
+        """No new associations; those in progress may finish (``node.shutdown_grace_s``, then
+        they are aborted: what they did not get acknowledged, the sender still has); running
+        jobs finish or are handed back; then the store closes."""
         self._stopping.set()
         if self._server is not None:
-            self._server.shutdown()
+            self._server.shutdown()  # the listening socket closes: new associations refused
+            deadline = time.monotonic() + self.settings.node.shutdown_grace_s
+            while self._server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for association in self._server.active_associations:
+                log.warning("stopping: aborting an association still open after %.0f s",
+                            self.settings.node.shutdown_grace_s)
+                association.abort()
         self._sweeper.stop(timeout_s=5)
         self.orchestrator.stop()
         self.delivery.stop()

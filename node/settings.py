@@ -60,6 +60,8 @@ class NodeSection(_Strict):
     acse_timeout_s: float = Field(30, gt=0)
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(60, gt=0)
+    shutdown_grace_s: float = Field(
+        30, ge=0, description="on SIGTERM: how long associations in progress may finish")
     max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest for large instances)")
     fsync: bool = Field(True, description="fsync every instance before acknowledging it")
     receive_to_disk: bool = Field(
