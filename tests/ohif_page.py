@@ -61,18 +61,27 @@ VIEWPORT_STATE = """async () => {""" + READY_VIEWPORT + """
           rect: [rect.x, rect.y, rect.width, rect.height], corners};
 }"""
 
+# jump and render (also when already there: the image is then drawn anew, as for any other),
 # until the viewport shows image `index` (again, should OHIF replace the viewport meanwhile)
 JUMP = """async (index) => {""" + READY_VIEWPORT + """
   const deadline = Date.now() + 30000;
+  let jumpedTo = null;
   for (;;) {
     const viewport = await readyViewport();
-    if (viewport.getCurrentImageIdIndex() === index) return;
+    if (jumpedTo === viewport && viewport.getCurrentImageIdIndex() === index) return;
     if (Date.now() > deadline) throw new Error('the viewport did not go to image ' + index);
     await cornerstone.utilities.jumpToSlice(viewport.element, {imageIndex: index});
     viewport.render();
+    jumpedTo = viewport;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }"""
+
+# The viewport's slice scrollbar (OHIF 3.13 ViewportSliceProgressScrollbar, a box with inline
+# styles only) fills in as slices load and as they are viewed: viewer chrome over the canvas
+# that changes between two captures of the same image, so it is hidden.
+HIDE_PROGRESS = """div[style*="padding: 8px 5px"][style*="z-index: 10"] {
+  visibility: hidden !important; }"""
 
 SEGMENTATIONS = """() => cornerstoneTools.segmentation.state.getSegmentations().map((s) => ({
   id: s.segmentationId, label: s.label,
@@ -153,6 +162,7 @@ class OhifPage:
     def open(self, study_uid: str, series_uid: str) -> None:
         self.page.goto(f"{self.base_url}/viewer?StudyInstanceUIDs={study_uid}"
                        f"&initialSeriesInstanceUID={series_uid}")
+        self.page.add_style_tag(content=HIDE_PROGRESS)
 
     def wait_for_viewport(self, timeout_s: float = 60) -> ViewportState:
         self.page.wait_for_function(
