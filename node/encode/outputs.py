@@ -72,6 +72,21 @@ def _sources(volume: Volume) -> list[Dataset]:
     return sources
 
 
+def _image_sources(volume: Volume) -> list[Dataset]:
+    """:func:`_sources` for results drawn on the images (SEG, SC): single-frame sources only."""
+    if not volume.headers or any(s.frame_number for s in volume.slices):
+        raise EncodeError("results are written for single-frame source series only")
+    return _sources(volume)
+
+
+def _with_orientation(seg: Dataset, volume: Volume) -> Dataset:
+    """A radiograph's SEG carries the film's Patient Orientation (PS3.3 C.7.6.1: required
+    when the image has no Image Plane module)."""
+    if volume.projection and "PatientOrientation" in volume.headers[0]:
+        seg.PatientOrientation = volume.headers[0].PatientOrientation
+    return seg
+
+
 def encode_findings_report(
     volume: Volume,
     findings: dict[str, dict[str, Any]],
@@ -107,14 +122,10 @@ def encode_outputs(
 ) -> dict[str, Dataset]:
     """The objects ``pipeline.outputs`` asks for; ``segments`` says what each label means
     (the model's declaration with the pipeline's overrides)."""
-    if not volume.headers or any(s.frame_number for s in volume.slices):
-        raise EncodeError("results are written for single-frame source series only")
-    sources = _sources(volume)
+    sources = _image_sources(volume)
     outputs: dict[str, Dataset] = {}
     seg, values = build_seg(sources, labels, label_names, segments, provenance)
-    if volume.projection and "PatientOrientation" in volume.headers[0]:
-        # PS3.3 C.7.6.1: required when the image has no Image Plane module
-        seg.PatientOrientation = volume.headers[0].PatientOrientation
+    seg = _with_orientation(seg, volume)
     if "seg" in pipeline.outputs:
         outputs["seg"] = seg
     if "sr" in pipeline.outputs:
@@ -173,16 +184,12 @@ def encode_heatmap_outputs(
     """A heatmap model's results: a FRACTIONAL (probability) SEG of its maps, the findings SR
     (present / absent and the highest probability of each), and a Secondary Capture of the
     image (slice) where the most probable finding peaks."""
-    if not volume.headers or any(s.frame_number for s in volume.slices):
-        raise EncodeError("results are written for single-frame source series only")
     names = tuple(findings)
-    sources = _sources(volume)
+    sources = _image_sources(volume)
     outputs: dict[str, Dataset] = {}
     if "seg" in pipeline.outputs:
-        seg, _ = build_probability_seg(sources, maps, names, segments, provenance)
-        if volume.projection and "PatientOrientation" in volume.headers[0]:
-            seg.PatientOrientation = volume.headers[0].PatientOrientation  # as for label maps
-        outputs["seg"] = seg
+        outputs["seg"] = _with_orientation(
+            build_probability_seg(sources, maps, names, segments, provenance)[0], volume)
     if "sr" in pipeline.outputs:
         outputs.update(encode_findings_report(volume, findings, segments, provenance, urgent))
     if "sc" in pipeline.outputs:
