@@ -419,6 +419,28 @@ def test_chest_radiograph_lung_fields_reach_orthanc_valid_and_aligned(
     assert sc_ds.BurnedInAnnotation == "YES"
 
 
+def films_through_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node: Any,
+                          films: dict[str, Path], sent: int) -> dict[str, dict[str, Any]]:
+    """Each film uploaded to a real Orthanc and sent on to the node; once ``sent`` results
+    have reached Orthanc: per film, its results there by modality (the film's own left out)."""
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        for path in films.values():
+            study = pacs.upload([path])
+            pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                              "Synchronous": True}))
+        assert wait_for(lambda: node.query(
+            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(sent,)], 120, 0.5), (
+            node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        results: dict[str, dict[str, Any]] = {}
+        for kind, path in films.items():
+            source = pydicom.dcmread(path, stop_before_pixels=True)
+            found = pacs.series_by_modality(str(source.StudyInstanceUID))
+            results[kind] = {modality: [d for s in series for d in fetch(
+                pacs, str(source.StudyInstanceUID), s)] for modality, series in found.items()
+                if modality != "CR"}
+    return results
+
+
 def _image_findings(sr_ds: pydicom.Dataset) -> dict[str, dict[str, Any]]:
     """Per TID 1501 group of an SR: finding type -> presence, priority, probability."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
@@ -459,21 +481,7 @@ def test_classification_triage_and_rule_out_reports_reach_orthanc(
     ]
     node = node_factory(**sections).start()
     films = {kind: radiograph(tmp_path, kind, f"P-{kind}") for kind in ("plain", "mass", "blank")}
-    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
-        for path in films.values():
-            study = pacs.upload([path])
-            pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
-                                                              "Synchronous": True}))
-        assert wait_for(lambda: node.query(
-            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(8,)], 120, 0.5), (
-            node.query("SELECT * FROM jobs"), node.log()[-3000:])
-        results: dict[str, dict[str, list[pydicom.Dataset]]] = {}
-        for kind, path in films.items():
-            source = pydicom.dcmread(path, stop_before_pixels=True)
-            found = pacs.series_by_modality(str(source.StudyInstanceUID))
-            results[kind] = {modality: [d for s in series for d in fetch(
-                pacs, str(source.StudyInstanceUID), s)] for modality, series in found.items()
-                if modality != "CR"}
+    results = films_through_orthanc(tmp_path, http_port, dicom_port, node, films, sent=8)
     urgent = node.query("SELECT o.priority FROM outbox o JOIN jobs j ON o.job_id = j.id "
                         "WHERE j.pipeline = 'cxr-mass' ORDER BY o.priority DESC")
     assert [p for (p,) in urgent] == [10, 0, 0]
@@ -521,21 +529,7 @@ def test_heatmap_gives_fractional_seg_sc_and_sr_or_a_rule_out(
     ]
     node = node_factory(**sections).start()
     films = {kind: radiograph(tmp_path, kind, f"P-{kind}") for kind in ("plain", "mass")}
-    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
-        for path in films.values():
-            study = pacs.upload([path])
-            pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
-                                                              "Synchronous": True}))
-        assert wait_for(lambda: node.query(
-            "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(4,)], 120, 0.5), (
-            node.query("SELECT * FROM jobs"), node.log()[-3000:])
-        results: dict[str, dict[str, list[pydicom.Dataset]]] = {}
-        for kind, path in films.items():
-            source = pydicom.dcmread(path, stop_before_pixels=True)
-            found = pacs.series_by_modality(str(source.StudyInstanceUID))
-            results[kind] = {modality: [d for s in series for d in fetch(
-                pacs, str(source.StudyInstanceUID), s)] for modality, series in found.items()
-                if modality != "CR"}
+    results = films_through_orthanc(tmp_path, http_port, dicom_port, node, films, sent=4)
     priorities = node.query("SELECT priority, kind FROM outbox ORDER BY priority DESC, kind")
     assert priorities == [(10, "sc"), (10, "seg"), (10, "sr"), (0, "sr")]
     assert set(results["plain"]) == {"SR"} and len(results["plain"]["SR"]) == 1
