@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
-from node.ingest.dimse import StorageHandlers, build_storage_ae
+from node.ingest.dimse import StorageHandlers, build_storage_ae, start_storage_server
 from node.loops import Loop
-from node.pipeline import Orchestrator
+from node.pipeline import Orchestrator, Router
 from node.settings import Settings
+from node.store.database import open_database
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.recovery import recover
@@ -26,81 +26,129 @@ log = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
 DB_FILE = "jobs.sqlite3"
+ROLES = ("receiver", "worker", "sender")
+# A receiver started on its own (multi-host) leaves younger spool files and temporaries to the
+# receivers that may still be writing them: recovery takes only those older than this.
+SHARED_SPOOL_SETTLE_S = 300.0
 
 
-def open_store(data_dir: Path) -> JobStore:
-    return JobStore(data_dir / DB_FILE)
+def open_store(settings: Settings) -> JobStore:
+    """The job store ``store.url`` names, or the SQLite file under ``node.data_dir``."""
+    database = open_database(settings.store.url, settings.node.data_dir / DB_FILE)
+    return JobStore(database)
 
 
 class Node:
-    """A running node: Storage SCP, spool, job store and the series sweeper."""
+    """A running node, or some of its roles (``ainode serve --role``): the receiver (Storage
+    SCP, spool, series completion, routing), the worker (jobs, on worker processes) and the
+    sender (the outbox). Roles in other processes or on other machines share the job store,
+    which wakes them when work appears (LISTEN/NOTIFY on PostgreSQL)."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        roles: Iterable[str] = ROLES,
+        *,
+        recovery_settle_s: float | None = 0.0,
+    ) -> None:
+        """``recovery_settle_s``: how old a spool file must be for the receiver's start-up
+        recovery to touch it (``None``: no recovery, the supervisor ran it)."""
         self.settings = settings
+        self.roles = frozenset(roles)
+        unknown = self.roles - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown role(s): {', '.join(sorted(unknown))}")
         self._clock = clock
+        self._recovery_settle_s = recovery_settle_s
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
-        self.store = open_store(data_dir)
-        policy = CompletionPolicy(
-            quiet_seconds=settings.series.quiet_seconds,
-            complete_on_release=settings.series.complete_on_release,
-            use_expected_count=settings.series.use_expected_count,
-        )
-        self.delivery = Delivery(settings, Outbox(self.store), clock)
-        if settings.inference.isolation == "process":  # models never load in this process
-            self.orchestrator = Orchestrator(
-                settings, self.store, None, clock, on_outbox=self.delivery.wake.set,
-                executor_factory=lambda index: ProcessExecutor(settings, f"worker-{index}"))
-        else:
-            self.orchestrator = Orchestrator(
-                settings, self.store, make_backend(settings), clock,
-                on_outbox=self.delivery.wake.set)
-        self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
-        self._handlers = StorageHandlers(
-            settings,
-            self.spool,
-            self.store.record_instance,
-            self.assembler.instance_recorded,
-            lambda assoc_id, released: self.assembler.association_ended(
-                assoc_id, released=released
-            ),
-            clock,
-        )
+        self.store = open_store(settings)
         self._server: Any = None
         self._stopping = threading.Event()
-        self._sweeper = Loop("series-sweeper", self._sweep, settings.series.sweep_interval_s)
+        self._wakes: dict[str, threading.Event] = {}
+        self.delivery: Delivery | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.router: Router | None = None
+        if "sender" in self.roles:
+            self.delivery = Delivery(settings, Outbox(self.store), clock)
+            self._wakes["outbox"] = self.delivery.wake
+        if "worker" in self.roles:
+            # jobs found running at start were this process's when it is the only worker
+            owns_store = self.store.dialect == "sqlite"
+            if settings.inference.isolation == "process":  # models never load in this process
+                self.orchestrator = Orchestrator(
+                    settings, self.store, None, clock, on_outbox=self._wake_sender,
+                    executor_factory=lambda index: ProcessExecutor(settings, f"worker-{index}"),
+                    owns_store=owns_store)
+            else:
+                self.orchestrator = Orchestrator(
+                    settings, self.store, make_backend(settings), clock,
+                    on_outbox=self._wake_sender, owns_store=owns_store)
+            self._wakes["jobs"] = self.orchestrator.wake
+        self._sweeper = Loop("housekeeping", self._sweep, settings.series.sweep_interval_s)
+        if "receiver" in self.roles:
+            self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
+            policy = CompletionPolicy(
+                quiet_seconds=settings.series.quiet_seconds,
+                complete_on_release=settings.series.complete_on_release,
+                use_expected_count=settings.series.use_expected_count,
+            )
+            self.router = (self.orchestrator.router if self.orchestrator is not None
+                           else Router(settings, self.store, clock))
+            self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
+            self._handlers = StorageHandlers(
+                settings,
+                self.spool,
+                self.store.record_instance,
+                self.assembler.instance_recorded,
+                lambda assoc_id, released: self.assembler.association_ended(
+                    assoc_id, released=released
+                ),
+                clock,
+            )
+            self._wakes["series"] = self._sweeper.wake
+
+    def _wake_sender(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake.set()
 
     def _series_complete(self, key: SeriesKey, reason: CompletionReason) -> None:
-        """Completion is durable already; routing happens on the sweeper thread (never inside
-        a C-STORE handler), from the job store, so a failure there is retried."""
+        """Completion is durable already; routing happens on the housekeeping thread (never
+        inside a C-STORE handler), from the job store, so a failure there is retried."""
         self._sweeper.wake.set()
 
     def _sweep(self) -> bool:
-        """Complete quiet series, route every complete unrouted one, and keep the worker and
-        delivery threads alive."""
-        self.assembler.sweep()
-        routed = self.orchestrator.route_pending()
-        self.orchestrator.ensure_running()
-        self.delivery.ensure_running()
+        """Complete quiet series and route every complete unrouted one (receiver), and keep
+        this process's other loops alive."""
+        routed = 0
+        if self.router is not None:
+            self.assembler.sweep()
+            routed = self.router.route_pending()
+        if self.orchestrator is not None:
+            self.orchestrator.ensure_running()
+        if self.delivery is not None:
+            self.delivery.ensure_running()
         return routed > 0
 
     def start(self) -> None:
-        report = recover(self.spool, self.store, self._clock())
-        log.info(
-            "recovery: %d re-indexed, %d temporaries removed",
-            report.reindexed,
-            report.temporaries_removed,
-        )
-        ae, handlers = build_storage_ae(self.settings, self._handlers)
-        node = self.settings.node
-        self._server = ae.start_server(
-            (node.bind, node.dicom_port), block=False, evt_handlers=handlers
-        )
-        self.orchestrator.start()
-        self.delivery.start()
+        if "receiver" in self.roles and self._recovery_settle_s is not None:
+            recover(self.spool, self.store, self._clock(), self._recovery_settle_s)
+        if "receiver" in self.roles:
+            ae, handlers = build_storage_ae(self.settings, self._handlers)
+            node = self.settings.node
+            self._server = start_storage_server(
+                ae, (node.bind, node.dicom_port), handlers,
+                share_port=node.receiver_processes > 1)
+            log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind,
+                     node.dicom_port)
+        if self.orchestrator is not None:
+            self.orchestrator.start()
+        if self.delivery is not None:
+            self.delivery.start()
+        if self._wakes:
+            self.store.database.watch(self._wakes)
         self._sweeper.start()  # last: it supervises the other loops
-        log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind, node.dicom_port)
 
     def stop(self) -> None:
         """No new associations; those in progress may finish (``node.shutdown_grace_s``, then
@@ -117,13 +165,15 @@ class Node:
                             self.settings.node.shutdown_grace_s)
                 association.abort()
         self._sweeper.stop(timeout_s=5)
-        self.orchestrator.stop()
-        self.delivery.stop()
+        if self.orchestrator is not None:
+            self.orchestrator.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
         self.store.close()
 
     def wait(self) -> None:
         """Block until :meth:`request_stop` is called (e.g. from a signal handler), keeping
-        the sweeper (which watches the other threads) alive meanwhile."""
+        the housekeeping loop (which watches the other threads) alive meanwhile."""
         while not self._stopping.wait(1.0):
             self._sweeper.ensure_running()
 

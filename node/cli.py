@@ -21,13 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node import __version__, logs
-from node.app import DB_FILE, Node, open_store
+from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, Node, open_store
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
 from node.segments import missing_codes
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
+from node.store.database import SchemaTooNew, StoreUnavailable
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
@@ -74,26 +75,63 @@ def version() -> None:
 def serve(
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    role: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this role here (receiver, worker, sender; repeatable), for"
+                     " nodes spread over several machines on one PostgreSQL store."),
+    ] = None,
+    supervised: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
-    """Run the node: DICOM Storage SCP, spool, series assembly."""
+    """Run the node: every role (receivers, worker, sender) in its own supervised process."""
     settings = _settings(config)
-    logs.configure(log_level)
     _require_codes(settings, str(config or DEFAULT_CONFIG))
-    node = Node(settings)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("signal %d: stopping", signum)
-        node.request_stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if not role:
+        _supervise(settings, config, log_level)
+        return
+    unknown = sorted(set(role) - set(ROLES))
+    if unknown:
+        errors.print(f"[red]unknown role {', '.join(unknown)}: use {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
+    logs.configure(log_level, "+".join(r for r in ROLES if r in role))
+    everything = set(role) == set(ROLES)
+    settle = None if supervised else (0.0 if everything else SHARED_SPOOL_SETTLE_S)
+    try:
+        node = Node(settings, roles=role, recovery_settle_s=settle)
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        errors.print(f"[red]cannot start: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    _on_stop_signals(node.request_stop)
     try:
         node.start()
     except OSError as exc:
         errors.print(f"[red]cannot start: {exc}[/red]")
+        node.stop()
         raise typer.Exit(1) from exc
     node.wait()
     node.stop()
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+
+def _supervise(settings: Settings, config: Path | None, log_level: str) -> None:
+    from node.supervise import Supervisor
+
+    logs.configure(log_level, "supervisor")
+    supervisor = Supervisor(settings, config, log_level)
+    try:
+        supervisor.prepare()
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        errors.print(f"[red]cannot start: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    _on_stop_signals(supervisor.request_stop)
+    raise typer.Exit(supervisor.run())
 
 
 @app.command("echo")
@@ -282,10 +320,14 @@ def status(
 
 
 def _open_existing_store(settings: Settings) -> JobStore:
-    if not (settings.node.data_dir / DB_FILE).exists():
+    if settings.store.url is None and not (settings.node.data_dir / DB_FILE).exists():
         errors.print(f"no job store under {settings.node.data_dir}: has the node run yet?")
         raise typer.Exit(1)
-    return open_store(settings.node.data_dir)
+    try:
+        return open_store(settings)
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        errors.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
 
 
 def _requeue(

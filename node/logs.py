@@ -32,11 +32,13 @@ class RedactQuotedValues(logging.Filter):
         return True
 
 
-def configure(level: str = "info") -> None:
-    """Log to stderr at ``level``; capture warnings; redact other libraries' quoted values."""
+def configure(level: str = "info", role: str | None = None) -> None:
+    """Log to stderr at ``level`` (each line naming the process's ``role``, when it runs one);
+    capture warnings; redact other libraries' quoted values."""
+    where = f"[{role}] " if role else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.captureWarnings(True)

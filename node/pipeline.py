@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from node.loops import Loop
 from node.route import route
 from node.settings import Settings
 from node.store import outbox
+from node.store.database import Connection
 from node.store.jobs import JobStore
 from node.store.queue import JobQueue, LeaseLost
 from node.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
@@ -34,45 +34,24 @@ log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 5
 
 
-class Orchestrator:
-    """Routes completed series and runs jobs on a backend, on ``workers`` threads."""
+class Router:
+    """Turns complete series into jobs: one per matching pipeline (idempotent, so several
+    receivers may route the same series), or the series recorded as skipped."""
 
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
-        backend: Backend | None = None,
         clock: Callable[[], float] = time.time,
-        on_outbox: Callable[[], None] | None = None,
-        executor_factory: Callable[[int], Executor] | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
-        """Jobs run on one executor per worker from ``executor_factory`` (e.g. a worker
-        process each), or else in this process on ``backend``, shared by the worker threads."""
         self._settings = settings
         self._store = store
         self._queue = JobQueue(store)
-        self._on_outbox = on_outbox
-        if executor_factory is not None:
-            self._executors: list[Executor] = [
-                executor_factory(index) for index in range(settings.inference.workers)]
-        elif backend is not None:
-            self._executors = [InProcessExecutor(settings, backend)] * settings.inference.workers
-        else:
-            raise ValueError("an orchestrator needs a backend or an executor factory")
         self._clock = clock
-        self._wake = threading.Event()
-        self._held: dict[int, Job] = {}
-        self._held_lock = threading.Lock()
+        self._on_queued = on_queued
         self._route_failures: dict[SeriesKey, tuple[int, float]] = {}
-        lease_s = settings.inference.lease_s
-        self._loops = [
-            Loop(f"worker-{index}", functools.partial(self.run_next, index), 1.0,
-                 prepare=functools.partial(self._warm_up, index), wake=self._wake)
-            for index in range(settings.inference.workers)
-        ]
-        self._heartbeat = Loop("job-heartbeat", self._renew_leases, lease_s / 3)
 
-    # -- routing ---------------------------------------------------------------------------
     def series_complete(self, key: SeriesKey) -> int:
         """Queue a job per matching pipeline (or record the series as skipped)."""
         attributes = self._store.series_attributes(key)
@@ -98,7 +77,8 @@ class Orchestrator:
             key.revision,
             ", ".join(p.name for p in matched),
         )
-        self._wake.set()
+        if queued and self._on_queued is not None:
+            self._on_queued()
         return queued
 
     def route_pending(self) -> int:
@@ -130,6 +110,62 @@ class Orchestrator:
             self._route_failures.pop(key, None)
             routed += 1
         return routed
+
+
+class Orchestrator:
+    """Routes completed series and runs jobs on a backend, on ``workers`` threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        backend: Backend | None = None,
+        clock: Callable[[], float] = time.time,
+        on_outbox: Callable[[], None] | None = None,
+        executor_factory: Callable[[int], Executor] | None = None,
+        *,
+        owns_store: bool = True,
+    ) -> None:
+        """Jobs run on one executor per worker from ``executor_factory`` (e.g. a worker
+        process each), or else in this process on ``backend``, shared by the worker threads.
+        ``owns_store``: no other worker process uses the store, so jobs found running at start
+        were this node's (with several, a lease that runs out hands a job on instead)."""
+        self._settings = settings
+        self._store = store
+        self._queue = JobQueue(store)
+        self._on_outbox = on_outbox
+        if executor_factory is not None:
+            self._executors: list[Executor] = [
+                executor_factory(index) for index in range(settings.inference.workers)]
+        elif backend is not None:
+            self._executors = [InProcessExecutor(settings, backend)] * settings.inference.workers
+        else:
+            raise ValueError("an orchestrator needs a backend or an executor factory")
+        self._clock = clock
+        self._wake = threading.Event()
+        self._held: dict[int, Job] = {}
+        self._held_lock = threading.Lock()
+        self.router = Router(settings, store, clock, on_queued=self._wake.set)
+        self._owns_store = owns_store
+        lease_s = settings.inference.lease_s
+        self._loops = [
+            Loop(f"worker-{index}", functools.partial(self.run_next, index), 1.0,
+                 prepare=functools.partial(self._warm_up, index), wake=self._wake)
+            for index in range(settings.inference.workers)
+        ]
+        self._heartbeat = Loop("job-heartbeat", self._renew_leases, lease_s / 3)
+
+    @property
+    def wake(self) -> threading.Event:
+        """Set when jobs may be ready (the workers look at once)."""
+        return self._wake
+
+    # -- routing (kept here for callers that drive one orchestrator) ------------------------
+    def series_complete(self, key: SeriesKey) -> int:
+        return self.router.series_complete(key)
+
+    def route_pending(self) -> int:
+        return self.router.route_pending()
 
     # -- jobs ------------------------------------------------------------------------------
     def run_next(self, worker: int = 0) -> Job | None:
@@ -166,9 +202,11 @@ class Orchestrator:
         else:
             now = self._clock()
 
-            def queue_deliveries(db: sqlite3.Connection) -> None:
+            def queue_deliveries(db: Connection) -> None:
                 for item in result.deliveries:
                     outbox.put(db, job.id, item, now)
+                if result.deliveries:
+                    self._store.notify(db, "outbox")
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
@@ -220,7 +258,7 @@ class Orchestrator:
     def start(self) -> None:
         """Jobs left running by a previous process are queued again (one node per job store),
         leftover series routed, and the workers started (they check the models once warm)."""
-        reset = self._queue.reset_running(self._clock())
+        reset = self._queue.reset_running(self._clock()) if self._owns_store else 0
         if reset:
             log.warning("%d job(s) were running when the node stopped: queued again", reset)
         self.route_pending()

@@ -70,8 +70,27 @@ class NodeSection(_Strict):
     event_driven_reactor: bool = Field(
         True, description="wake pynetdicom's reactors on events instead of 1 ms polling"
     )
+    receiver_processes: int = Field(
+        1, ge=1, le=64,
+        description="receiver processes sharing the DICOM port (SO_REUSEPORT) under ainode serve",
+    )
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class StoreSection(_Strict):
+    """Where the job store lives: SQLite under ``node.data_dir`` (default, one machine) or a
+    PostgreSQL database that several nodes share (``postgresql://user:pass@host:port/db``;
+    better given as ``AINODE__STORE__URL`` than written in the file)."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ValueError("must start with postgresql:// or sqlite:///")
+        return url
 
 
 class Peer(_Strict):
@@ -293,6 +312,7 @@ class Settings(_Strict):
     pipelines: list[Pipeline] = []
     series: SeriesSection = SeriesSection()
     egress: EgressSection = EgressSection()
+    store: StoreSection = StoreSection()
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:

@@ -400,3 +400,37 @@ def ct_body_node_sections(pacs_port: int) -> dict[str, Any]:
         "egress": {"retry_s": 0.5, "max_retry_s": 1, "interval_s": 0.3},
         "pipelines": [ct_body_pipeline()],
     }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (see tests/postgres.py)."""
+    from tests.postgres import throwaway_cluster
+
+    with throwaway_cluster(free_port()) as cluster:
+        yield cluster
+
+
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Opens fresh, empty job stores on each backend (every store test runs on both)."""
+    from node.store.database import PostgresDatabase
+    from node.store.jobs import JobStore
+
+    opened: list[JobStore] = []
+    cluster = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+
+    def make() -> JobStore:
+        if cluster is None:
+            store = JobStore(tmp_path / f"jobs{len(opened)}.sqlite3")
+        else:
+            store = JobStore(PostgresDatabase(cluster.new_database()))
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

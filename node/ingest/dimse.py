@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node.dicomfile import (
     VERIFICATION,
@@ -251,3 +253,27 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
         (evt.EVT_ABORTED, handlers.on_aborted),
     ]
     return ae, event_handlers
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded acceptor, bound with ``SO_REUSEPORT``: several receiver
+    processes listen on one port and the kernel spreads new associations among them."""
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_storage_server(
+    ae: AE, address: tuple[str, int], evt_handlers: list[Any], *, share_port: bool
+) -> ThreadedAssociationServer:
+    """Listen in the background (as ``AE.start_server(block=False)``), sharing the port with
+    other receiver processes when ``share_port``."""
+    if not share_port:
+        return cast(ThreadedAssociationServer,
+                    ae.start_server(address, block=False, evt_handlers=evt_handlers))
+    server = ae.make_server(address, evt_handlers=evt_handlers, server_class=_SharedPortServer)
+    thread = threading.Thread(target=server.serve_forever, name="storage-acceptor", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so AE.shutdown() stops it too
+    return server

@@ -1,4 +1,8 @@
-"""The job store: SQLite (WAL) index of received instances, series revisions and their state.
+"""The job store: the index of received instances, series revisions, jobs and results.
+
+On SQLite (WAL, the embedded default) or PostgreSQL (several nodes on one store); see
+:mod:`node.store.database`. Decisions that several receivers could race on (a series' next
+revision, its completion) are taken in the database under a per-series lock.
 
 The spool files are the durable truth (fsynced before any acknowledgement); this index is
 committed before the acknowledgement too, and :func:`reconcile` re-indexes any spool file the
@@ -7,11 +11,10 @@ index lacks, so even a power loss that rolls back the last transactions loses no
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import cast
 
 from node.domain import (
     CompletionReason,
@@ -22,145 +25,42 @@ from node.domain import (
     SeriesSummary,
     StoreOutcome,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    study_uid TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    called_ae TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    body_part TEXT NOT NULL,
-    series_description TEXT NOT NULL,
-    image_type TEXT NOT NULL,
-    slice_thickness REAL,
-    state TEXT NOT NULL,
-    instance_count INTEGER NOT NULL DEFAULT 0,
-    duplicate_count INTEGER NOT NULL DEFAULT 0,
-    expected_count INTEGER,
-    first_at REAL NOT NULL,
-    last_at REAL NOT NULL,
-    completed_at REAL,
-    completion_reason TEXT,
-    route_state TEXT,
-    route_detail TEXT,
-    PRIMARY KEY (series_uid, revision)
-);
-CREATE INDEX IF NOT EXISTS series_state ON series (state, last_at);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    study_uid TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, revision);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    series_uid TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    pipeline TEXT NOT NULL,
-    model TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL,
-    lease_until REAL,
-    error TEXT,
-    result TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (series_uid, revision, pipeline)
-);
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, priority, not_before);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER,
-    destination TEXT NOT NULL,
-    path TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL,
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (destination, sop_instance_uid)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-"""
-
-# Columns added after the first release: (table, column, declaration). Applied at open.
-_ADDED_COLUMNS = (
-    ("jobs", "owner", "TEXT"),  # the claim token of the worker holding the lease
-    ("jobs", "transient", "INTEGER NOT NULL DEFAULT 0"),  # attempts not counted: outages, stops
-    ("jobs", "first_failed_at", "REAL"),  # start of the transient-failure window
-    ("jobs", "superseded_by", "INTEGER"),  # the revision that replaced this job's series
-    ("outbox", "first_failed_at", "REAL"),  # start of the delivery retry window
-)
+from node.store.database import Connection, Database, SQLiteDatabase
+from node.store.schema import migrate
 
 
 class JobStore:
-    """Thread-safe access to the node's SQLite database (one connection, one lock)."""
+    """The node's job store on SQLite or PostgreSQL (:mod:`node.store.database`)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives any process crash; the spool + reconcile cover power loss.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self.add_columns(_ADDED_COLUMNS)
+    def __init__(self, database: Database | Path, now: float | None = None) -> None:
+        """Open (and migrate) the store: a :class:`Database`, or the path of a SQLite file."""
+        self.database = (
+            database if isinstance(database, Database) else SQLiteDatabase(database)
+        )
+        try:
+            migrate(self.database, time.time() if now is None else now)
+        except BaseException:
+            self.database.close()
+            raise
 
-    def add_columns(self, columns: tuple[tuple[str, str, str], ...]) -> None:
-        """Add each ``(table, column, declaration)`` a database from an older release lacks."""
-        with self.transaction() as db:
-            for table, column, declaration in columns:
-                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in present:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
-    @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for reads, under the store's lock."""
-        with self._lock:
-            yield self._db
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A connection, for reads."""
+        return cast(AbstractContextManager[Connection], self.database.reading())
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                # also when COMMIT itself fails (disk full, I/O error): SQLite then keeps the
-                # transaction open, and every later BEGIN on this connection would fail
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction, committed at exit, rolled back on error."""
+        return cast(AbstractContextManager[Connection], self.database.transaction())
+
+    def notify(self, db: Connection, channel: str) -> None:
+        """Wake other processes waiting for ``channel`` work when ``db`` commits."""
+        self.database.notify(db, channel)
 
     def audit(self, actor: str, action: str, detail: str, now: float) -> None:
         """One line of the audit trail (who did what), e.g. an operator's requeue."""
@@ -179,6 +79,7 @@ class JobStore:
     def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
         """Index a spooled instance into the open revision of its series (opening one if needed)."""
         with self.transaction() as db:
+            self.database.lock(db, ref.series_instance_uid)
             row = db.execute(
                 "SELECT revision, state FROM series WHERE series_uid=? "
                 "ORDER BY revision DESC LIMIT 1",
@@ -263,12 +164,17 @@ class JobStore:
             expected_count=expected,
         )
 
-    def complete_series(self, key: SeriesKey, reason: CompletionReason, now: float) -> bool:
-        """Mark a receiving revision complete; ``False`` when it already was (idempotent)."""
+    def complete_series(
+        self, key: SeriesKey, reason: CompletionReason, now: float,
+        received_before: float | None = None,
+    ) -> bool:
+        """Mark a receiving revision complete; ``False`` when it already was (idempotent), or,
+        with ``received_before``, when an instance arrived since (it is not quiet any more)."""
         with self.transaction() as db:
+            self.database.lock(db, key.series_instance_uid)
             cursor = db.execute(
                 "UPDATE series SET state=?, completed_at=?, completion_reason=?"
-                " WHERE series_uid=? AND revision=? AND state=?",
+                " WHERE series_uid=? AND revision=? AND state=? AND last_at<?",
                 (
                     SeriesState.COMPLETE,
                     now,
@@ -276,20 +182,60 @@ class JobStore:
                     key.series_instance_uid,
                     key.revision,
                     SeriesState.RECEIVING,
+                    float("inf") if received_before is None else received_before,
                 ),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            db.execute("DELETE FROM series_senders WHERE series_uid=? AND revision=?",
+                       (key.series_instance_uid, key.revision))
+            self.notify(db, "series")
+            return True
+
+    def sender_joined(self, key: SeriesKey, association: str) -> None:
+        """``association`` (unique across receivers) sent instances of ``key``."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO series_senders (series_uid, revision, association) VALUES (?,?,?)"
+                " ON CONFLICT DO NOTHING",
+                (key.series_instance_uid, key.revision, association),
+            )
+
+    def sender_left(self, key: SeriesKey, association: str) -> None:
+        """``association`` was aborted: it no longer holds the revision open."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM series_senders WHERE series_uid=? AND revision=? AND association=?",
+                (key.series_instance_uid, key.revision, association),
+            )
+
+    def sender_released(self, key: SeriesKey, association: str, now: float) -> bool:
+        """``association`` ended normally: the revision is complete (``True``) when no other
+        association, on this receiver or another, is still sending it."""
+        with self.transaction() as db:
+            self.database.lock(db, key.series_instance_uid)
+            db.execute(
+                "DELETE FROM series_senders WHERE series_uid=? AND revision=? AND association=?",
+                (key.series_instance_uid, key.revision, association),
+            )
+            others = db.execute(
+                "SELECT COUNT(*) FROM series_senders WHERE series_uid=? AND revision=?",
+                (key.series_instance_uid, key.revision),
+            ).fetchone()[0]
+        if others:
+            return False
+        return self.complete_series(key, CompletionReason.RELEASE, now)
 
     def series_attributes(self, key: SeriesKey) -> SeriesAttributes | None:
         """What routing rules see of a revision (counting its earlier revisions' instances)."""
-        with self._lock:
-            row = self._db.execute(
+        with self.reading() as db:
+            row = db.execute(
                 "SELECT called_ae, calling_ae, modality, body_part, sop_class_uid,"
                 " series_description, image_type, slice_thickness FROM series"
                 " WHERE series_uid=? AND revision=?",
                 (key.series_instance_uid, key.revision),
             ).fetchone()
-            count = self._db.execute(
+            count = db.execute(
                 "SELECT COUNT(*) FROM instances WHERE series_uid=? AND revision<=?",
                 (key.series_instance_uid, key.revision),
             ).fetchone()[0]
@@ -319,8 +265,8 @@ class JobStore:
 
     def unrouted_complete_series(self) -> list[SeriesKey]:
         """Complete revisions that routing has not decided on (e.g. after a crash)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT series_uid, revision FROM series WHERE state=? AND route_state IS NULL"
                 " ORDER BY completed_at",
                 (SeriesState.COMPLETE,),
@@ -329,8 +275,8 @@ class JobStore:
 
     def quiet_series(self, received_before: float) -> list[SeriesKey]:
         """Receiving revisions whose last instance arrived before ``received_before``."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT series_uid, revision FROM series WHERE state=? AND last_at<?",
                 (SeriesState.RECEIVING, received_before),
             ).fetchall()
@@ -338,8 +284,8 @@ class JobStore:
 
     def list_series(self, limit: int = 100) -> list[SeriesSummary]:
         """Most recently active revisions first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT series_uid, revision, study_uid, modality, calling_ae, state,"
                 " instance_count, duplicate_count, expected_count, first_at, last_at,"
                 " completed_at, completion_reason, route_state, route_detail FROM series"
@@ -369,11 +315,11 @@ class JobStore:
 
     def instance_paths(self, key: SeriesKey | None = None) -> list[str]:
         """Spool paths of one series (all its revisions up to ``key``), or of every instance."""
-        with self._lock:
+        with self.reading() as db:
             if key is None:
-                rows = self._db.execute("SELECT path FROM instances").fetchall()
+                rows = db.execute("SELECT path FROM instances").fetchall()
             else:
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT path FROM instances WHERE series_uid=? AND revision<=? ORDER BY path",
                     (key.series_instance_uid, key.revision),
                 ).fetchall()
@@ -381,12 +327,12 @@ class JobStore:
 
     def totals(self) -> dict[str, int]:
         """Counts for ``ainode status``: instances, series by state, duplicates."""
-        with self._lock:
-            instances = self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        with self.reading() as db:
+            instances = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
             by_state = dict(
-                self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall()
+                db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall()
             )
-            duplicates = self._db.execute(
+            duplicates = db.execute(
                 "SELECT COALESCE(SUM(duplicate_count), 0) FROM series"
             ).fetchone()[0]
         return {
@@ -397,7 +343,7 @@ class JobStore:
         }
 
 
-def _supersede_older_revisions(db: sqlite3.Connection, series_uid: str, revision: int) -> None:
+def _supersede_older_revisions(db: Connection, series_uid: str, revision: int) -> None:
     """A new revision opens: instances may move to it, so jobs of older revisions that have
     not finished would see a truncated series. Those stop (``superseded``), their undelivered
     results are withdrawn, and finished ones are marked as superseded; the new revision is
@@ -422,7 +368,7 @@ def _supersede_older_revisions(db: sqlite3.Connection, series_uid: str, revision
 
 
 def requeue_rows(
-    db: sqlite3.Connection, table: str, from_state: str, ids: list[int] | None, reset: str,
+    db: Connection, table: str, from_state: str, ids: list[int] | None, reset: str,
     now: float,
 ) -> list[int]:
     """Rows of ``table`` in ``from_state`` (those named, or all with ``None``) set back to

@@ -9,9 +9,9 @@ Dead letters can be requeued by an operator (``ainode requeue results``).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
+from node.store.database import Connection
 from node.store.jobs import JobStore, requeue_rows
 
 QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
@@ -40,7 +40,7 @@ class ResultToSend:
     priority: int
 
 
-def put(db: sqlite3.Connection, job_id: int, item: ResultToSend, now: float) -> None:
+def put(db: Connection, job_id: int, item: ResultToSend, now: float) -> None:
     """Queue ``item`` inside the caller's transaction (the job's completion)."""
     db.execute(
         "INSERT INTO outbox (job_id, destination, path, sop_instance_uid, kind, priority,"
@@ -48,7 +48,7 @@ def put(db: sqlite3.Connection, job_id: int, item: ResultToSend, now: float) -> 
         " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET"
         " job_id=excluded.job_id, path=excluded.path, priority=excluded.priority,"
         " state=excluded.state, attempts=0, not_before=excluded.not_before, error=NULL,"
-        " first_failed_at=NULL, updated_at=excluded.updated_at",
+        " first_failed_at=NULL, lease_until=NULL, updated_at=excluded.updated_at",
         (
             job_id,
             item.destination,
@@ -71,16 +71,24 @@ class Outbox:
     def put(self, job_id: int, item: ResultToSend, now: float) -> None:
         with self._store.transaction() as db:
             put(db, job_id, item, now)
+            self._store.notify(db, "outbox")
 
-    def ready(self, now: float, limit: int = 200) -> dict[str, list[OutboxItem]]:
-        """Ready items grouped by destination, urgent first, then oldest."""
-        with self._store.reading() as db:
+    def ready(
+        self, now: float, limit: int = 200, lease_s: float = 600.0
+    ) -> dict[str, list[OutboxItem]]:
+        """Ready items grouped by destination, urgent first, then oldest, each leased to this
+        sender for ``lease_s`` (another sender on the store skips them; if this one dies, they
+        are ready again when the lease runs out)."""
+        with self._store.transaction() as db:
             rows = db.execute(
                 "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
                 " first_failed_at FROM outbox WHERE state=? AND not_before<=?"
-                " ORDER BY priority DESC, id LIMIT ?",
-                (QUEUED, now, limit),
+                " AND (lease_until IS NULL OR lease_until<?)"
+                " ORDER BY priority DESC, id LIMIT ?" + self._store.database.skip_locked,
+                (QUEUED, now, now, limit),
             ).fetchall()
+            db.executemany("UPDATE outbox SET lease_until=? WHERE id=?",
+                           [(now + lease_s, row[0]) for row in rows])
         grouped: dict[str, list[OutboxItem]] = {}
         for row in rows:
             grouped.setdefault(row[1], []).append(OutboxItem(*row))
@@ -97,7 +105,7 @@ class Outbox:
         failed_since = None if state == SENT else now
         with self._store.transaction() as db:
             db.execute(
-                "UPDATE outbox SET state=?, error=?, attempts=attempts+1,"
+                "UPDATE outbox SET state=?, error=?, attempts=attempts+1, lease_until=NULL,"
                 " not_before=COALESCE(?, not_before), first_failed_at=COALESCE(first_failed_at, ?),"
                 " updated_at=? WHERE id=? AND state=?",
                 (state, error, not_before, failed_since, now, item_id, QUEUED),
@@ -115,8 +123,10 @@ class Outbox:
     def requeue(self, item_ids: list[int] | None, now: float) -> list[int]:
         """Dead letters (those named, or all with ``None``) queued again, with a new window."""
         with self._store.transaction() as db:
+            self._store.notify(db, "outbox")
             return requeue_rows(
-                db, "outbox", DEAD, item_ids, "attempts=0, first_failed_at=NULL", now
+                db, "outbox", DEAD, item_ids, "attempts=0, first_failed_at=NULL, lease_until=NULL",
+                now,
             )
 
     def by_destination(self) -> dict[str, dict[str, int]]:

@@ -14,13 +14,13 @@ ends ``failed`` instead of looping; transient failures (backend down) and stops 
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from node.domain import Job, JobState, SeriesKey
+from node.store.database import Connection
 from node.store.jobs import JobStore, requeue_rows
 
 RUNNING, QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
@@ -54,26 +54,19 @@ class JobQueue:
     ) -> int:
         """Queue one job per ``(pipeline, model)``; re-queuing the same revision is a no-op."""
         with self._store.transaction() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO jobs (series_uid, revision, pipeline, model, priority,"
-                " state, not_before, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        key.series_instance_uid,
-                        key.revision,
-                        name,
-                        model,
-                        priority,
-                        QUEUED,
-                        now,
-                        now,
-                        now,
-                    )
-                    for name, model in pipelines
-                ],
+            added = sum(
+                db.execute(
+                    "INSERT INTO jobs (series_uid, revision, pipeline, model, priority, state,"
+                    " not_before, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT DO NOTHING",
+                    (key.series_instance_uid, key.revision, name, model, priority, QUEUED,
+                     now, now, now),
+                ).rowcount
+                for name, model in pipelines
             )
-            return db.total_changes - before
+            if added:
+                self._store.notify(db, "jobs")
+            return added
 
     def claim(self, now: float, lease_s: float, max_attempts: int = 1_000_000) -> Job | None:
         """The next ready job (urgent first, then oldest), leased for ``lease_s`` seconds.
@@ -93,7 +86,7 @@ class JobQueue:
                 "SELECT id, series_uid, revision, pipeline, model, attempts - transient, state,"
                 " first_failed_at, transient FROM jobs"
                 " WHERE (state=? AND not_before<=?) OR (state=? AND lease_until<?)"
-                " ORDER BY priority DESC, id LIMIT 1",
+                " ORDER BY priority DESC, id LIMIT 1" + self._store.database.skip_locked,
                 (QUEUED, now, RUNNING, now),
             ).fetchone()
             if row is None:
@@ -131,7 +124,7 @@ class JobQueue:
         job: Job,
         now: float,
         columns: dict[str, Any],
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        also: Callable[[Connection], None] | None = None,
         *,
         transient: bool = False,
     ) -> None:
@@ -149,6 +142,8 @@ class JobQueue:
             )
             if cursor.rowcount != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by this worker")
+            if columns.get("state") == QUEUED:
+                self._store.notify(db, "jobs")
             if also is not None:
                 also(db)
 
@@ -157,7 +152,7 @@ class JobQueue:
         job: Job,
         result: dict[str, Any],
         now: float,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> None:
         self.finish(
             job,
@@ -190,6 +185,8 @@ class JobQueue:
                     " updated_at=? WHERE id=? AND owner=? AND state=?",
                     (QUEUED, now, now, job.id, job.owner, RUNNING),
                 ).rowcount
+            if released:
+                self._store.notify(db, "jobs")
         return released
 
     def reset_running(self, now: float) -> int:
@@ -207,6 +204,7 @@ class JobQueue:
     def requeue(self, job_ids: list[int] | None, now: float) -> list[int]:
         """Failed jobs (those named, or all with ``None``) queued again with fresh attempts."""
         with self._store.transaction() as db:
+            self._store.notify(db, "jobs")
             return requeue_rows(
                 db, "jobs", JobState.FAILED, job_ids,
                 "attempts=0, transient=0, first_failed_at=NULL, error=NULL", now,

@@ -26,12 +26,20 @@ class RecoveryReport:
     unreadable: int
 
 
-def recover(spool: Spool, store: JobStore, now: float) -> RecoveryReport:
-    removed = spool.remove_temporaries()
+def recover(spool: Spool, store: JobStore, now: float, settle_s: float = 0.0) -> RecoveryReport:
+    """``settle_s`` > 0 when other receivers may be writing to the same spool (a receiver
+    role started alone): only files untouched for that long are removed or re-indexed."""
+    cutoff = now - settle_s if settle_s else None
+    removed = spool.remove_temporaries(cutoff)
     indexed = set(store.instance_paths())
     reindexed = unreadable = 0
     for path in spool.iter_files():
         if str(path) in indexed:
+            continue
+        try:
+            if cutoff is not None and path.stat().st_mtime >= cutoff:
+                continue
+        except FileNotFoundError:
             continue
         try:
             with open(path, "rb") as handle:

@@ -1,13 +1,18 @@
 """Series completeness: quiet period, expected instance count, association release.
 
 A series revision is complete at the first of: ``quiet_seconds`` without a new instance; its
-expected count (0020,1209) reached; the sending association released (when enabled). The clock
-is injected so tests control time.
+expected count (0020,1209) reached; the sending association released (when enabled). Each is
+decided in the job store, so instances of one series that reach different receivers (several
+processes or nodes on one store) still form one series: a quiet revision is completed only if
+no instance arrived meanwhile, and a release completes it only when no association on any
+receiver is still sending it. The clock is injected so tests control time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +49,17 @@ class SeriesAssembler:
         self._by_association: dict[int, set[SeriesKey]] = {}
         self._lock = threading.Lock()
 
+    def _association(self, association_id: int) -> str:
+        """An association's name, unique among every receiver on the store."""
+        return f"{socket.gethostname()}:{os.getpid()}:{association_id}"
+
     def instance_recorded(self, outcome: StoreOutcome, association_id: int) -> None:
         with self._lock:
-            self._by_association.setdefault(association_id, set()).add(outcome.series)
+            keys = self._by_association.setdefault(association_id, set())
+            joined = outcome.series not in keys
+            keys.add(outcome.series)
+        if joined and self._policy.complete_on_release:
+            self._store.sender_joined(outcome.series, self._association(association_id))
         expected = outcome.expected_count
         if self._policy.use_expected_count and expected and outcome.instance_count >= expected:
             self._complete(outcome.series, CompletionReason.EXPECTED_COUNT)
@@ -55,9 +68,15 @@ class SeriesAssembler:
         """An association closed; on a normal release its series may be complete."""
         with self._lock:
             keys = self._by_association.pop(association_id, set())
-        if released and self._policy.complete_on_release:
-            for key in sorted(keys, key=lambda k: (k.series_instance_uid, k.revision)):
-                self._complete(key, CompletionReason.RELEASE)
+        if not self._policy.complete_on_release:
+            return
+        name = self._association(association_id)
+        for key in sorted(keys, key=lambda k: (k.series_instance_uid, k.revision)):
+            if released:
+                if self._store.sender_released(key, name, self._clock()):
+                    self._completed(key, CompletionReason.RELEASE)
+            else:  # aborted: this sender is gone; quiet (or another release) completes it
+                self._store.sender_left(key, name)
 
     def sweep(self) -> list[SeriesKey]:
         """Complete every revision quiet for ``quiet_seconds``; returns those completed now."""
@@ -65,13 +84,18 @@ class SeriesAssembler:
         return [
             key
             for key in self._store.quiet_series(cutoff)
-            if self._complete(key, CompletionReason.QUIET)
+            if self._complete(key, CompletionReason.QUIET, received_before=cutoff)
         ]
 
-    def _complete(self, key: SeriesKey, reason: CompletionReason) -> bool:
-        if not self._store.complete_series(key, reason, self._clock()):
+    def _complete(
+        self, key: SeriesKey, reason: CompletionReason, received_before: float | None = None
+    ) -> bool:
+        if not self._store.complete_series(key, reason, self._clock(), received_before):
             return False
+        self._completed(key, reason)
+        return True
+
+    def _completed(self, key: SeriesKey, reason: CompletionReason) -> None:
         log.info("series complete (%s): %s rev %d", reason, key.series_instance_uid, key.revision)
         if self._on_complete is not None:
             self._on_complete(key, reason)
-        return True

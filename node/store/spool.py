@@ -105,10 +105,17 @@ class Spool:
                 if series.is_dir():
                     yield from series.glob("*" + SUFFIX)
 
-    def remove_temporaries(self) -> int:
-        """Delete partial files left by a crash mid-write; they were never acknowledged."""
+    def remove_temporaries(self, modified_before: float | None = None) -> int:
+        """Delete partial files left by a crash mid-write; they were never acknowledged.
+        With ``modified_before``, only those untouched since (other receivers sharing the
+        spool may be writing the newer ones)."""
         removed = 0
         for leftover in self.tmp_dir.iterdir():
+            try:
+                if modified_before is not None and leftover.stat().st_mtime >= modified_before:
+                    continue
+            except FileNotFoundError:
+                continue
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed

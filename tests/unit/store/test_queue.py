@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,15 @@ from node.store.outbox import Outbox, ResultToSend
 from node.store.queue import JobQueue, LeaseLost
 
 KEY = SeriesKey("1.2.3", 1)
+NewStore = Callable[[], JobStore]
 
 
-def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(JobStore(tmp_path / "jobs.sqlite3"))
+def queue(new_store: NewStore) -> JobQueue:
+    return JobQueue(new_store())
 
 
-def test_enqueue_is_idempotent_and_claim_leases(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_enqueue_is_idempotent_and_claim_leases(new_store: NewStore) -> None:
+    q = queue(new_store)
     assert q.enqueue(KEY, [("ct-body", "ct_body_seg"), ("other", "m")], now=10) == 2
     assert q.enqueue(KEY, [("ct-body", "ct_body_seg")], now=11) == 0
     first = q.claim(now=12, lease_s=100)
@@ -30,8 +32,8 @@ def test_enqueue_is_idempotent_and_claim_leases(tmp_path: Path) -> None:
     assert again is not None and again.id == first.id and again.attempts == 2
 
 
-def test_retry_waits_then_fail_is_final(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_retry_waits_then_fail_is_final(new_store: NewStore) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("p", "m")], now=0)
     job = q.claim(now=0, lease_s=60)
     assert job is not None
@@ -46,8 +48,8 @@ def test_retry_waits_then_fail_is_final(tmp_path: Path) -> None:
     assert q.counts()["failed"] == 1
 
 
-def test_complete_keeps_the_result_and_priority_orders(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_complete_keeps_the_result_and_priority_orders(new_store: NewStore) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("routine", "m")], now=0)
     q.enqueue(SeriesKey("9.9", 1), [("urgent", "m")], now=1, priority=10)
     job = q.claim(now=2, lease_s=60)
@@ -58,11 +60,11 @@ def test_complete_keeps_the_result_and_priority_orders(tmp_path: Path) -> None:
 
 
 def test_a_job_that_keeps_killing_its_worker_fails_at_claim_instead_of_looping(
-    tmp_path: Path,
+    new_store: NewStore,
 ) -> None:
     """Each claim whose worker died (lease ran out, or the node restarted) counts; at the cap
     the job fails with a reason instead of being run (and crashing the node) again."""
-    q = queue(tmp_path)
+    q = queue(new_store)
     q.enqueue(KEY, [("p", "m")], now=0)
     now = 0.0
     for attempt in (1, 2):
@@ -78,8 +80,8 @@ def test_a_job_that_keeps_killing_its_worker_fails_at_claim_instead_of_looping(
     assert summary.error and summary.error.startswith("gave up after 3 attempts")
 
 
-def test_heartbeat_keeps_a_long_job_and_only_the_owner_finishes(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_heartbeat_keeps_a_long_job_and_only_the_owner_finishes(new_store: NewStore) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("p", "m")], now=0)
     job = q.claim(now=0, lease_s=10)
     assert job is not None
@@ -97,8 +99,10 @@ def test_heartbeat_keeps_a_long_job_and_only_the_owner_finishes(tmp_path: Path) 
     assert summary.state == JobState.DONE and summary.result == {"from": "the owner"}
 
 
-def test_stop_hands_jobs_back_without_counting_and_start_resets_leftovers(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_stop_hands_jobs_back_without_counting_and_start_resets_leftovers(
+    new_store: NewStore,
+) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("a", "m"), ("b", "m")], now=0)
     a, b = q.claim(now=0, lease_s=1800), q.claim(now=0, lease_s=1800)
     assert a and b
@@ -110,8 +114,8 @@ def test_stop_hands_jobs_back_without_counting_and_start_resets_leftovers(tmp_pa
     assert q.claim(now=3, lease_s=1800) is not None
 
 
-def test_transient_retries_do_not_use_up_attempts(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_transient_retries_do_not_use_up_attempts(new_store: NewStore) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("p", "m")], now=0)
     for now in range(0, 100, 10):
         job = q.claim(now=now, lease_s=5, max_attempts=2)
@@ -120,8 +124,8 @@ def test_transient_retries_do_not_use_up_attempts(tmp_path: Path) -> None:
         q.retry(job, "Triton down", delay_s=1, now=now, counted=False)
 
 
-def test_requeue_failed_jobs(tmp_path: Path) -> None:
-    q = queue(tmp_path)
+def test_requeue_failed_jobs(new_store: NewStore) -> None:
+    q = queue(new_store)
     q.enqueue(KEY, [("a", "m"), ("b", "m")], now=0)
     a, b = q.claim(now=0, lease_s=60), q.claim(now=0, lease_s=60)
     assert a and b
@@ -139,11 +143,11 @@ def _ref(sop: str, series: str = "1.2.3") -> InstanceRef:
 
 
 def test_a_new_revision_supersedes_unfinished_jobs_and_withdraws_their_results(
-    tmp_path: Path,
+    new_store: NewStore,
 ) -> None:
     """A re-sent instance moves to revision 2: the revision-1 jobs that would run on (or
     deliver) a truncated series stop; delivered ones are marked superseded."""
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = new_store()
     q, outbox = JobQueue(store), Outbox(store)
     for sop in ("1", "2", "3"):
         store.record_instance(_ref(sop), now=0)

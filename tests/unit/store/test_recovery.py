@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -11,8 +12,10 @@ from node.store.spool import Spool
 CT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ct-abdomen" / "1-001.dcm"
 
 
-def test_unindexed_spool_file_is_reindexed(tmp_path: Path) -> None:
-    spool, store = Spool(tmp_path / "spool"), JobStore(tmp_path / "jobs.sqlite3")
+def test_unindexed_spool_file_is_reindexed(
+    tmp_path: Path, new_store: Callable[[], JobStore]
+) -> None:
+    spool, store = Spool(tmp_path / "spool"), new_store()
     ds = pydicom.dcmread(CT, stop_before_pixels=True)
     target = spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     spool.write(target, [CT.read_bytes()])  # written, then "crashed" before indexing

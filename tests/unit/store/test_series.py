@@ -1,8 +1,9 @@
-"""Series completeness and revisions, on a real SQLite job store with an injected clock."""
+"""Series completeness and revisions, on real job stores (SQLite and PostgreSQL) with an
+injected clock."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -25,8 +26,8 @@ def ref(sop: str, series: str = "1.2.3", expected: int | None = None) -> Instanc
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "jobs.sqlite3")
+def store(new_store: Callable[[], JobStore]) -> JobStore:
+    return new_store()
 
 
 def make(store: JobStore, clock: Clock, **policy: object) -> tuple[SeriesAssembler, list]:  # type: ignore[type-arg]
@@ -94,3 +95,34 @@ def test_late_instance_opens_new_revision_and_duplicates_count(store: JobStore) 
     assert rows == [(1, "complete", 1, 1), (2, "receiving", 2, 1)]
     assert store.totals() == {"instances": 2, "series_receiving": 1, "series_complete": 1,
                               "duplicates": 2}
+
+
+def test_release_waits_for_every_association_sending_the_series(
+    new_store: Callable[[], JobStore],
+) -> None:
+    """One series split between two receivers (two processes on one store): the first
+    association's release does not complete it while the other still sends; the last does."""
+    store_a = new_store()
+    b_store = store_a  # each assembler names its associations; one store holds both
+    clock = Clock()
+    a, completed = make(store_a, clock, complete_on_release=True)
+    b, completed_b = make(b_store, clock, complete_on_release=True)
+    a.instance_recorded(store_a.record_instance(ref("1"), clock.now), association_id=1)
+    b.instance_recorded(b_store.record_instance(ref("2"), clock.now), association_id=2)
+    a.association_ended(1, released=True)
+    assert completed == []
+    b.instance_recorded(b_store.record_instance(ref("3"), clock.now), association_id=2)
+    b.association_ended(2, released=True)
+    assert completed_b == [(SeriesKey("1.2.3", 1), CompletionReason.RELEASE)]
+    assert store_a.totals()["series_complete"] == 1
+    assert store_a.list_series()[0].instance_count == 3
+
+
+def test_a_quiet_series_is_not_completed_if_an_instance_arrived_meanwhile(
+    store: JobStore,
+) -> None:
+    """Another receiver may record an instance between the sweep's query and its update."""
+    key = store.record_instance(ref("1"), now=100).series
+    store.record_instance(ref("2"), now=106)  # after the sweep looked at last_at=100
+    assert not store.complete_series(key, CompletionReason.QUIET, now=106, received_before=105)
+    assert store.complete_series(key, CompletionReason.QUIET, now=112, received_before=111)

@@ -1,0 +1,166 @@
+"""The job store's schema and its migrations, for both engines.
+
+``ainode_schema`` holds the version; :func:`migrate` applies the missing migrations in order,
+in one transaction under a lock (several nodes may start at once), and refuses a store whose
+version is newer than :data:`VERSION`. Version 1 is the first release's schema (a store from
+before versioning has its tables already and gains the columns added since); version 2 adds
+what several receivers and senders on one store need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from node.store.database import Connection, Database, SchemaTooNew
+
+_BASE = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    called_ae TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    series_description TEXT NOT NULL,
+    image_type TEXT NOT NULL,
+    slice_thickness {real},
+    state TEXT NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    duplicate_count INTEGER NOT NULL DEFAULT 0,
+    expected_count INTEGER,
+    first_at {real} NOT NULL,
+    last_at {real} NOT NULL,
+    completed_at {real},
+    completion_reason TEXT,
+    route_state TEXT,
+    route_detail TEXT,
+    PRIMARY KEY (series_uid, revision)
+);
+CREATE INDEX IF NOT EXISTS series_state ON series (state, last_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    received_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, revision);
+CREATE TABLE IF NOT EXISTS jobs (
+    id {serial_key},
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    model TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before {real} NOT NULL,
+    lease_until {real},
+    error TEXT,
+    result TEXT,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    UNIQUE (series_uid, revision, pipeline)
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (state, priority, not_before);
+CREATE TABLE IF NOT EXISTS outbox (
+    id {serial_key},
+    job_id INTEGER,
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before {real} NOT NULL,
+    error TEXT,
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id {serial_key},
+    at {real} NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+)
+"""
+
+# Columns added to version 1 before the schema was versioned: (table, column, declaration).
+_V1_ADDED_COLUMNS = (
+    ("jobs", "owner", "TEXT"),  # the claim token of the worker holding the lease
+    ("jobs", "transient", "INTEGER NOT NULL DEFAULT 0"),  # attempts not counted: outages, stops
+    ("jobs", "first_failed_at", "{real}"),  # start of the transient-failure window
+    ("jobs", "superseded_by", "INTEGER"),  # the revision that replaced this job's series
+    ("outbox", "first_failed_at", "{real}"),  # start of the delivery retry window
+)
+
+_V2 = """
+ALTER TABLE outbox ADD COLUMN lease_until {real};
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (state, priority, not_before);
+CREATE TABLE IF NOT EXISTS series_senders (
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    association TEXT NOT NULL,
+    PRIMARY KEY (series_uid, revision, association)
+)
+"""
+
+
+def _statements(database: Database, script: str) -> list[str]:
+    text = script.format(real=database.real, serial_key=database.serial_key)
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
+
+
+def _version_1(database: Database, db: Connection) -> None:
+    for statement in _statements(database, _BASE):
+        db.execute(statement)
+    for table, column, declaration in _V1_ADDED_COLUMNS:
+        if column not in database.column_names(db, table):
+            declaration = declaration.format(real=database.real)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _version_2(database: Database, db: Connection) -> None:
+    for statement in _statements(database, _V2):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (_version_1, _version_2)
+VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: Connection) -> int:
+    row = db.execute("SELECT MAX(version) FROM ainode_schema").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(database: Database, now: float) -> int:
+    """Bring the store to :data:`VERSION`; returns the version it had. Raises
+    :class:`SchemaTooNew` for a store written by a newer release."""
+    with database.transaction() as db:
+        database.lock(db, "ainode-schema")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS ainode_schema"
+            f" (version INTEGER PRIMARY KEY, applied_at {database.real} NOT NULL)"
+        )
+        found = schema_version(db)
+        if found > VERSION:
+            raise SchemaTooNew(
+                f"the job store at {database.location} has schema version {found}, newer than"
+                f" this ainode knows ({VERSION}): upgrade ainode on this machine, or point it"
+                " at another store (store.url)"
+            )
+        for version in range(found + 1, VERSION + 1):
+            MIGRATIONS[version - 1](database, db)
+            db.execute("INSERT INTO ainode_schema (version, applied_at) VALUES (?, ?)",
+                       (version, now))
+        return found

@@ -1,0 +1,136 @@
+"""``ainode serve``: every role in its own OS process, started and kept alive by this one.
+
+Processes: ``node.receiver_processes`` receivers (sharing the DICOM port with
+``SO_REUSEPORT``), one worker (which runs ``inference.workers`` worker processes of its own)
+and one sender. The supervisor first brings the job store's schema up to date and recovers
+the spool (once, before any receiver writes to it), then starts the roles. A role process
+that exits unexpectedly (a crash, the OOM killer) is started again after a growing pause;
+the others keep running, so C-STORE is answered while a worker is replaced. SIGTERM (or
+SIGINT) is passed to every role; each stops gracefully (associations finish, jobs finish or
+are handed back), and the supervisor exits 0 once all have. Every role process dies with the
+supervisor (``PR_SET_PDEATHSIG``), so a killed supervisor leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.app import SPOOL_DIR, open_store
+from node.retry import RetryPolicy
+from node.settings import Settings
+from node.store.recovery import recover
+from node.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+STEADY_S = 60.0  # a process that ran this long before exiting restarts without delay
+EXTRA_STOP_S = 30.0  # beyond node.shutdown_grace_s, for jobs to be handed back
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class _Role:
+    name: str  # e.g. receiver-2
+    role: str
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    restarts: int = field(default=0)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, config: Path | None, log_level: str) -> None:
+        self._settings = settings
+        self._config = config
+        self._log_level = log_level
+        self._stopping = threading.Event()
+        self._backoff = RetryPolicy(first_s=1.0, max_s=30.0, window_s=0)
+        receivers = settings.node.receiver_processes
+        self._roles = [
+            _Role(f"receiver-{i}" if receivers > 1 else "receiver", "receiver")
+            for i in range(1, receivers + 1)
+        ] + [_Role("worker", "worker"), _Role("sender", "sender")]
+
+    def prepare(self) -> None:
+        """Schema up to date, spool recovered: before any role process runs."""
+        store = open_store(self._settings)
+        try:
+            spool = Spool(self._settings.node.data_dir / SPOOL_DIR, fsync=self._settings.node.fsync)
+            recover(spool, store, time.time())
+        finally:
+            store.close()
+
+    def _command(self, role: _Role) -> list[str]:
+        command = [sys.executable, "-m", "node", "serve", "--role", role.role,
+                   "--log-level", self._log_level, "--supervised"]
+        if self._config is not None:
+            command += ["--config", str(self._config)]
+        return command
+
+    def _start(self, role: _Role) -> None:
+        role.process = subprocess.Popen(self._command(role), preexec_fn=_die_with_parent)
+        role.started_at = time.monotonic()
+        role.restart_at = None
+        log.info("%s process started (pid %d)", role.name, role.process.pid)
+
+    def run(self) -> int:
+        """Start every role and keep them running until :meth:`request_stop`; returns the exit
+        status (0 when every role stopped cleanly)."""
+        for role in self._roles:
+            self._start(role)
+        while not self._stopping.wait(0.2):
+            now = time.monotonic()
+            for role in self._roles:
+                if role.process is not None and role.process.poll() is not None:
+                    self._exited(role, now)
+                if role.restart_at is not None and now >= role.restart_at:
+                    role.restarts += 1
+                    self._start(role)
+        return self._stop_all()
+
+    def _exited(self, role: _Role, now: float) -> None:
+        assert role.process is not None
+        code = role.process.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        role.failures = 1 if now - role.started_at >= STEADY_S else role.failures + 1
+        delay = 0.0 if role.failures == 1 else self._backoff.delay(role.failures - 1)
+        log.error("%s process ended (%s); starting it again in %.0f s", role.name, how, delay)
+        role.process = None
+        role.restart_at = now + delay
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def _stop_all(self) -> int:
+        running = [r for r in self._roles if r.process is not None and r.process.poll() is None]
+        for role in running:
+            assert role.process is not None
+            role.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._settings.node.shutdown_grace_s + EXTRA_STOP_S
+        status = 0
+        for role in running:
+            assert role.process is not None
+            try:
+                code = role.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("%s process did not stop in time: killed", role.name)
+                role.process.kill()
+                code = role.process.wait()
+            if code != 0:
+                log.error("%s process stopped with status %d", role.name, code)
+                status = 1
+        log.info("all roles stopped")
+        return status
