@@ -154,22 +154,31 @@ class Node:
         """No new associations; those in progress may finish (``node.shutdown_grace_s``, then
         they are aborted: what they did not get acknowledged, the sender still has); running
         jobs finish or are handed back; then the store closes."""
+        started = time.monotonic()
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()  # the listening socket closes: new associations refused
             deadline = time.monotonic() + self.settings.node.shutdown_grace_s
-            while self._server.active_associations and time.monotonic() < deadline:
+            # only established associations are waited for: a connection that never asked
+            # for one (a port probe, a load balancer's health check) would hold the stop
+            # until its ACSE timeout
+            while (any(a.is_established for a in self._server.active_associations)
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
             for association in self._server.active_associations:
-                log.warning("stopping: aborting an association still open after %.0f s",
-                            self.settings.node.shutdown_grace_s)
+                if association.is_established:
+                    log.warning("stopping: aborting an association still open after %.0f s",
+                                self.settings.node.shutdown_grace_s)
                 association.abort()
         self._sweeper.stop(timeout_s=5)
         if self.orchestrator is not None:
             self.orchestrator.stop()
+            log.debug("workers stopped after %.1f s", time.monotonic() - started)
         if self.delivery is not None:
             self.delivery.stop()
         self.store.close()
+        log.info("stopped (%s) in %.1f s", "+".join(sorted(self.roles)),
+                 time.monotonic() - started)
 
     def wait(self) -> None:
         """Block until :meth:`request_stop` is called (e.g. from a signal handler), keeping

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import CT_DIR, ROOT, STORESCU, ct_files, require, storescu, wait_for
+from tests.conftest import (
+    CT_DIR,
+    ECHOSCU,
+    ROOT,
+    STORESCU,
+    ct_files,
+    require,
+    storescu,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 CT_BODY = {"name": "ct-body", "match": {"modality": "CT"}, "model": "ct_body_seg",
@@ -26,8 +36,7 @@ MR_FILES = sorted((CT_DIR.parent / "mr-brain").glob("*.dcm"))
 IN_MODEL_LIBRARIES = ("libtorch", "onnxruntime", "libc10")
 
 
-def worker_processes(node_pid: int) -> list[int]:
-    """The node's worker processes (multiprocessing spawn children running ainode's worker)."""
+def _children(parent: int) -> list[tuple[int, bytes]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -37,9 +46,31 @@ def worker_processes(node_pid: int) -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == node_pid and b"spawn_main" in command:
-            found.append(int(entry.name))
+        if ppid == parent:
+            found.append((int(entry.name), command))
     return found
+
+
+def role_processes(node_pid: int) -> dict[str, int]:
+    """The role processes ``ainode serve`` supervises, by role."""
+    roles = {}
+    for pid, command in _children(node_pid):
+        arguments = command.split(b"\0")
+        if b"--role" in arguments:
+            roles[arguments[arguments.index(b"--role") + 1].decode()] = pid
+    return roles
+
+
+def worker_processes(node_pid: int) -> list[int]:
+    """The worker role's worker processes (multiprocessing spawn children)."""
+    worker_role = role_processes(node_pid)["worker"]
+    return [pid for pid, command in _children(worker_role) if b"spawn_main" in command]
+
+
+def no_model_anywhere_but_workers(node_pid: int) -> bool:
+    """Neither the supervisor nor its receiver, worker and sender processes load a model."""
+    pids = [node_pid, *role_processes(node_pid).values()]
+    return all(loaded_model_libraries(pid) == set() for pid in pids)
 
 
 def loaded_model_libraries(pid: int) -> set[str]:
@@ -113,7 +144,7 @@ def test_a_worker_process_killed_mid_job_is_replaced_and_the_job_finishes(
     assert node.query("SELECT attempts FROM jobs") == [(2,)]
     assert "worker process died during job 1 (killed by SIGKILL)" in node.log()
     assert node.alive and worker not in worker_processes(node.proc.pid)
-    assert loaded_model_libraries(node.proc.pid) == set()
+    assert no_model_anywhere_but_workers(node.proc.pid)
 
 
 def test_a_hanging_model_is_stopped_at_the_job_timeout_and_the_node_keeps_receiving(
@@ -148,6 +179,36 @@ def test_a_hanging_model_is_stopped_at_the_job_timeout_and_the_node_keeps_receiv
     assert attempts == 2 and "ran past inference.job_timeout_s (8 s)" in error, error
     assert node.query("SELECT COUNT(*) FROM instances WHERE series_uid IN (SELECT series_uid "
                       "FROM series WHERE modality='MR')") == [(len(MR_FILES),)]
-    assert node.proc is not None and loaded_model_libraries(node.proc.pid) == set()
+    assert node.proc is not None and no_model_anywhere_but_workers(node.proc.pid)
     ((summary,),) = node.query("SELECT result FROM jobs WHERE pipeline='ct-body'")
     assert np.load(Path(json.loads(summary)["result_dir"]) / "labels.npy").any()
+
+
+def test_a_role_process_that_dies_is_restarted_and_its_job_resumed(node_factory: Any) -> None:
+    """``ainode serve`` supervises its roles: SIGKILL of the whole worker role mid-job (its
+    worker processes die with it) and of the sender: both are started again, the job runs
+    again on the new worker (the interrupted attempt counted) and the receiver, untouched,
+    kept its port throughout."""
+    require(STORESCU)
+    node = node_factory(series={"quiet_seconds": 1},
+                        inference={"model_repository": str(ROOT / "model_repository"),
+                                   "job_retry_s": 0.5},
+                        pipelines=[CT_BODY]).start()
+    assert node.proc is not None
+    before = role_processes(node.proc.pid)
+    assert set(before) == {"receiver", "worker", "sender"}, before
+    assert storescu(node, *ct_files()).returncode == 0
+    assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("running",)], 120, 0.05), (
+        node.log()[-2000:])
+    os.kill(before["worker"], signal.SIGKILL)
+    os.kill(before["sender"], signal.SIGKILL)
+    assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("done",)], 240, 0.2), (
+        node.query("SELECT * FROM jobs"), node.log()[-3000:])
+    after = role_processes(node.proc.pid)
+    assert after["receiver"] == before["receiver"]
+    assert after["worker"] != before["worker"] and after["sender"] != before["sender"]
+    assert node.query("SELECT attempts FROM jobs") == [(2,)]
+    assert "worker process ended (killed by SIGKILL)" in node.log()
+    echo = subprocess.run([ECHOSCU, "-aec", node.ae_title, "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
