@@ -79,15 +79,19 @@ class NodeProcess:
     ae_title: str = "AINODE"
     proc: subprocess.Popen[bytes] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    roles: tuple[str, ...] = ()  # `serve --role ...`; all roles (supervised) when empty
+    env: dict[str, str] = field(default_factory=dict)  # e.g. AINODE__STORE__URL
 
     def start(self) -> NodeProcess:
         ainode = str(Path(sys.executable).parent / "ainode")
+        roles = [argument for role in self.roles for argument in ("--role", role)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [ainode, "serve", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+                [ainode, "serve", "--config", str(self.config_path), *roles],
+                stdout=log, stderr=subprocess.STDOUT, env={**DCMTK_ENV, **self.env},
             )
-        wait_port(self.port, proc=self.proc)
+        if not self.roles or "receiver" in self.roles:
+            wait_port(self.port, proc=self.proc)
         return self
 
     def stop(self) -> None:

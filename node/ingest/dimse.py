@@ -42,6 +42,7 @@ from node.dicomfile import (
 from node.domain import InstanceRef, StoreOutcome
 from node.ingest import receive_path
 from node.settings import Settings
+from node.store.database import StoreUnavailable
 from node.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,11 @@ class StorageHandlers:
             log.error("C-STORE from %s refused, 0xA700: %s (%s)", calling_ae, reason, exc.strerror)
             return _status(OUT_OF_RESOURCES, reason)
         ref = identity.ref(str(path), size, calling_ae, self._settings.node.ae_title)
-        outcome = self._record(ref, self._clock())
+        try:
+            outcome = self._record(ref, self._clock())
+        except StoreUnavailable as exc:  # the file is spooled; the sender re-sends it later
+            log.error("C-STORE from %s refused, 0xA700: %s", calling_ae, exc)
+            return _status(OUT_OF_RESOURCES, "job store unavailable; try again later")
         if stats is not None:
             stats.stored += 1
             stats.duplicates += int(outcome.duplicate)

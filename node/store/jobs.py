@@ -58,6 +58,11 @@ class JobStore:
         """A write transaction, committed at exit, rolled back on error."""
         return cast(AbstractContextManager[Connection], self.database.transaction())
 
+    def query(self, sql: str, *parameters: object) -> list[tuple[object, ...]]:
+        """Rows of a read-only query (``?`` placeholders on either engine)."""
+        with self.reading() as db:
+            return [tuple(row) for row in db.execute(sql, parameters).fetchall()]
+
     def notify(self, db: Connection, channel: str) -> None:
         """Wake other processes waiting for ``channel`` work when ``db`` commits."""
         self.database.notify(db, channel)

@@ -119,7 +119,7 @@ def test_a_pacs_down_for_hours_is_retried_for_a_day_then_dead_lettered(tmp_path:
         passes += 1
         ((_, _, _, _, state, _, error),) = outbox.items()
         assert state == "queued", error
-        (not_before,) = store._db.execute("SELECT not_before FROM outbox").fetchone()
+        ((not_before,),) = store.query("SELECT not_before FROM outbox")
         assert not_before - clock.now <= settings.egress.max_retry_s
         clock.now = not_before
     assert passes > 20

@@ -157,7 +157,8 @@ def test_a_triton_outage_is_retried_for_the_window_then_the_job_fails(tmp_path: 
         assert orchestrator.run_next() is not None
         (job,) = queue.jobs()
         assert job.state == JobState.QUEUED, job
-        waited = store._db.execute("SELECT not_before FROM jobs").fetchone()[0] - clock.now
+        ((not_before,),) = store.query("SELECT not_before FROM jobs")
+        waited = not_before - clock.now
         delays.append(waited)
         clock.now += waited
     assert len(delays) > 5 and delays == sorted(delays) and max(delays) <= 300

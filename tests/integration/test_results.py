@@ -259,12 +259,12 @@ def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_pa
     orchestrator = Orchestrator(load_settings(config, environ={}), store, EmbeddedBackend())
     orchestrator.series_complete(key)
     assert orchestrator.run_next() is not None
-    rows = store._db.execute(
-        "SELECT destination, kind, priority FROM outbox ORDER BY destination, kind").fetchall()
+    rows = store.query(
+        "SELECT destination, kind, priority FROM outbox ORDER BY destination, kind")
     assert rows == [("MODALITY", "sc", 10), ("MODALITY", "seg", 10), ("MODALITY", "sr", 10),
                     ("PACS", "sc", 10), ("PACS", "seg", 10), ("PACS", "sr", 10),
                     ("VIEWER", "sc", 10)]
-    (summary,) = [json.loads(r[0]) for r in store._db.execute("SELECT result FROM jobs")]
+    (summary,) = [json.loads(r[0]) for r in store.query("SELECT result FROM jobs")]
     assert summary["urgent"] is True
     sr = pydicom.dcmread(Path(summary["result_dir"]) / "sr.dcm")
     assert "Urgent" in str(sr.ContentSequence)
