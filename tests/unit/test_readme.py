@@ -30,3 +30,19 @@ def test_every_command_in_the_readme_exists() -> None:
         result = CliRunner().invoke(app, [*words, "--help"])
         assert result.exit_code == 0, f"README lists `ainode {' '.join(words)}`: {result.output}"
         assert "Usage: " in result.output and " ".join(words) in result.output
+
+
+def test_the_readme_store_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """The multi-node snippet, as written in the README, configures a PostgreSQL store and a
+    shared data directory; the environment override it recommends wins over the file."""
+    from node.settings import load_settings
+
+    section = README.read_text().split("## Growing from one node to several", 1)[1]
+    snippet = section.split("```yaml", 1)[1].split("```", 1)[0]
+    config = tmp_path / "node.yaml"
+    config.write_text(snippet)
+    settings = load_settings(config, environ={})
+    assert settings.store.url == "postgresql://ainode:secret@db.hospital.local:5432/ainode"
+    assert str(settings.node.data_dir) == "/mnt/ainode"
+    overridden = load_settings(config, environ={"AINODE__STORE__URL": "postgresql://a@b/c"})
+    assert overridden.store.url == "postgresql://a@b/c"
