@@ -43,7 +43,7 @@ from node.domain import InstanceRef, StoreOutcome
 from node.ingest import receive_path
 from node.settings import Settings
 from node.store.database import StoreUnavailable
-from node.store.spool import Spool
+from node.store.spool import InstanceStorage
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class StorageHandlers:
     def __init__(
         self,
         settings: Settings,
-        spool: Spool,
+        spool: InstanceStorage,
         record: InstanceRecorder,
         on_recorded: Callable[[StoreOutcome, int], None],
         on_association_end: Callable[[int, bool], None],

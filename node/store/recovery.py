@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from node.dicomfile import UnreadableInstance, read_identity
 from node.store.jobs import JobStore
-from node.store.spool import Spool
+from node.store.spool import InstanceStorage
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class RecoveryReport:
     unreadable: int
 
 
-def recover(spool: Spool, store: JobStore, now: float, settle_s: float = 0.0) -> RecoveryReport:
+def recover(
+    spool: InstanceStorage, store: JobStore, now: float, settle_s: float = 0.0
+) -> RecoveryReport:
     """``settle_s`` > 0 when other receivers may be writing to the same spool (a receiver
     role started alone): only files untouched for that long are removed or re-indexed."""
     cutoff = now - settle_s if settle_s else None

@@ -13,7 +13,7 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from node.store.durable import fsync_dir, write_atomically
 
@@ -33,8 +33,33 @@ def path_component(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
+class InstanceStorage(Protocol):
+    """What the receiver, recovery and the workers need of instance storage.
+
+    :class:`Spool` keeps instances as files on a POSIX filesystem, local or shared by several
+    nodes (NFS, CephFS, a ReadWriteMany volume). An S3-compatible object store could stand
+    behind this interface too: instances gathered locally per series (``tmp_dir``,
+    ``path_for``) and put as one object per series once it is complete, not one per
+    instance, and workers reading a series through a local cache.
+    """
+
+    tmp_dir: Path
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path: ...
+
+    def write(self, final: Path, chunks: Iterable[bytes]) -> int: ...
+
+    def adopt(self, received: Path, final: Path) -> int: ...
+
+    def iter_files(self) -> Iterator[Path]: ...
+
+    def remove_temporaries(self, modified_before: float | None = None) -> int: ...
+
+    def free_bytes(self) -> int: ...
+
+
 class Spool:
-    """Durable instance files under ``root``."""
+    """Durable instance files under ``root`` (an :class:`InstanceStorage`)."""
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root

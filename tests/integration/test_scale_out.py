@@ -6,10 +6,12 @@ and that no result reaches Orthanc twice."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,30 @@ def test_a_node_refuses_a_store_with_a_newer_schema(deployment: Any) -> None:
         message = " ".join(refused.stderr.split())  # as wrapped for the terminal
         assert "schema version 99, newer than this ainode knows" in message, refused.stderr
         assert "unused@" not in refused.stderr  # the password is never printed
+
+
+def _listeners(port: int) -> int:
+    """Listening TCP sockets on ``port`` (several with SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def test_receiver_processes_share_the_port_and_lose_nothing(node_factory: Any) -> None:
+    """``node.receiver_processes: 3`` under ``ainode serve`` (SQLite): three processes listen
+    on the one port, and four senders at once (the CT in quarters, interleaved) all hear
+    success for every instance, which forms one series."""
+    require(STORESCU)
+    node = node_factory(node={"receiver_processes": 3}, series={"quiet_seconds": 2}).start()
+    assert wait_for(lambda: _listeners(node.port) == 3, 30), _listeners(node.port)
+    files = ct_files()
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda i: storescu(node, *files[i::4]), range(4)))
+    assert sum(_succeeded(r.stderr) for r in runs) == 134, [r.stderr[-500:] for r in runs]
+    assert wait_for(lambda: node.query("SELECT state, instance_count FROM series") == [
+        ("complete", 134)], 30), node.query("SELECT * FROM series")
+    assert len(re.findall(r"receiver-\d process started", node.log())) == 3
