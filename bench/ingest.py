@@ -151,6 +151,9 @@ def run_ainode(batches: list[list[Path]], work: Path, env: dict[str, str],
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
+        receivers = int({**env, **overrides}.get("AINODE__NODE__RECEIVER_PROCESSES", "1"))
+        if not wait_listeners(port, receivers):  # SO_REUSEPORT spreads only among those bound
+            raise RuntimeError(f"{receivers} receivers did not all listen")
         if busy:
             send(port, "AINODE", busy, env)
             if not wait_running(data / "jobs.sqlite3", len(busy)):
@@ -164,6 +167,22 @@ def run_ainode(batches: list[list[Path]], work: Path, env: dict[str, str],
         proc.wait()
         shutil.rmtree(data)
     return elapsed, rss
+
+
+def wait_listeners(port: int, count: int, timeout: float = 60) -> bool:
+    """Whether ``count`` sockets listen on ``port`` (receiver processes sharing it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    listening += 1
+        if listening >= count:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def wait_running(database: Path, count: int, timeout: float = 180) -> bool:

@@ -166,6 +166,9 @@ class InferenceSection(_Strict):
     isolation: Literal["process", "thread"] = Field(
         "process", description="process: each worker runs its jobs in a process of its own,"
         " replaced when it crashes or hangs; thread: in the node's process")
+    worker_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU priority of worker processes below the receivers (nice increment)")
     job_timeout_s: float = Field(
         3600, gt=0, description="a job running longer is stopped (its worker process"
         " replaced) and retried as a failed attempt")

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -104,6 +105,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _yield_cpu_to_receivers(settings: Settings) -> None:
+    """Run at a lower CPU priority (``inference.worker_nice``): when the CPU is short, the
+    processes that answer C-STORE go first and inference waits, not the PACS."""
+    with contextlib.suppress(OSError):
+        os.nice(settings.inference.worker_nice)
+
+
+def _share_cores(settings: Settings) -> None:
+    """torch's intra-op threads: the cores shared among the node's worker processes, so
+    ``inference.workers`` processes do not each start one thread per core."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cores // settings.inference.workers))
+
+
 def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
     """The worker process: build the backend, say ready, then run what the node sends."""
     _die_with_parent()
@@ -112,8 +129,10 @@ def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
     from node import logs
 
     logs.configure(logging.getLevelName(log_level).lower(), "worker")
+    _yield_cpu_to_receivers(settings)
     executor = InProcessExecutor(settings, make_backend(settings))
     executor.warm_up()
+    _share_cores(settings)
     connection.send(("ready", None))
     while True:
         try:
