@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pydicom
-from ports import free_port, wait_port  # bench/ports.py
+from ports import free_port, listening_sockets, wait_port  # bench/ports.py
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,13 +173,7 @@ def wait_listeners(port: int, count: int, timeout: float = 60) -> bool:
     """Whether ``count`` sockets listen on ``port`` (receiver processes sharing it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listening = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    listening += 1
-        if listening >= count:
+        if listening_sockets(port) >= count:
             return True
         time.sleep(0.1)
     return False

@@ -132,9 +132,9 @@ class Node:
         return routed > 0
 
     def start(self) -> None:
-        if "receiver" in self.roles and self._recovery_settle_s is not None:
-            recover(self.spool, self.store, self._clock(), self._recovery_settle_s)
         if "receiver" in self.roles:
+            if self._recovery_settle_s is not None:
+                recover(self.spool, self.store, self._clock(), self._recovery_settle_s)
             ae, handlers = build_storage_ae(self.settings, self._handlers)
             node = self.settings.node
             self._server = start_storage_server(
@@ -173,7 +173,6 @@ class Node:
         self._sweeper.stop(timeout_s=5)
         if self.orchestrator is not None:
             self.orchestrator.stop()
-            log.debug("workers stopped after %.1f s", time.monotonic() - started)
         if self.delivery is not None:
             self.delivery.stop()
         self.store.close()

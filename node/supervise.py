@@ -13,14 +13,13 @@ supervisor (``PR_SET_PDEATHSIG``), so a killed supervisor leaves nothing behind.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from node.app import SPOOL_DIR, open_store
@@ -28,16 +27,12 @@ from node.retry import RetryPolicy
 from node.settings import Settings
 from node.store.recovery import recover
 from node.store.spool import Spool
+from node.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 STEADY_S = 60.0  # a process that ran this long before exiting restarts without delay
 EXTRA_STOP_S = 30.0  # beyond node.shutdown_grace_s, for jobs to be handed back
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -48,7 +43,6 @@ class _Role:
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
-    restarts: int = field(default=0)
 
 
 class Supervisor:
@@ -81,7 +75,7 @@ class Supervisor:
         return command
 
     def _start(self, role: _Role) -> None:
-        role.process = subprocess.Popen(self._command(role), preexec_fn=_die_with_parent)
+        role.process = subprocess.Popen(self._command(role), preexec_fn=die_with_parent)
         role.started_at = time.monotonic()
         role.restart_at = None
         log.info("%s process started (pid %d)", role.name, role.process.pid)
@@ -97,7 +91,6 @@ class Supervisor:
                 if role.process is not None and role.process.poll() is not None:
                     self._exited(role, now)
                 if role.restart_at is not None and now >= role.restart_at:
-                    role.restarts += 1
                     self._start(role)
         return self._stop_all()
 

@@ -100,7 +100,8 @@ def _portable(exc: BaseException) -> BaseException:
         return InferenceFailed(text) if isinstance(exc, PERMANENT_ERRORS) else RuntimeError(text)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -123,7 +124,7 @@ def _share_cores(settings: Settings) -> None:
 
 def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
     """The worker process: build the backend, say ready, then run what the node sends."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when its workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from node import logs

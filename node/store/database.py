@@ -26,7 +26,6 @@ from typing import Any, Protocol, cast
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("jobs", "outbox", "series")  # what a process can be woken for
 CONNECT_TIMEOUT_S = 3.0  # how long a caller waits for a pooled PostgreSQL connection
 FAIL_FAST_S = 1.0  # after such a wait failed, callers fail at once for this long
 _NOTIFY_PREFIX = "ainode_"

@@ -177,25 +177,33 @@ class JobStore:
         with ``received_before``, when an instance arrived since (it is not quiet any more)."""
         with self.transaction() as db:
             self.database.lock(db, key.series_instance_uid)
-            cursor = db.execute(
-                "UPDATE series SET state=?, completed_at=?, completion_reason=?"
-                " WHERE series_uid=? AND revision=? AND state=? AND last_at<?",
-                (
-                    SeriesState.COMPLETE,
-                    now,
-                    reason,
-                    key.series_instance_uid,
-                    key.revision,
-                    SeriesState.RECEIVING,
-                    float("inf") if received_before is None else received_before,
-                ),
-            )
-            if cursor.rowcount != 1:
-                return False
-            db.execute("DELETE FROM series_senders WHERE series_uid=? AND revision=?",
-                       (key.series_instance_uid, key.revision))
-            self.notify(db, "series")
-            return True
+            return self._complete(db, key, reason, now, received_before)
+
+    def _complete(
+        self, db: Connection, key: SeriesKey, reason: CompletionReason, now: float,
+        received_before: float | None = None,
+    ) -> bool:
+        """:meth:`complete_series` inside the caller's transaction, which holds the series'
+        lock."""
+        cursor = db.execute(
+            "UPDATE series SET state=?, completed_at=?, completion_reason=?"
+            " WHERE series_uid=? AND revision=? AND state=? AND last_at<?",
+            (
+                SeriesState.COMPLETE,
+                now,
+                reason,
+                key.series_instance_uid,
+                key.revision,
+                SeriesState.RECEIVING,
+                float("inf") if received_before is None else received_before,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        db.execute("DELETE FROM series_senders WHERE series_uid=? AND revision=?",
+                   (key.series_instance_uid, key.revision))
+        self.notify(db, "series")
+        return True
 
     def sender_joined(self, key: SeriesKey, association: str) -> None:
         """``association`` (unique across receivers) sent instances of ``key``."""
@@ -209,27 +217,20 @@ class JobStore:
     def sender_left(self, key: SeriesKey, association: str) -> None:
         """``association`` was aborted: it no longer holds the revision open."""
         with self.transaction() as db:
-            db.execute(
-                "DELETE FROM series_senders WHERE series_uid=? AND revision=? AND association=?",
-                (key.series_instance_uid, key.revision, association),
-            )
+            _forget_sender(db, key, association)
 
     def sender_released(self, key: SeriesKey, association: str, now: float) -> bool:
         """``association`` ended normally: the revision is complete (``True``) when no other
-        association, on this receiver or another, is still sending it."""
+        association, on this receiver or another, is still sending it. One transaction under
+        the series' lock, so no association can join between the count and the completion."""
         with self.transaction() as db:
             self.database.lock(db, key.series_instance_uid)
-            db.execute(
-                "DELETE FROM series_senders WHERE series_uid=? AND revision=? AND association=?",
-                (key.series_instance_uid, key.revision, association),
-            )
+            _forget_sender(db, key, association)
             others = db.execute(
                 "SELECT COUNT(*) FROM series_senders WHERE series_uid=? AND revision=?",
                 (key.series_instance_uid, key.revision),
             ).fetchone()[0]
-        if others:
-            return False
-        return self.complete_series(key, CompletionReason.RELEASE, now)
+            return not others and self._complete(db, key, CompletionReason.RELEASE, now)
 
     def series_attributes(self, key: SeriesKey) -> SeriesAttributes | None:
         """What routing rules see of a revision (counting its earlier revisions' instances)."""
@@ -346,6 +347,13 @@ class JobStore:
             "series_complete": by_state.get(SeriesState.COMPLETE, 0),
             "duplicates": duplicates,
         }
+
+
+def _forget_sender(db: Connection, key: SeriesKey, association: str) -> None:
+    db.execute(
+        "DELETE FROM series_senders WHERE series_uid=? AND revision=? AND association=?",
+        (key.series_instance_uid, key.revision, association),
+    )
 
 
 def _supersede_older_revisions(db: Connection, series_uid: str, revision: int) -> None:

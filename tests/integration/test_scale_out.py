@@ -19,6 +19,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from bench.ports import listening_sockets
 from tests.conftest import (
     STORESCU,
     NodeProcess,
@@ -207,24 +208,13 @@ def test_a_node_refuses_a_store_with_a_newer_schema(deployment: Any) -> None:
         assert "unused@" not in refused.stderr  # the password is never printed
 
 
-def _listeners(port: int) -> int:
-    """Listening TCP sockets on ``port`` (several with SO_REUSEPORT)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
-
-
 def test_receiver_processes_share_the_port_and_lose_nothing(node_factory: Any) -> None:
     """``node.receiver_processes: 3`` under ``ainode serve`` (SQLite): three processes listen
     on the one port, and four senders at once (the CT in quarters, interleaved) all hear
     success for every instance, which forms one series."""
     require(STORESCU)
     node = node_factory(node={"receiver_processes": 3}, series={"quiet_seconds": 2}).start()
-    assert wait_for(lambda: _listeners(node.port) == 3, 30), _listeners(node.port)
+    assert wait_for(lambda: listening_sockets(node.port) == 3, 30), listening_sockets(node.port)
     files = ct_files()
     with ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda i: storescu(node, *files[i::4]), range(4)))
