@@ -238,11 +238,13 @@ class Orchestrator:
         self._queue.retry(job, reason, delay, now)
 
     # -- threads ---------------------------------------------------------------------------
-    def check_models(self) -> dict[str, str]:
-        """Each configured model: ``ready`` or why not. Logged at start; jobs retry or fail
-        by themselves, so a backend that is still starting does not stop the node."""
+    def check_models(self, worker: int = 0) -> dict[str, str]:
+        """Each configured model on ``worker``'s executor: ``ready`` or why not. Checking loads
+        the model there, so its first job does not wait for that. The first worker logs what
+        is not ready; jobs retry or fail by themselves, so a backend that is still starting
+        does not stop the node."""
         states: dict[str, str] = {}
-        executor = self._executors[0]
+        executor = self._executors[worker]
         for name in sorted({p.model for p in self._settings.pipelines}):
             try:
                 executor.check(name)
@@ -250,9 +252,9 @@ class Orchestrator:
             except (ModelNotFound, ModelConfigError, BackendUnavailable, WorkerDied,
                     JobTimedOut) as exc:
                 states[name] = str(exc)
-                log.error(
-                    "model %s is not ready on the %s backend: %s", name, executor.backend_name,
-                    exc)
+                if worker == 0:
+                    log.error("model %s is not ready on the %s backend: %s", name,
+                              executor.backend_name, exc)
         return states
 
     def start(self) -> None:
@@ -267,13 +269,13 @@ class Orchestrator:
         self._heartbeat.start()
 
     def _warm_up(self, worker: int = 0) -> None:
-        """Start the worker's executor in the background (its process, torch + MONAI): the
-        first series should not wait for them (a node without pipelines never loads them);
-        the first worker then checks the configured models and logs what is not ready."""
+        """Start the worker's executor in the background (its process, torch + MONAI) and
+        load the configured models into it: the first series should not wait for them (a
+        node without pipelines never loads them)."""
         if self._settings.pipelines:
             self._executors[worker].warm_up()
-            if worker == 0:
-                self.check_models()
+            if worker == 0 or self._executors[worker] is not self._executors[0]:
+                self.check_models(worker)
 
     def _renew_leases(self) -> bool:
         with self._held_lock:
