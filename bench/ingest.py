@@ -11,6 +11,8 @@ against ``storescp --fork`` and the node (add ``--variant
 rp4:AINODE__NODE__RECEIVER_PROCESSES=4`` for receivers sharing the port). ``--busy-workers
 N``: the node also runs ct_lesion_unet on N worker processes throughout the measurement
 (series sent beforehand), against the same node idle: the isolation ratio.
+``--bare-pynetdicom N``: also N processes of bench/bare_scp.py sharing the port, pynetdicom
+acknowledging without storing anything: the ceiling of a receiver built on pynetdicom.
 
     .venv/bin/python bench/ingest.py [--rounds 5] [--senders 4] [--busy-workers 2]
 """
@@ -122,6 +124,24 @@ def run_storescp(batches: list[list[Path]], work: Path, env: dict[str, str]) -> 
         shutil.rmtree(out)
 
 
+def run_bare_pynetdicom(batches: list[list[Path]], processes: int, env: dict[str, str]
+                        ) -> float:
+    """``processes`` bench/bare_scp.py sharing one port: pynetdicom acknowledging without
+    storing, the ceiling of any receiver built on it."""
+    port = free_port()
+    servers = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_scp.py"), str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(processes)]
+    try:
+        if not wait_listeners(port, processes):
+            raise RuntimeError("the bare pynetdicom servers did not all listen")
+        return send(port, "AINODE", batches, env)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+
+
 LESION = {"name": "busy", "match": {"modality": "CT"}, "model": "ct_lesion_unet", "outputs": []}
 
 
@@ -206,6 +226,9 @@ def main() -> None:
         help="also run ainode with these AINODE__* overrides, e.g. "
              "nofsync:AINODE__NODE__FSYNC=false",
     )
+    parser.add_argument("--bare-pynetdicom", type=int, default=0, metavar="PROCESSES",
+                        help="also pynetdicom acknowledging without storing (bench/bare_scp.py),"
+                             " in this many processes sharing the port: the ceiling")
     args = parser.parse_args()
     variants: dict[str, dict[str, str]] = {"ainode": {}}
     for spec in args.variant:
@@ -226,6 +249,8 @@ def main() -> None:
         size_mb = {k: sum(f.stat().st_size for b in v for f in b) / 1e6
                    for k, v in workloads.items()}
         peers = ["storescp", *variants]
+        if args.bare_pynetdicom:
+            peers.append("pynetdicom_bare")
         if args.busy_workers:
             peers.append("ainode_busy")
         times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in peers} for k in workloads}
@@ -236,6 +261,10 @@ def main() -> None:
                 for peer in order:
                     if peer == "storescp":
                         times[name][peer].append(run_storescp(batches, work, env))
+                        continue
+                    if peer == "pynetdicom_bare":
+                        times[name][peer].append(
+                            run_bare_pynetdicom(batches, args.bare_pynetdicom, env))
                         continue
                     busy = busy_series if peer == "ainode_busy" else None
                     elapsed, peaks = run_ainode(batches, work, env, variants.get(peer, {}), busy)
