@@ -122,6 +122,8 @@ def labels_from(prediction: NDArray[Any], output_kind: str) -> NDArray[np.uint8]
     or a [1, ...] label map as is. Ties go to the lower label, as with argmax."""
     if output_kind == "labels":
         return np.asarray(prediction[0], dtype=np.uint8)
+    if prediction.shape[0] == 2:  # background and one label: one comparison
+        return np.greater(prediction[1], prediction[0]).view(np.uint8)
     best = prediction[0].copy()
     labels = np.zeros(best.shape, dtype=np.uint8)
     for channel in range(1, prediction.shape[0]):

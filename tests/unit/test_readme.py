@@ -46,3 +46,32 @@ def test_the_readme_store_example_is_a_valid_configuration(tmp_path: Path) -> No
     assert str(settings.node.data_dir) == "/mnt/ainode"
     overridden = load_settings(config, environ={"AINODE__STORE__URL": "postgresql://a@b/c"})
     assert overridden.store.url == "postgresql://a@b/c"
+
+
+def test_every_benchmark_command_in_the_readme_runs_with_those_options() -> None:
+    """Each `bench/*.py` line of the Benchmarks block names a script that exists and options
+    it accepts (its --help lists them); each `make bench-*` is a Makefile target."""
+    import subprocess
+    import sys
+
+    root = README.parent
+    block = README.read_text().split("## Benchmarks", 1)[1].split("```", 2)[1]
+    scripts, targets = 0, 0
+    for line in block.splitlines():
+        command = line.split("#", 1)[0].split()
+        if "make" in command:
+            target = command[command.index("make") + 1]
+            assert re.search(rf"^{re.escape(target)}:", (root / "Makefile").read_text(),
+                             re.MULTILINE), f"README lists `make {target}`"
+            targets += 1
+            continue
+        script = next((word for word in command if word.startswith("bench/")), None)
+        if script is None:
+            continue
+        help_text = subprocess.run([sys.executable, str(root / script), "--help"], cwd=root,
+                                   capture_output=True, text=True, timeout=120)
+        assert help_text.returncode == 0, f"{script} --help: {help_text.stderr[-500:]}"
+        for option in (word for word in command if word.startswith("--")):
+            assert option in help_text.stdout, f"README runs {script} with {option}"
+        scripts += 1
+    assert scripts >= 5 and targets >= 2

@@ -10,7 +10,7 @@ import torch
 from monai.transforms.compose import Compose
 from monai.transforms.post.array import KeepLargestConnectedComponent, RemoveSmallObjects
 
-from node.infer.runner import foreground_box, postprocess_labels
+from node.infer.runner import foreground_box, labels_from, postprocess_labels
 
 
 def _blobs(shift: int) -> np.ndarray:
@@ -56,3 +56,12 @@ def test_an_empty_label_map_is_returned_as_it_is() -> None:
     labels = np.zeros((4, 8, 8), dtype=np.uint8)
     assert foreground_box(labels) is None
     assert postprocess_labels(labels, Compose([RemoveSmallObjects(min_size=5)])) is labels
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_labels_are_the_argmax_of_the_scores_ties_to_the_lower_label(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    scores = rng.integers(0, 3, size=(channels, 6, 7, 8)).astype(np.float32)  # many ties
+    labels = labels_from(scores, "probabilities")
+    assert labels.dtype == np.uint8 and labels.shape == (6, 7, 8)
+    assert np.array_equal(labels, np.argmax(scores, axis=0))
