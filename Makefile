@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps chromium postgresql
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps chromium postgresql openssl
 OHIF_VERSION := 3.13.2
 OHIF_DIR     := var/ohif
 
@@ -19,7 +19,7 @@ install: $(BIN)/python  ## the node and what it needs at run time
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL (Debian)
+system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL, openssl (Debian)
 	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \

@@ -10,7 +10,12 @@ from typing import Any
 
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
-from node.ingest.dimse import StorageHandlers, build_storage_ae, start_storage_server
+from node.ingest.dimse import (
+    StorageHandlers,
+    build_storage_ae,
+    listeners,
+    start_storage_server,
+)
 from node.loops import Loop
 from node.pipeline import Orchestrator, Router
 from node.settings import Settings
@@ -64,7 +69,7 @@ class Node:
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings)
-        self._server: Any = None
+        self._servers: list[Any] = []
         self._stopping = threading.Event()
         self._wakes: dict[str, threading.Event] = {}
         self.delivery: Delivery | None = None
@@ -137,11 +142,12 @@ class Node:
                 recover(self.spool, self.store, self._clock(), self._recovery_settle_s)
             ae, handlers = build_storage_ae(self.settings, self._handlers)
             node = self.settings.node
-            self._server = start_storage_server(
-                ae, (node.bind, node.dicom_port), handlers,
-                share_port=node.receiver_processes > 1)
-            log.info("listening as %s on %s:%d (DICOM)", node.ae_title, node.bind,
-                     node.dicom_port)
+            for listener in listeners(self.settings):
+                self._servers.append(start_storage_server(
+                    ae, (node.bind, listener.port), handlers,
+                    share_port=node.receiver_processes > 1, ssl_context=listener.ssl_context))
+                log.info("listening as %s on %s:%d (%s)", node.ae_title, node.bind,
+                         listener.port, listener.kind)
         if self.orchestrator is not None:
             self.orchestrator.start()
         if self.delivery is not None:
@@ -156,16 +162,17 @@ class Node:
         jobs finish or are handed back; then the store closes."""
         started = time.monotonic()
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()  # the listening socket closes: new associations refused
+        if self._servers:
+            for server in self._servers:
+                server.shutdown()  # the listening socket closes: new associations refused
             deadline = time.monotonic() + self.settings.node.shutdown_grace_s
             # only established associations are waited for: a connection that never asked
             # for one (a port probe, a load balancer's health check) would hold the stop
             # until its ACSE timeout
-            while (any(a.is_established for a in self._server.active_associations)
+            while (any(a.is_established for a in self._associations())
                    and time.monotonic() < deadline):
                 time.sleep(0.05)
-            for association in self._server.active_associations:
+            for association in self._associations():
                 if association.is_established:
                     log.warning("stopping: aborting an association still open after %.0f s",
                                 self.settings.node.shutdown_grace_s)
@@ -178,6 +185,9 @@ class Node:
         self.store.close()
         log.info("stopped (%s) in %.1f s", "+".join(sorted(self.roles)),
                  time.monotonic() - started)
+
+    def _associations(self) -> list[Any]:
+        return [a for server in self._servers for a in server.active_associations]
 
     def wait(self) -> None:
         """Block until :meth:`request_stop` is called (e.g. from a signal handler), keeping

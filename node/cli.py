@@ -143,7 +143,7 @@ def echo_command(
     settings = _settings(config)
     target = _peer(settings, peer)
     try:
-        status = echo(target, settings.node.ae_title)
+        status = echo(target, settings.node.ae_title, node_tls=settings.node.tls)
     except PeerUnavailable as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -215,6 +215,7 @@ def send(
                 target,
                 calling_ae or settings.node.ae_title,
                 on_progress=lambda _p, _s: progress.advance(task),
+                node_tls=settings.node.tls,
             )
         except PeerUnavailable as exc:
             errors.print(f"[red]{exc}[/red]")

@@ -46,11 +46,39 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+class TlsSection(_Strict):
+    """DICOM TLS (PS3.15 Annex B, BCP 195: TLS 1.2 or newer). ``cert``/``key`` (PEM) are this
+    node's certificate, also presented to peers that ask for a client certificate; ``ca`` the
+    certificate authority whose client certificates are trusted. With ``port``, TLS is served
+    there and ``node.dicom_port`` stays plain (``0`` turns it off); without, ``node.dicom_port``
+    speaks only TLS."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+    port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSection:
+        if self.enabled and (self.cert is None or self.key is None):
+            raise ValueError("TLS needs cert and key (PEM files)")
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca: the authority of trusted clients")
+        for name in ("cert", "key", "ca"):
+            path: Path | None = getattr(self, name)
+            if self.enabled and path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
+
+
 class NodeSection(_Strict):
     """This node's own identity, listeners and storage."""
 
     ae_title: str = "AINODE"
-    dicom_port: int = Field(11112, ge=1, le=65535)
+    dicom_port: int = Field(
+        11112, ge=0, le=65535, description="0: no plain DICOM port (only node.tls.port)")
     http_port: int = Field(8080, ge=1, le=65535)
     bind: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
     data_dir: Path = Path("var")
@@ -75,7 +103,19 @@ class NodeSection(_Strict):
         description="receiver processes sharing the DICOM port (SO_REUSEPORT) under ainode serve",
     )
 
+    tls: TlsSection = TlsSection()
+
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _something_listens(self) -> NodeSection:
+        tls_port = self.tls.port if self.tls.enabled else None
+        if self.dicom_port == 0 and tls_port is None:
+            raise ValueError("dicom_port 0 needs tls.enabled with tls.port: nothing would listen")
+        if tls_port is not None and tls_port == self.dicom_port:
+            raise ValueError("tls.port must differ from dicom_port (omit it to serve only TLS "
+                             "on dicom_port)")
+        return self
 
 
 class StoreSection(_Strict):
@@ -117,6 +157,9 @@ class Peer(_Strict):
     token: SecretStr | None = None
     token_file: Path | None = None
     token_env: str | None = None
+    tls: bool = Field(False, description="C-STORE / C-ECHO to this peer over DICOM TLS")
+    tls_ca: Path | None = Field(
+        None, description="the authority that signed the peer's certificate (else the system's)")
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

@@ -76,7 +76,8 @@ class Delivery:
 
             return stow(peer, paths, timeout_s)
         try:
-            report = send_files(paths, peer, self._settings.node.ae_title, timeout_s=timeout_s)
+            report = send_files(paths, peer, self._settings.node.ae_title, timeout_s=timeout_s,
+                                    node_tls=self._settings.node.tls)
         except PeerRefused as exc:
             return {i.path: f"refused: {exc}" for i in items}
         except PeerUnavailable as exc:

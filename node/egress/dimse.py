@@ -14,8 +14,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from node import tls
 from node.dicomfile import VERIFICATION
-from node.settings import Peer
+from node.settings import Peer, TlsSection
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def _client(calling_ae: str, timeout_s: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, peer: Peer) -> Any:
+def _associate(ae: AE, peer: Peer, node_tls: TlsSection | None = None) -> Any:
+    """An association with ``peer`` (over TLS when ``peer.tls``, presenting ``node_tls``'s
+    certificate), or :class:`PeerRefused` / :class:`PeerUnavailable` saying why not."""
     rejections: list[Any] = []
 
     def _keep_rejection(event: evt.Event) -> None:
@@ -73,7 +76,8 @@ def _associate(ae: AE, peer: Peer) -> Any:
         if getattr(primitive, "result", None) in (0x01, 0x02):  # A-ASSOCIATE-RJ
             rejections.append(primitive)
 
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+    tls_args = (tls.client_context(peer, node_tls), peer.host) if peer.tls else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
                          evt_handlers=[(evt.EVT_ACSE_RECV, _keep_rejection)])
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
@@ -91,15 +95,17 @@ def _associate(ae: AE, peer: Peer) -> Any:
                               for c in assoc.rejected_contexts})
             raise PeerRefused(f"{peer.name} ({where}) accepted no presentation context for "
                               f"{', '.join(classes)}")
-        raise PeerUnavailable(f"no association with {peer.name} ({where})")
+        over = " over TLS (a handshake or certificate failure is logged above)" if peer.tls else ""
+        raise PeerUnavailable(f"no association with {peer.name} ({where}){over}")
     return assoc
 
 
-def echo(peer: Peer, calling_ae: str, timeout_s: float = 10) -> int:
+def echo(peer: Peer, calling_ae: str, timeout_s: float = 10,
+         node_tls: TlsSection | None = None) -> int:
     """C-ECHO the peer; returns the DIMSE status. Raises :class:`PeerUnavailable`."""
     ae = _client(calling_ae, timeout_s)
     ae.add_requested_context(VERIFICATION)
-    assoc = _associate(ae, peer)
+    assoc = _associate(ae, peer, node_tls)
     try:
         response = assoc.send_c_echo()
     finally:
@@ -128,6 +134,7 @@ def send_files(
     calling_ae: str,
     on_progress: Callable[[Path, str], None] | None = None,
     timeout_s: float = 30,
+    node_tls: TlsSection | None = None,
 ) -> SendReport:
     """C-STORE each file as stored (no transcoding) over one association.
 
@@ -149,7 +156,7 @@ def send_files(
                 ae.add_requested_context(sop_class, transfer_syntax)
     if not readable:
         return SendReport(outcomes)
-    assoc = _associate(ae, peer)
+    assoc = _associate(ae, peer, node_tls)
     try:
         for path in readable:
             if not assoc.is_established:

@@ -123,7 +123,8 @@ def labels_from(prediction: NDArray[Any], output_kind: str) -> NDArray[np.uint8]
     if output_kind == "labels":
         return np.asarray(prediction[0], dtype=np.uint8)
     if prediction.shape[0] == 2:  # background and one label: one comparison
-        return np.greater(prediction[1], prediction[0]).view(np.uint8)
+        two: NDArray[np.uint8] = np.greater(prediction[1], prediction[0]).view(np.uint8)
+        return two
     best = prediction[0].copy()
     labels = np.zeros(best.shape, dtype=np.uint8)
     for channel in range(1, prediction.shape[0]):

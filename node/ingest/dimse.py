@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node import tls
 from node.dicomfile import (
     VERIFICATION,
     InstanceIdentity,
@@ -102,6 +104,10 @@ class StorageHandlers:
     # -- association lifecycle -------------------------------------------------------------
     def on_established(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
+        secured = tls.describe(getattr(getattr(event.assoc.dul, "socket", None), "socket", None))
+        if secured:
+            log.info("association from %s (%s) over %s", requestor.ae_title,
+                     requestor.address, secured)
         with self._lock:
             self._stats[id(event.assoc)] = _AssociationStats(
                 calling_ae=str(requestor.ae_title), started=time.monotonic()
@@ -260,24 +266,82 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
     return ae, event_handlers
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded acceptor, bound with ``SO_REUSEPORT``: several receiver
-    processes listen on one port and the kernel spreads new associations among them."""
+class _StorageServer(ThreadedAssociationServer):
+    """pynetdicom's threaded acceptor, with two changes:
+
+    - with ``share_port``, bound with ``SO_REUSEPORT``: several receiver processes listen on
+      one port and the kernel spreads new associations among them;
+    - a TLS handshake runs on the connection's own thread, within the ACSE timeout, instead of
+      in the acceptor (where pynetdicom does it, so one client that connects and says nothing
+      would hold every other connection back). A failed handshake is logged and closed.
+    """
+
+    share_port = False
+    handshake_timeout_s = 30.0
 
     def server_bind(self) -> None:
-        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.share_port:
+            cast(socket.socket, self.socket).setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        connection, address = cast(socket.socket, self.socket).accept()
+        if self.ssl_context:
+            connection = self.ssl_context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                tls.handshake(request, self.handshake_timeout_s)
+            except (ssl.SSLEOFError, ConnectionError):  # a port probe: closed, said nothing
+                log.debug("connection from %s closed before a TLS handshake", client_address[0])
+                self.shutdown_request(request)
+                return
+            except (OSError, ValueError) as exc:
+                log.warning("TLS handshake from %s failed: %s", client_address[0],
+                            getattr(exc, "reason", None) or exc.__class__.__name__)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One DICOM port the receiver serves: plain TCP, or TLS with ``ssl_context``."""
+
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def kind(self) -> str:
+        return "DICOM TLS" if self.ssl_context else "DICOM"
+
+
+def listeners(settings: Settings) -> list[Listener]:
+    """The ports ``node`` serves (see :class:`node.settings.TlsSection`)."""
+    node = settings.node
+    if not node.tls.enabled:
+        return [Listener(node.dicom_port)]
+    context = tls.server_context(node.tls)
+    if node.tls.port is None:
+        return [Listener(node.dicom_port, context)]
+    plain = [Listener(node.dicom_port)] if node.dicom_port else []
+    return [*plain, Listener(node.tls.port, context)]
 
 
 def start_storage_server(
-    ae: AE, address: tuple[str, int], evt_handlers: list[Any], *, share_port: bool
+    ae: AE, address: tuple[str, int], evt_handlers: list[Any], *, share_port: bool,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
     """Listen in the background (as ``AE.start_server(block=False)``), sharing the port with
-    other receiver processes when ``share_port``."""
-    if not share_port:
-        return cast(ThreadedAssociationServer,
-                    ae.start_server(address, block=False, evt_handlers=evt_handlers))
-    server = ae.make_server(address, evt_handlers=evt_handlers, server_class=_SharedPortServer)
+    other receiver processes when ``share_port``, over TLS with ``ssl_context``."""
+    server_class = type("StorageServer", (_StorageServer,), {
+        "share_port": share_port, "handshake_timeout_s": ae.acse_timeout or 30.0})
+    server = ae.make_server(address, evt_handlers=evt_handlers, server_class=server_class,
+                            ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, name="storage-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)  # so AE.shutdown() stops it too

@@ -132,3 +132,32 @@ def test_a_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
     settings = load_settings(config, environ={})
     assert settings.peer("A").secret("token") == "t0ken-from-env"
     assert "t0ken" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("node: {tls: {enabled: true}}", "node.tls", "needs cert and key"),
+        ("node: {tls: {enabled: true, cert: CERT, key: KEY, require_client_cert: true}}",
+         "node.tls", "needs ca"),
+        ("node: {tls: {enabled: true, cert: CERT, key: /nonexistent.key}}", "node.tls",
+         "no such file /nonexistent.key"),
+        ("node: {dicom_port: 0}", "node", "nothing would listen"),
+        ("node: {dicom_port: 0, tls: {enabled: true, cert: CERT, key: KEY}}", "node",
+         "nothing would listen"),
+        ("node: {dicom_port: 2762, tls: {enabled: true, cert: CERT, key: KEY, port: 2762}}",
+         "node", "must differ"),
+        ("node: {tls: {enabled: true, cert: CERT, key: KEY, version: 1.0}}", "node.tls.version",
+         "Extra inputs"),
+    ],
+)
+def test_an_incomplete_tls_configuration_says_what_is_missing(
+        tmp_path: Path, text: str, key: str, reason: str) -> None:
+    for name in ("CERT", "KEY"):
+        (tmp_path / name.lower()).write_text("placeholder")
+        text = text.replace(name, str(tmp_path / name.lower()))
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(path, environ={})
+    assert f"  {key}" in str(excinfo.value) and reason in str(excinfo.value)
