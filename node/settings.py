@@ -83,6 +83,8 @@ class NodeSection(_Strict):
     bind: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
     data_dir: Path = Path("var")
     accept_unknown_callers: bool = False
+    check_caller_host: bool = Field(
+        False, description="a peer's AE title is accepted only from its hosts (else its host)")
     min_free_disk_mb: int = Field(1024, ge=0)
     max_associations: int = Field(16, ge=1)
     acse_timeout_s: float = Field(30, gt=0)
@@ -157,6 +159,10 @@ class Peer(_Strict):
     token: SecretStr | None = None
     token_file: Path | None = None
     token_env: str | None = None
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="addresses, networks (10.1.2.0/24) or names this peer may call from, "
+                    "checked with node.check_caller_host (default: its host)")
     tls: bool = Field(False, description="C-STORE / C-ECHO to this peer over DICOM TLS")
     tls_ca: Path | None = Field(
         None, description="the authority that signed the peer's certificate (else the system's)")

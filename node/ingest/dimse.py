@@ -9,13 +9,15 @@ response is sent. Handlers return a DIMSE status; no exception escapes them:
 - ``0xC210`` cannot understand: the data set cannot be parsed or lacks the UIDs we need.
 
 Associations from calling AE titles not in ``peers`` are rejected (A-ASSOCIATE-RJ, reason
-"calling AE title not recognised") unless ``node.accept_unknown_callers``; a wrong called AE
-title is rejected likewise (PS3.8 9.3.4).
+"calling AE title not recognised") unless ``node.accept_unknown_callers``, and with
+``node.check_caller_host`` also a peer's AE title from another address (:mod:`callers`); a
+wrong called AE title is rejected likewise (PS3.8 9.3.4).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -43,6 +45,7 @@ from node.dicomfile import (
 )
 from node.domain import InstanceRef, StoreOutcome
 from node.ingest import receive_path
+from node.ingest.callers import CallerCheckingAE, CallerPolicy, log_rejection
 from node.settings import Settings
 from node.store.database import StoreUnavailable
 from node.store.spool import InstanceStorage
@@ -239,20 +242,17 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
         receive_path.install()
     if node.receive_to_disk:
         receive_path.stream_to(handlers.spool_tmp_dir)
-    ae = AE(ae_title=node.ae_title)
+    ae = CallerCheckingAE(ae_title=node.ae_title)
+    ae.caller_policy = policy = CallerPolicy(settings)
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
     ae.maximum_pdu_size = node.max_pdu_size
     ae.require_called_aet = True
-    if not node.accept_unknown_callers:
-        ae.require_calling_aet = [peer.ae_title for peer in settings.peers]
-        if not settings.peers:
-            log.warning(
-                "no peers configured and accept_unknown_callers is false: every caller "
-                "will be rejected"
-            )
+    if not node.accept_unknown_callers and not settings.peers:
+        log.warning("no peers configured and accept_unknown_callers is false: every caller "
+                    "will be rejected")
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -262,6 +262,7 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
         (evt.EVT_ESTABLISHED, handlers.on_established),
         (evt.EVT_RELEASED, handlers.on_released),
         (evt.EVT_ABORTED, handlers.on_aborted),
+        (evt.EVT_REJECTED, functools.partial(log_rejection, policy)),
     ]
     return ae, event_handlers
 

@@ -205,6 +205,34 @@ def test_wrong_called_ae_is_rejected(node: NodeProcess) -> None:
     assert node.stored_files() == []
 
 
+def test_a_known_title_from_another_host_is_rejected_when_hosts_are_checked(
+        node_factory) -> None:  # type: ignore[no-untyped-def]
+    """node.check_caller_host: STORESCU may call from 127.0.0.0/8 (its hosts list), ECHOSCU
+    only from 10.9.9.9 (its host); both calls come from 127.0.0.1."""
+    require("/usr/bin/storescu")
+    node = node_factory(node={"check_caller_host": True}, peers=[
+        {"name": "MODALITY", "ae_title": "STORESCU", "host": "10.9.9.8", "port": 104,
+         "hosts": ["127.0.0.0/8"]},
+        {"name": "ECHO", "ae_title": "ECHOSCU", "host": "10.9.9.9", "port": 104},
+    ]).start()
+    assert storescu(node, ct_files()[0]).returncode == 0
+    refused = storescu(node, ct_files()[1], calling="ECHOSCU")
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+    assert len(node.stored_files()) == 1
+    assert ("association from 'ECHOSCU' at 127.0.0.1 rejected: not from the peer's "
+            "configured hosts (10.9.9.9)") in node.log()
+
+
+def test_without_peers_every_caller_is_rejected(node_factory) -> None:  # type: ignore[no-untyped-def]
+    """As the start-up warning says (before, an empty peer list let everyone in)."""
+    require("/usr/bin/storescu")
+    node = node_factory(peers=[]).start()
+    assert storescu(node, ct_files()[0]).returncode != 0
+    assert node.stored_files() == []
+    assert "every caller will be rejected" in node.log()
+
+
 def test_unknown_callers_accepted_when_configured(node_factory) -> None:  # type: ignore[no-untyped-def]
     require("/usr/bin/storescu")
     node = node_factory(node={"accept_unknown_callers": True}).start()
