@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from node.audit import AuditTrail
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
 from node.ingest.dimse import (
@@ -69,6 +70,7 @@ class Node:
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings)
+        audit = AuditTrail(self.store, clock)
         self._servers: list[Any] = []
         self._stopping = threading.Event()
         self._wakes: dict[str, threading.Event] = {}
@@ -76,7 +78,7 @@ class Node:
         self.orchestrator: Orchestrator | None = None
         self.router: Router | None = None
         if "sender" in self.roles:
-            self.delivery = Delivery(settings, Outbox(self.store), clock)
+            self.delivery = Delivery(settings, Outbox(self.store), clock, audit)
             self._wakes["outbox"] = self.delivery.wake
         if "worker" in self.roles:
             # jobs found running at start were this process's when it is the only worker
@@ -85,11 +87,11 @@ class Node:
                 self.orchestrator = Orchestrator(
                     settings, self.store, None, clock, on_outbox=self._wake_sender,
                     executor_factory=lambda index: ProcessExecutor(settings, f"worker-{index}"),
-                    owns_store=owns_store)
+                    owns_store=owns_store, audit=audit)
             else:
                 self.orchestrator = Orchestrator(
                     settings, self.store, make_backend(settings), clock,
-                    on_outbox=self._wake_sender, owns_store=owns_store)
+                    on_outbox=self._wake_sender, owns_store=owns_store, audit=audit)
             self._wakes["jobs"] = self.orchestrator.wake
         self._sweeper = Loop("housekeeping", self._sweep, settings.series.sweep_interval_s)
         if "receiver" in self.roles:
@@ -111,6 +113,7 @@ class Node:
                     assoc_id, released=released
                 ),
                 clock,
+                audit=audit,
             )
             self._wakes["series"] = self._sweeper.wake
 

@@ -320,6 +320,40 @@ def status(
         )
 
 
+def parse_since(text: str, now: float) -> float:
+    """``30m``, ``24h``, ``7d`` ago, or a date / date-time (ISO 8601, local time) as epoch
+    seconds; ``ValueError`` when it is neither."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return now - int(text[:-1]) * units[text[-1]]
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+@app.command()
+def audit(
+    config: ConfigOption = None,
+    since: Annotated[str, typer.Option(
+        help="From when: 30m, 24h, 7d ago, or a date / date-time (2026-11-29T08:00).")] = "7d",
+    limit: Annotated[int, typer.Option(help="At most this many lines, newest first.")] = 200,
+) -> None:
+    """The audit trail: associations accepted and rejected, jobs, results sent, requeues."""
+    try:
+        start = parse_since(since, time.time())
+    except ValueError:
+        errors.print(f"--since {since!r}: give 30m, 24h, 7d or a date such as 2026-11-29")
+        raise typer.Exit(2) from None
+    settings = _settings(config)
+    store = _open_existing_store(settings)
+    try:
+        lines = store.audit_lines(limit, start)
+    finally:
+        store.close()
+    table = Table("when", "who", "what", "detail", title=f"audit trail since {_when(start)}")
+    for at, actor, action, detail in lines:
+        table.add_row(_when(at), actor, action, detail)
+    console.print(table)
+
+
 def _open_existing_store(settings: Settings) -> JobStore:
     if settings.store.url is None and not (settings.node.data_dir / DB_FILE).exists():
         errors.print(f"no job store under {settings.node.data_dir}: has the node run yet?")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from node.audit import Audit, no_audit
 from node.domain import Job, SeriesKey
 from node.execute import PERMANENT_ERRORS
 from node.infer.backend import Backend, BackendUnavailable
@@ -125,6 +126,7 @@ class Orchestrator:
         executor_factory: Callable[[int], Executor] | None = None,
         *,
         owns_store: bool = True,
+        audit: Audit = no_audit,
     ) -> None:
         """Jobs run on one executor per worker from ``executor_factory`` (e.g. a worker
         process each), or else in this process on ``backend``, shared by the worker threads.
@@ -134,6 +136,7 @@ class Orchestrator:
         self._store = store
         self._queue = JobQueue(store)
         self._on_outbox = on_outbox
+        self._audit = audit
         if executor_factory is not None:
             self._executors: list[Executor] = [
                 executor_factory(index) for index in range(settings.inference.workers)]
@@ -194,7 +197,7 @@ class Orchestrator:
         except PERMANENT_ERRORS as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             log.error("job %d (%s) failed: %s", job.id, job.pipeline, reason)
-            self._queue.fail(job, reason, self._clock())
+            self._fail(job, reason, self._clock())
         except LeaseLost:
             raise
         except Exception as exc:  # retried: backend down, disk, anything transient
@@ -207,11 +210,21 @@ class Orchestrator:
                     outbox.put(db, job.id, item, now)
                 if result.deliveries:
                     self._store.notify(db, "outbox")
+                self._store.audit("node", "job done", (
+                    f"job {job.id}: {job.pipeline} on {job.model} "
+                    f"{result.summary.get('model_version', '')}, series "
+                    f"{job.series.series_instance_uid} rev {job.series.revision}, "
+                    f"{len(result.deliveries)} result(s) queued"), now, db)
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
             if result.deliveries and self._on_outbox is not None:
                 self._on_outbox()
+
+    def _fail(self, job: Job, reason: str, now: float) -> None:
+        self._queue.fail(job, reason, now)
+        self._audit("node", "job failed", f"job {job.id}: {job.pipeline} on {job.model}, series "
+                    f"{job.series.series_instance_uid} rev {job.series.revision}: {reason}")
 
     def _retry_or_fail(self, job: Job, exc: Exception) -> None:
         inference = self._settings.inference
@@ -222,8 +235,8 @@ class Orchestrator:
             if policy.exhausted(job.first_failed_at, now):
                 log.error("job %d: backend unavailable for %.0f s, giving up: %s",
                           job.id, policy.window_s, reason)
-                self._queue.fail(job, f"backend unavailable for {policy.window_s:.0f} s: "
-                                 f"{reason}", now)
+                self._fail(job, f"backend unavailable for {policy.window_s:.0f} s: {reason}",
+                           now)
                 return
             delay = policy.delay(job.transient + 1)
             log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)
@@ -231,7 +244,7 @@ class Orchestrator:
             return
         if job.attempts >= inference.job_attempts:
             log.error("job %d gave up after %d attempts: %s", job.id, job.attempts, reason)
-            self._queue.fail(job, f"gave up after {job.attempts} attempts: {reason}", now)
+            self._fail(job, f"gave up after {job.attempts} attempts: {reason}", now)
             return
         delay = policy.delay(job.attempts)
         log.exception("job %d attempt %d failed; retrying in %.0f s", job.id, job.attempts, delay)

@@ -86,6 +86,8 @@ class NodeSection(_Strict):
     check_caller_host: bool = Field(
         False, description="a peer's AE title is accepted only from its hosts (else its host)")
     min_free_disk_mb: int = Field(1024, ge=0)
+    max_instance_mb: int = Field(
+        4096, ge=0, description="larger instances are refused (0xA700), not kept; 0: no limit")
     max_associations: int = Field(16, ge=1)
     acse_timeout_s: float = Field(30, gt=0)
     dimse_timeout_s: float = Field(60, gt=0)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from node.audit import Audit, no_audit
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
 from node.loops import Loop
 from node.settings import Peer, Settings
@@ -45,9 +46,11 @@ def classify(outcome: str) -> str:
 
 class Delivery:
     def __init__(
-        self, settings: Settings, outbox: Outbox, clock: Callable[[], float] = time.time
+        self, settings: Settings, outbox: Outbox, clock: Callable[[], float] = time.time,
+        audit: Audit = no_audit,
     ) -> None:
         self._settings = settings
+        self._audit = audit
         self._outbox = outbox
         self._clock = clock
         self._loop = Loop("egress", self.deliver_ready, settings.egress.interval_s)
@@ -99,6 +102,8 @@ class Delivery:
                 log.exception("result %s to %s: outcome not recorded", item.id, peer.name)
         if sent:
             log.info("delivered %d result object(s) to %s", sent, peer.name)
+            self._audit("node", "results sent", f"{sent} object(s) to {peer.name} "
+                        f"({peer.ae_title}@{peer.host}:{peer.port})")
         return sent
 
     def _record(self, peer: Peer, item: OutboxItem, outcome: str) -> int:
@@ -114,6 +119,8 @@ class Delivery:
             log.error("result %s to %s: dead letter (%s)", item.sop_instance_uid, peer.name,
                       outcome)
             self._outbox.dead(item.id, outcome, now)
+            self._audit("node", "delivery given up",
+                        f"result {item.sop_instance_uid} to {peer.name}: {outcome}")
             return 0
         delay = policy.delay(item.attempts + 1)
         log.warning("result %s to %s: %s; retry in %.0f s", item.sop_instance_uid, peer.name,

@@ -20,6 +20,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from node.audit import Audit
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class CallerCheckingAE(AE):
         AE.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
 
 
-def log_rejection(policy: CallerPolicy, event: Any) -> None:
-    """One line per rejected association: who, from where, why (no patient data)."""
+def log_rejection(policy: CallerPolicy, audit: Audit, event: Any) -> None:
+    """One log and one audit line per rejected association: who, from where, why."""
     requestor = event.assoc.requestor
     ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
     why = policy.refusal(ae_title, address) or "called AE title or association limit"
     log.warning("association from %r at %s rejected: %s", ae_title, address, why)
+    audit(ae_title, "association rejected", f"from {address}: {why}")

@@ -4,7 +4,8 @@ Every C-STORE is written to the spool (fsync) and indexed in the job store *befo
 response is sent. Handlers return a DIMSE status; no exception escapes them:
 
 - ``0x0000`` success (a duplicate SOP Instance UID replaces the earlier copy and is counted);
-- ``0xA700`` out of resources: free disk under ``node.min_free_disk_mb``, or the write failed;
+- ``0xA700`` out of resources: free disk under ``node.min_free_disk_mb``, an instance larger
+  than ``node.max_instance_mb`` (not kept), or the write failed;
 - ``0xA900`` data set does not match SOP class: header UIDs differ from the request's;
 - ``0xC210`` cannot understand: the data set cannot be parsed or lacks the UIDs we need.
 
@@ -36,6 +37,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import tls
+from node.audit import Audit, no_audit
 from node.dicomfile import (
     VERIFICATION,
     InstanceIdentity,
@@ -72,6 +74,8 @@ def _status(code: int, comment: str) -> Dataset:
 class _AssociationStats:
     calling_ae: str
     started: float
+    address: str = ""
+    secured: str | None = None
     stored: int = 0
     duplicates: int = 0
     failed: dict[int, int] = field(default_factory=dict)
@@ -88,17 +92,25 @@ class StorageHandlers:
         on_recorded: Callable[[StoreOutcome, int], None],
         on_association_end: Callable[[int, bool], None],
         clock: Callable[[], float] = time.time,
+        *,
+        audit: Audit = no_audit,
     ) -> None:
         self._settings = settings
+        self._audit = audit
         self._spool = spool
         self._record = record
         self._on_recorded = on_recorded
         self._on_association_end = on_association_end
         self._clock = clock
         self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
+        self._max_instance_bytes = settings.node.max_instance_mb * 1024 * 1024
         self._stats: dict[int, _AssociationStats] = {}
 
         self._lock = threading.Lock()
+
+    @property
+    def audit(self) -> Audit:
+        return self._audit
 
     @property
     def spool_tmp_dir(self) -> Path:
@@ -113,8 +125,8 @@ class StorageHandlers:
                      requestor.address, secured)
         with self._lock:
             self._stats[id(event.assoc)] = _AssociationStats(
-                calling_ae=str(requestor.ae_title), started=time.monotonic()
-            )
+                calling_ae=str(requestor.ae_title).strip(), started=time.monotonic(),
+                address=str(requestor.address), secured=secured)
 
     def on_released(self, event: evt.Event) -> None:
         self._association_closed(event, released=True)
@@ -137,6 +149,12 @@ class StorageHandlers:
                 {f"0x{k:04X}": v for k, v in stats.failed.items()} if failed else "",
                 time.monotonic() - stats.started,
             )
+            codes = ", ".join(f"0x{k:04X}: {v}" for k, v in stats.failed.items())
+            self._audit(stats.calling_ae, "association released" if released
+                        else "association aborted",
+                        f"from {stats.address}{' over ' + stats.secured if stats.secured else ''}"
+                        f": {stats.stored} instance(s) stored ({stats.duplicates} duplicates), "
+                        f"{failed} refused{' (' + codes + ')' if failed else ''}")
         try:
             self._on_association_end(id(event.assoc), released)
         except Exception:
@@ -192,6 +210,14 @@ class StorageHandlers:
             return _status(OUT_OF_RESOURCES, "disk space below configured floor")
         received: Path | None = getattr(request, "_dataset_path", None)  # chunked receive
         encoded = b"" if received else self._part10(event, calling_ae)
+        if receive_path.too_large(request) or (
+                self._max_instance_bytes and len(encoded) > self._max_instance_bytes):
+            if received:
+                received.unlink(missing_ok=True)
+            log.warning("C-STORE from %s refused, 0xA700: larger than node.max_instance_mb "
+                        "(%d MB; SOP %s)", calling_ae, self._settings.node.max_instance_mb,
+                        sop_uid)
+            return _status(OUT_OF_RESOURCES, "instance larger than node.max_instance_mb")
         identity = self._identify(received, encoded, request, calling_ae)
         if isinstance(identity, Dataset):
             return identity
@@ -241,7 +267,7 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
     if node.event_driven_reactor:
         receive_path.install()
     if node.receive_to_disk:
-        receive_path.stream_to(handlers.spool_tmp_dir)
+        receive_path.stream_to(handlers.spool_tmp_dir, node.max_instance_mb * 1024 * 1024)
     ae = CallerCheckingAE(ae_title=node.ae_title)
     ae.caller_policy = policy = CallerPolicy(settings)
     ae.maximum_associations = node.max_associations
@@ -262,7 +288,7 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
         (evt.EVT_ESTABLISHED, handlers.on_established),
         (evt.EVT_RELEASED, handlers.on_released),
         (evt.EVT_ABORTED, handlers.on_aborted),
-        (evt.EVT_REJECTED, functools.partial(log_rejection, policy)),
+        (evt.EVT_REJECTED, functools.partial(log_rejection, policy, handlers.audit)),
     ]
     return ae, event_handlers
 

@@ -173,8 +173,36 @@ def _stamp_file_meta(messages: Any) -> None:
     messages._ainode_stamped = True
 
 
-def stream_to(directory: Path) -> bool:
-    """Receive C-STORE data sets straight into Part 10 files under ``directory``."""
+def _bounded_temporary_file(directory: Path, limit_bytes: int, **kwargs: Any) -> Any:
+    """A temporary file (as pynetdicom's chunked receive opens it) that stops writing once
+    ``limit_bytes`` have come: the rest of an oversized data set is read off the wire and
+    dropped, and ``ainode_too_large`` tells the C-STORE handler to refuse it."""
+    options = {**kwargs, "dir": directory, "prefix": "rx-", "suffix": ".part"}
+    handle: Any = tempfile.NamedTemporaryFile(**options)  # noqa: SIM115 - pynetdicom closes it
+    handle.ainode_too_large = False
+    write_to_disk = handle.file.write
+    received = 0
+
+    def write(data: bytes) -> int:
+        nonlocal received
+        received += len(data)
+        if limit_bytes and received > limit_bytes:
+            handle.ainode_too_large = True
+            return len(data)
+        return int(write_to_disk(data))
+
+    handle.write = write
+    return handle
+
+
+def too_large(request: Any) -> bool:
+    """Whether the C-STORE request's data set went past the limit given to :func:`stream_to`."""
+    return bool(getattr(getattr(request, "_dataset_file", None), "ainode_too_large", False))
+
+
+def stream_to(directory: Path, limit_bytes: int = 0) -> bool:
+    """Receive C-STORE data sets straight into Part 10 files under ``directory``, writing at
+    most ``limit_bytes`` of each (0: no limit; see :func:`too_large`)."""
     try:
         config: Any = importlib.import_module("pynetdicom._config")
         messages: Any = importlib.import_module("pynetdicom.dimse_messages")
@@ -185,8 +213,7 @@ def stream_to(directory: Path) -> bool:
             log.warning("pynetdicom internals differ from 3.0: receiving into memory")
             return False
         messages.NamedTemporaryFile = functools.partial(
-            tempfile.NamedTemporaryFile, dir=directory, prefix="rx-", suffix=".part"
-        )
+            _bounded_temporary_file, directory, limit_bytes)
         _stamp_file_meta(messages)
         config.STORE_RECV_CHUNKED_DATASET = True
     except (ImportError, AttributeError) as exc:

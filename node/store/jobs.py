@@ -67,19 +67,24 @@ class JobStore:
         """Wake other processes waiting for ``channel`` work when ``db`` commits."""
         self.database.notify(db, channel)
 
-    def audit(self, actor: str, action: str, detail: str, now: float) -> None:
-        """One line of the audit trail (who did what), e.g. an operator's requeue."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
-                (now, actor, action, detail),
-            )
+    def audit(self, actor: str, action: str, detail: str, now: float,
+              db: Connection | None = None) -> None:
+        """One line of the audit trail (who did what): in ``db``'s transaction when given (so
+        it commits with what it records), else in its own."""
+        if db is not None:
+            db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
+                       (now, actor, action, detail))
+            return
+        with self.transaction() as own:
+            self.audit(actor, action, detail, now, own)
 
-    def audit_lines(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
+    def audit_lines(self, limit: int = 100, since: float = 0.0
+                    ) -> list[tuple[float, str, str, str]]:
+        """The newest ``limit`` lines at or after ``since`` (epoch seconds), newest first."""
         with self.reading() as db:
-            return db.execute(
-                "SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-            ).fetchall()
+            return [tuple(row) for row in db.execute(
+                "SELECT at, actor, action, detail FROM audit WHERE at >= ? "
+                "ORDER BY id DESC LIMIT ?", (since, limit)).fetchall()]
 
     def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
         """Index a spooled instance into the open revision of its series (opening one if needed)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -222,6 +224,22 @@ def test_a_known_title_from_another_host_is_rejected_when_hosts_are_checked(
     assert len(node.stored_files()) == 1
     assert ("association from 'ECHOSCU' at 127.0.0.1 rejected: not from the peer's "
             "configured hosts (10.9.9.9)") in node.log()
+    trail = _audit(node)  # the audit trail has both: who, from where, why
+    def line_with(*words: str) -> bool:
+        return any(all(w in line for w in words) for line in trail.splitlines())
+    assert line_with("ECHOSCU", "association rejected",
+                     "from 127.0.0.1: not from the peer's configured hosts"), trail
+    assert line_with("STORESCU", "association released",
+                     "from 127.0.0.1: 1 instance(s) stored"), trail
+
+
+def _audit(node: NodeProcess) -> str:
+    ainode = str(Path(sys.executable).parent / "ainode")
+    result = subprocess.run([ainode, "audit", "--config", str(node.config_path)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def test_without_peers_every_caller_is_rejected(node_factory) -> None:  # type: ignore[no-untyped-def]
@@ -249,6 +267,31 @@ def test_disk_floor_answers_out_of_resources(node_factory) -> None:  # type: ign
     assert "Received Store Response (Refused: OutOfResources)" in output, output
     assert node.stored_files() == []
     assert "free disk below node.min_free_disk_mb" in node.log()
+
+
+@pytest.mark.parametrize("receive_to_disk", [True, False])
+def test_an_instance_over_max_instance_mb_is_refused_and_not_kept(
+        node_factory, tmp_path: Path, receive_to_disk: bool) -> None:  # type: ignore[no-untyped-def]
+    """A 2 MB CT image (four slices' pixels, new UIDs) against a 1 MB limit, then a 0.5 MB CT
+    slice on the same association: the first refused (0xA700) and not kept, the second
+    stored."""
+    require("/usr/bin/storescu")
+    node = node_factory(node={"max_instance_mb": 1, "receive_to_disk": receive_to_disk}).start()
+    source = pydicom.dcmread(ct_files()[0])
+    source.Rows *= 4
+    source.PixelData = source.PixelData * 4
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    large = tmp_path / "large.dcm"
+    source.save_as(large)
+    assert large.stat().st_size > 2 * 1024 * 1024
+    result = storescu(node, large, ct_files()[0], extra=("--no-halt",))
+    output = result.stdout + result.stderr
+    assert "Received Store Response (Refused: OutOfResources)" in output, output
+    assert "Received Store Response (Success)" in output, output
+    slice_uid = pydicom.dcmread(ct_files()[0], stop_before_pixels=True).SOPInstanceUID
+    assert [f.name for f in node.stored_files()] == [f"{slice_uid}.dcm"]
+    assert list((node.data_dir / "spool" / ".tmp").iterdir()) == []
+    assert "larger than node.max_instance_mb (1 MB" in node.log()
 
 
 def test_sop_class_mismatch_answers_a900(node: NodeProcess, tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
         assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
         sc_series = found.get("OT", []) + found.get("SC", [])
         assert len(sc_series) == 1
+        trail = dict((action, detail) for action, detail in node.query(
+            "SELECT action, detail FROM audit"))  # the audit trail of what happened
+        assert trail["association released"].startswith("from 127.0.0.1: 134 instance(s)")
+        assert "ct-body on ct_body_seg 1.0.0" in trail["job done"]
+        def sent_to_pacs() -> int:
+            return sum(int(detail.split()[0]) for (detail,) in node.query(
+                "SELECT detail FROM audit WHERE action='results sent'")
+                if f"to PACS (ORTHANC@127.0.0.1:{dicom_port})" in detail)
+        assert wait_for(lambda: sent_to_pacs() == 3, 10, 0.2), node.query("SELECT * FROM audit")
 
         (seg_ds,) = fetch(pacs, study_uid, found["SEG"][0])
         (sr_ds,) = fetch(pacs, study_uid, found["SR"][0])
@@ -200,6 +209,8 @@ def test_destination_refusing_the_sop_class_ends_in_the_dead_letter(
                 node.query("SELECT * FROM outbox"))
             errors = [r[0] for r in node.query("SELECT error FROM outbox")]
             assert all("presentation context" in e.lower() for e in errors), errors
+            given_up = node.query("SELECT detail FROM audit WHERE action='delivery given up'")
+            assert len(given_up) == 3 and all(" to PACS: refused" in d for (d,) in given_up)
             assert list(out.iterdir()) == []
         finally:
             scp.terminate()

@@ -38,3 +38,30 @@ def test_status_shows_superseded_jobs_and_undelivered_results_by_id(tmp_path: Pa
     assert "superseded by revision 2" in result.output
     assert f"result {item_id}: PACS seg 9.9: dead after 1 attempt(s): refused" in result.output
     assert "superseded 0" in result.output  # the per-destination counts name every state
+
+
+def test_audit_prints_the_lines_since_a_time_newest_first(tmp_path: Path) -> None:
+    import datetime as dt
+    import time
+
+    data_dir = tmp_path / "var"
+    store = JobStore(data_dir / "jobs.sqlite3")
+    now = time.time()
+    store.audit("OLDCALLER", "association rejected", "from 10.0.0.9: not in peers", now - 3 * 86400)
+    store.audit("STORESCU", "association released", "from 127.0.0.1: 3 stored", now - 7200)
+    store.audit("node", "job done", "job 1: ct-body on ct_body_seg 1.0.0", now - 60)
+    store.close()
+    config = tmp_path / "node.yaml"
+    config.write_text(f"node: {{data_dir: {data_dir}}}\n")
+    runner = CliRunner()
+    wide = {"COLUMNS": "200"}
+    recent = runner.invoke(app, ["audit", "--config", str(config), "--since", "3h"], env=wide)
+    assert recent.exit_code == 0, recent.output
+    assert "job done" in recent.output and "association released" in recent.output
+    assert "OLDCALLER" not in recent.output
+    assert recent.output.index("job done") < recent.output.index("association released")
+    day = dt.datetime.fromtimestamp(now - 4 * 86400).date().isoformat()
+    everything = runner.invoke(app, ["audit", "--config", str(config), "--since", day], env=wide)
+    assert "OLDCALLER" in everything.output and "not in peers" in everything.output
+    bad = runner.invoke(app, ["audit", "--config", str(config), "--since", "yesterday"])
+    assert bad.exit_code == 2 and "give 30m, 24h, 7d" in bad.output
