@@ -32,6 +32,19 @@ class RedactQuotedValues(logging.Filter):
         return True
 
 
+class QuietNetworkErrors(logging.Filter):
+    """pynetdicom logs a peer that stalls or drops mid-PDU with a traceback; a client's
+    network fault is one warning line, not a stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name.startswith("pynetdicom") and isinstance(error, OSError):
+            record.msg, record.args = f"network error: {error.__class__.__name__}: {error}", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str = "info", role: str | None = None) -> None:
     """Log to stderr at ``level`` (each line naming the process's ``role``, when it runs one);
     capture warnings; redact other libraries' quoted values."""
@@ -43,7 +56,8 @@ def configure(level: str = "info", role: str | None = None) -> None:
     )
     logging.captureWarnings(True)
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactQuotedValues) for f in handler.filters):
-            handler.addFilter(RedactQuotedValues())
+        for kind in (QuietNetworkErrors, RedactQuotedValues):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -61,9 +61,11 @@ def describe(connection: socket.socket | None) -> str | None:
 
 def handshake(connection: ssl.SSLSocket, timeout_s: float) -> None:
     """Complete the server side of the handshake within ``timeout_s`` (raises ``OSError``,
-    ``ssl.SSLError`` included, when it fails or times out); the socket is blocking after."""
+    ``ssl.SSLError`` included, when it fails or times out); the socket's timeout is as
+    before after."""
+    previous = connection.gettimeout()
     connection.settimeout(timeout_s)
     connection.do_handshake()
-    connection.settimeout(None)
+    connection.settimeout(previous)
 
 

@@ -305,6 +305,7 @@ class _StorageServer(ThreadedAssociationServer):
 
     share_port = False
     handshake_timeout_s = 30.0
+    network_timeout_s = 60.0
 
     def server_bind(self) -> None:
         if self.share_port:
@@ -320,6 +321,11 @@ class _StorageServer(ThreadedAssociationServer):
         return connection, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # Accepted sockets are blocking (Python drops the listener's timeout), and pynetdicom
+        # reads a PDU until it has all the bytes its header announced: a client that sends
+        # a header (or garbage that reads as one) and stops would hold this connection, its
+        # threads and an association slot forever. A stall of network_timeout_s ends it.
+        request.settimeout(self.network_timeout_s)
         if isinstance(request, ssl.SSLSocket):
             try:
                 tls.handshake(request, self.handshake_timeout_s)
@@ -366,7 +372,8 @@ def start_storage_server(
     """Listen in the background (as ``AE.start_server(block=False)``), sharing the port with
     other receiver processes when ``share_port``, over TLS with ``ssl_context``."""
     server_class = type("StorageServer", (_StorageServer,), {
-        "share_port": share_port, "handshake_timeout_s": ae.acse_timeout or 30.0})
+        "share_port": share_port, "handshake_timeout_s": ae.acse_timeout or 30.0,
+        "network_timeout_s": ae.network_timeout or 60.0})
     server = ae.make_server(address, evt_handlers=evt_handlers, server_class=server_class,
                             ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, name="storage-acceptor", daemon=True)

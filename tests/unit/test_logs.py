@@ -31,3 +31,21 @@ def test_library_messages_lose_quoted_values_and_ours_are_kept(
     assert "Doe-John_001" not in text and "Doe^Jane" not in text
     assert 'The string "<redacted>" is unlikely' in text
     assert "job 3 to 'PACS'" in text
+
+
+def test_a_peer_network_error_logged_by_pynetdicom_is_one_warning_line() -> None:
+    from node.logs import QuietNetworkErrors
+
+    try:
+        raise TimeoutError("timed out")
+    except TimeoutError:
+        import sys
+
+        stalled = logging.LogRecord("pynetdicom.dul", logging.ERROR, __file__, 1, "%s",
+                                    ("timed out",), sys.exc_info())
+        defect = logging.LogRecord("pynetdicom.dul", logging.ERROR, __file__, 1, "boom", (),
+                                   (ValueError, ValueError("boom"), None))
+    assert QuietNetworkErrors().filter(stalled) and QuietNetworkErrors().filter(defect)
+    formatted = logging.Formatter("%(levelname)s %(message)s").format(stalled)
+    assert formatted == "WARNING network error: TimeoutError: timed out"
+    assert defect.exc_info is not None and defect.levelno == logging.ERROR  # others untouched

@@ -1,0 +1,106 @@
+"""Raw protocol abuse on the DICOM port (PS3.8 9.3 PDU framing): garbage, truncated and
+oversized PDUs, P-DATA before any association, silent and idle connections. After each the
+node is still up, closes the abusive connection by itself, and a normal echoscu and storescu
+succeed."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import ECHOSCU, NodeProcess, ct_files, require, storescu, wait_for
+
+pytestmark = pytest.mark.integration
+
+ACSE_TIMEOUT_S = 2
+
+
+def _associate_rq_head(declared_length: int) -> bytes:
+    """The start of an A-ASSOCIATE-RQ (PS3.8 9.3.2): type, length, version, called and
+    calling AE titles, reserved; no items."""
+    return (b"\x01\x00" + struct.pack(">I", declared_length) + b"\x00\x01\x00\x00"
+            + b"AINODE".ljust(16) + b"STORESCU".ljust(16) + b"\x00" * 32)
+
+
+ABUSES: dict[str, bytes] = {
+    "garbage": bytes(range(256)) * 4,
+    "truncated A-ASSOCIATE-RQ": _associate_rq_head(400),
+    "a PDU announcing 4 GB": b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 64,
+    "P-DATA before an association": (b"\x04\x00" + struct.pack(">I", 10)
+                                     + struct.pack(">I", 6) + b"\x01\x03" + b"\x00" * 4),
+    "an unknown PDU type": b"\x09\x00\x00\x00\x00\x04abcd",
+    "nothing at all": b"",
+}
+
+
+def _closed_by_peer(connection: socket.socket) -> bool:
+    """Whether the node has closed (or reset) ``connection``: reads until EOF, answering
+    bytes (an A-ABORT or A-ASSOCIATE-RJ) are fine."""
+    try:
+        while True:
+            data = connection.recv(65536)
+            if not data:
+                return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def _healthy(node: NodeProcess) -> None:
+    import subprocess
+
+    from tests.conftest import DCMTK_ENV
+
+    echo = subprocess.run([ECHOSCU, "-aet", "ECHOSCU", "-aec", "AINODE", "127.0.0.1",
+                           str(node.port)], env=DCMTK_ENV, capture_output=True, text=True,
+                          timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    stored = storescu(node, ct_files()[0])
+    assert stored.returncode == 0, stored.stderr
+    assert node.alive
+
+
+@pytest.fixture
+def abused_node(node_factory: Any) -> NodeProcess:
+    require(ECHOSCU)
+    return node_factory(node={"acse_timeout_s": ACSE_TIMEOUT_S, "network_timeout_s": 5,
+                              "dimse_timeout_s": 5}).start()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("abuse", sorted(ABUSES))
+def test_abusive_bytes_end_that_connection_only(abused_node: NodeProcess, abuse: str) -> None:
+    connection = socket.create_connection(("127.0.0.1", abused_node.port))
+    try:
+        if ABUSES[abuse]:
+            connection.sendall(ABUSES[abuse])
+        _healthy(abused_node)  # served while the abusive connection is still open
+        connection.settimeout(ACSE_TIMEOUT_S + 8)
+        assert _closed_by_peer(connection), f"{abuse}: the node kept the connection open"
+    finally:
+        connection.close()
+    _healthy(abused_node)
+    assert "Traceback" not in abused_node.log()
+
+
+def test_a_hundred_idle_connections_are_dropped_and_the_node_serves_again(
+        abused_node: NodeProcess) -> None:
+    """More idle connections than node.max_associations (16): new associations may be refused
+    while they last (A-ASSOCIATE-RJ, local limit exceeded), and every idle one is closed after
+    the ACSE timeout, after which the node serves normally."""
+    idle = [socket.create_connection(("127.0.0.1", abused_node.port)) for _ in range(100)]
+    try:
+        started = time.monotonic()
+        for connection in idle:
+            connection.settimeout(max(0.1, ACSE_TIMEOUT_S + 15 - (time.monotonic() - started)))
+        assert all(_closed_by_peer(c) for c in idle), "idle connections were kept open"
+    finally:
+        for connection in idle:
+            connection.close()
+    assert wait_for(lambda: abused_node.alive, 1)
+    _healthy(abused_node)
+    assert "Traceback" not in abused_node.log()
