@@ -113,6 +113,13 @@ class Router:
         return routed
 
 
+def _job_text(job: Job, outcome: str, version: str = "") -> str:
+    """A job as the audit trail names it: id, pipeline, model (and version), series."""
+    model = f"{job.model} {version}" if version else job.model
+    return (f"job {job.id}: {job.pipeline} on {model}, series "
+            f"{job.series.series_instance_uid} rev {job.series.revision}: {outcome}")
+
+
 class Orchestrator:
     """Routes completed series and runs jobs on a backend, on ``workers`` threads."""
 
@@ -210,11 +217,9 @@ class Orchestrator:
                     outbox.put(db, job.id, item, now)
                 if result.deliveries:
                     self._store.notify(db, "outbox")
-                self._store.audit("node", "job done", (
-                    f"job {job.id}: {job.pipeline} on {job.model} "
-                    f"{result.summary.get('model_version', '')}, series "
-                    f"{job.series.series_instance_uid} rev {job.series.revision}, "
-                    f"{len(result.deliveries)} result(s) queued"), now, db)
+                self._store.audit("node", "job done", _job_text(
+                    job, f"{len(result.deliveries)} result(s) queued",
+                    result.summary.get("model_version", "")), now, db)
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
@@ -223,8 +228,7 @@ class Orchestrator:
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)
-        self._audit("node", "job failed", f"job {job.id}: {job.pipeline} on {job.model}, series "
-                    f"{job.series.series_instance_uid} rev {job.series.revision}: {reason}")
+        self._audit("node", "job failed", _job_text(job, reason))
 
     def _retry_or_fail(self, job: Job, exc: Exception) -> None:
         inference = self._settings.inference

@@ -294,13 +294,14 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE,
 
 
 class _StorageServer(ThreadedAssociationServer):
-    """pynetdicom's threaded acceptor, with two changes:
+    """pynetdicom's threaded acceptor, with three changes:
 
     - with ``share_port``, bound with ``SO_REUSEPORT``: several receiver processes listen on
       one port and the kernel spreads new associations among them;
     - a TLS handshake runs on the connection's own thread, within the ACSE timeout, instead of
       in the acceptor (where pynetdicom does it, so one client that connects and says nothing
-      would hold every other connection back). A failed handshake is logged and closed.
+      would hold every other connection back). A failed handshake is logged and closed;
+    - every accepted socket gets ``network_timeout_s`` (see ``process_request_thread``).
     """
 
     share_port = False
