@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from node.atna import AuditForwarder, forward_remaining
 from node.audit import AuditTrail
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
@@ -93,6 +94,12 @@ class Node:
                     settings, self.store, make_backend(settings), clock,
                     on_outbox=self._wake_sender, owns_store=owns_store, audit=audit)
             self._wakes["jobs"] = self.orchestrator.wake
+        self._forwarder: AuditForwarder | None = None
+        self._forwarding: Loop | None = None
+        if "sender" in self.roles and settings.audit.syslog is not None:
+            self._forwarder = AuditForwarder(settings, self.store)
+            self._forwarding = Loop("audit-forwarder", self._forwarder.forward,
+                                    settings.audit.interval_s)
         self._sweeper = Loop("housekeeping", self._sweep, settings.series.sweep_interval_s)
         if "receiver" in self.roles:
             self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
@@ -137,6 +144,8 @@ class Node:
             self.orchestrator.ensure_running()
         if self.delivery is not None:
             self.delivery.ensure_running()
+        if self._forwarding is not None:
+            self._forwarding.ensure_running()
         return routed > 0
 
     def start(self) -> None:
@@ -155,6 +164,8 @@ class Node:
             self.orchestrator.start()
         if self.delivery is not None:
             self.delivery.start()
+        if self._forwarding is not None:
+            self._forwarding.start()
         if self._wakes:
             self.store.database.watch(self._wakes)
         self._sweeper.start()  # last: it supervises the other loops
@@ -185,6 +196,9 @@ class Node:
             self.orchestrator.stop()
         if self.delivery is not None:
             self.delivery.stop()
+        if self._forwarding is not None and self._forwarder is not None:
+            self._forwarding.stop(timeout_s=5)
+            forward_remaining(self._forwarder)
         self.store.close()
         log.info("stopped (%s) in %.1f s", "+".join(sorted(self.roles)),
                  time.monotonic() - started)

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from node import __version__, logs
 from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, Node, open_store
+from node.audit import record_start, record_stop
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
@@ -101,13 +102,18 @@ def serve(
         errors.print(f"[red]cannot start: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from exc
     _on_stop_signals(node.request_stop)
+    roles = "+".join(r for r in ROLES if r in role)
     try:
         node.start()
     except OSError as exc:
         errors.print(f"[red]cannot start: {exc}[/red]")
         node.stop()
         raise typer.Exit(1) from exc
+    if not supervised:  # the supervisor records its own start and stop
+        record_start(node.store, settings, roles)
     node.wait()
+    if not supervised:
+        record_stop(node.store, settings, roles)
     node.stop()
 
 
@@ -348,10 +354,15 @@ def audit(
         lines = store.audit_lines(limit, start)
     finally:
         store.close()
-    table = Table("when", "who", "what", "detail", title=f"audit trail since {_when(start)}")
-    for at, actor, action, detail in lines:
-        table.add_row(_when(at), actor, action, detail)
+    table = Table("when", "who", "from", "what", "outcome", "detail",
+                  title=f"audit trail since {_when(start)}")
+    for line in lines:
+        table.add_row(_when(line.at), line.actor, line.address or "-", line.action,
+                      OUTCOMES.get(line.outcome, str(line.outcome)), line.detail)
     console.print(table)
+
+
+OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 
 def _open_existing_store(settings: Settings) -> JobStore:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from node.audit import Audit, no_audit
+from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import Job, SeriesKey
 from node.execute import PERMANENT_ERRORS
 from node.infer.backend import Backend, BackendUnavailable
@@ -219,7 +219,8 @@ class Orchestrator:
                     self._store.notify(db, "outbox")
                 self._store.audit("node", "job done", _job_text(
                     job, f"{len(result.deliveries)} result(s) queued",
-                    result.summary.get("model_version", "")), now, db)
+                    result.summary.get("model_version", "")), now, db,
+                    objects=self._store.series_objects(job.series.series_instance_uid, db))
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
@@ -228,7 +229,8 @@ class Orchestrator:
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)
-        self._audit("node", "job failed", _job_text(job, reason))
+        self._audit("node", "job failed", _job_text(job, reason), outcome=SERIOUS_FAILURE,
+                    objects=self._store.series_objects(job.series.series_instance_uid))
 
     def _retry_or_fail(self, job: Job, exc: Exception) -> None:
         inference = self._settings.inference

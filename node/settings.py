@@ -353,6 +353,50 @@ class SeriesSection(_Strict):
     sweep_interval_s: float = Field(0.5, gt=0)
 
 
+class AuditSection(_Strict):
+    """A copy of the audit trail for the hospital's audit repository: DICOM audit messages
+    (PS3.15 A.5, the IHE ATNA format) over syslog (RFC 5424; UDP as RFC 5426, TCP with octet
+    counting as RFC 6587). Lines are forwarded in order; over TCP a collector that is down
+    gets them when it is back."""
+
+    syslog: str | None = Field(None, description="the collector, host:port")
+    transport: Literal["udp", "tcp"] = "udp"
+    source_id: str | None = Field(None, description="AuditSourceID (default: node.ae_title)")
+    enterprise_site: str = Field("", description="AuditEnterpriseSiteID, e.g. the hospital")
+    interval_s: float = Field(1, gt=0, description="how often new lines are looked for")
+
+    @field_validator("syslog")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"give host:port, not {value!r}")
+        return value
+
+    @property
+    def collector(self) -> tuple[str, int] | None:
+        if self.syslog is None:
+            return None
+        host, _, port = self.syslog.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class RetentionSection(_Strict):
+    """When received instances and results are removed: ``days`` after a series' results
+    were all delivered, ``failed_days`` after its last job failed or a result was given up
+    (so an operator can requeue it meanwhile). Above ``high_water_percent`` disk use, the
+    oldest delivered series go first, then the oldest failed ones, regardless of age. Data
+    whose results are still pending is never removed. Each removal is audited."""
+
+    enabled: bool = True
+    days: float = Field(7, ge=0)
+    failed_days: float = Field(30, ge=0)
+    high_water_percent: float = Field(90, gt=0, le=100)
+    interval_s: float = Field(600, gt=0, description="how often retention runs")
+
+
 def _require_unique(kind: str, names: list[str]) -> None:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -367,6 +411,8 @@ class Settings(_Strict):
     series: SeriesSection = SeriesSection()
     egress: EgressSection = EgressSection()
     store: StoreSection = StoreSection()
+    audit: AuditSection = AuditSection()
+    retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:

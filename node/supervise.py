@@ -19,12 +19,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.app import SPOOL_DIR, open_store
+from node.atna import AuditForwarder, forward_remaining
+from node.audit import (
+    MINOR_FAILURE,
+    SERIOUS_FAILURE,
+    SUCCESS,
+    AuditTrail,
+    node_name,
+    record_start,
+    record_stop,
+)
 from node.retry import RetryPolicy
 from node.settings import Settings
+from node.store.jobs import JobStore
 from node.store.recovery import recover
 from node.store.spool import Spool
 from node.workers import die_with_parent
@@ -64,6 +76,22 @@ class Supervisor:
         try:
             spool = Spool(self._settings.node.data_dir / SPOOL_DIR, fsync=self._settings.node.fsync)
             recover(spool, store, time.time())
+            record_start(store, self._settings, "supervisor of " + self._role_names())
+        finally:
+            store.close()
+
+    def _role_names(self) -> str:
+        return "+".join(dict.fromkeys(role.role for role in self._roles))
+
+    def _audit(self, record: Callable[[JobStore], None]) -> None:
+        """One audit line from the supervisor (which keeps no store open)."""
+        try:
+            store = open_store(self._settings)
+        except Exception as exc:
+            log.error("audit line not recorded (%s)", exc.__class__.__name__)
+            return
+        try:
+            record(store)
         finally:
             store.close()
 
@@ -101,6 +129,9 @@ class Supervisor:
         role.failures = 1 if now - role.started_at >= STEADY_S else role.failures + 1
         delay = 0.0 if role.failures == 1 else self._backoff.delay(role.failures - 1)
         log.error("%s process ended (%s); starting it again in %.0f s", role.name, how, delay)
+        self._audit(lambda store: AuditTrail(store)(
+            node_name(self._settings), "process ended",
+            f"{role.name} ({how}); started again in {delay:.0f} s", outcome=SERIOUS_FAILURE))
         role.process = None
         role.restart_at = now + delay
 
@@ -126,4 +157,11 @@ class Supervisor:
                 log.error("%s process stopped with status %d", role.name, code)
                 status = 1
         log.info("all roles stopped")
+        def stopped(store: JobStore) -> None:
+            record_stop(store, self._settings, "supervisor of " + self._role_names(),
+                        SUCCESS if status == 0 else MINOR_FAILURE)
+            if self._settings.audit.syslog is not None:  # the sender has stopped already
+                forward_remaining(AuditForwarder(self._settings, store))
+
+        self._audit(stopped)
         return status

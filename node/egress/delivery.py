@@ -16,8 +16,9 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from node.audit import Audit, no_audit
+from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
 from node.loops import Loop
 from node.settings import Peer, Settings
@@ -94,17 +95,27 @@ class Delivery:
             log.exception("delivery to %s failed unexpectedly", peer.name)
             reason = f"not sent: internal error ({exc.__class__.__name__})"
             outcomes = {i.path: reason for i in items}
-        sent = 0
+        sent: list[int] = []
         for item in items:
             try:
-                sent += self._record(peer, item, outcomes.get(item.path, "not sent: no outcome"))
+                if self._record(peer, item, outcomes.get(item.path, "not sent: no outcome")):
+                    sent.append(item.id)
             except Exception:
                 log.exception("result %s to %s: outcome not recorded", item.id, peer.name)
         if sent:
-            log.info("delivered %d result object(s) to %s", sent, peer.name)
-            self._audit("node", "results sent", f"{sent} object(s) to {peer.name} "
-                        f"({peer.ae_title}@{peer.host}:{peer.port})")
-        return sent
+            log.info("delivered %d result object(s) to %s", len(sent), peer.name)
+            self._audit("node", "results sent", f"{len(sent)} object(s) to {peer.name} "
+                        f"({_where(peer)})", address=_address(peer),
+                        objects=[("peer", peer.ae_title or peer.name),
+                                 *self._objects(sent)])
+        return len(sent)
+
+    def _objects(self, item_ids: list[int]) -> list[tuple[str, str]]:
+        try:
+            return self._outbox.source_objects(item_ids)
+        except Exception as exc:  # the audit line goes without them
+            log.error("result sources not found (%s)", exc.__class__.__name__)
+            return []
 
     def _record(self, peer: Peer, item: OutboxItem, outcome: str) -> int:
         verdict = classify(outcome)
@@ -120,7 +131,10 @@ class Delivery:
                       outcome)
             self._outbox.dead(item.id, outcome, now)
             self._audit("node", "delivery given up",
-                        f"result {item.sop_instance_uid} to {peer.name}: {outcome}")
+                        f"result {item.sop_instance_uid} to {peer.name}: {outcome}",
+                        address=_address(peer), outcome=SERIOUS_FAILURE,
+                        objects=[("peer", peer.ae_title or peer.name),
+                                 *self._objects([item.id])])
             return 0
         delay = policy.delay(item.attempts + 1)
         log.warning("result %s to %s: %s; retry in %.0f s", item.sop_instance_uid, peer.name,
@@ -136,3 +150,13 @@ class Delivery:
 
     def ensure_running(self) -> bool:
         return self._loop.ensure_running()
+
+
+def _where(peer: Peer) -> str:
+    return peer.dicomweb_url or f"{peer.ae_title}@{peer.host}:{peer.port}"
+
+
+def _address(peer: Peer) -> str:
+    if peer.dicomweb_url:
+        return urlsplit(peer.dicomweb_url).hostname or ""
+    return peer.host or ""

@@ -20,7 +20,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from node.audit import Audit
+from node.audit import MINOR_FAILURE, Audit
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,4 +92,5 @@ def log_rejection(policy: CallerPolicy, audit: Audit, event: Any) -> None:
     ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
     why = policy.refusal(ae_title, address) or "called AE title or association limit"
     log.warning("association from %r at %s rejected: %s", ae_title, address, why)
-    audit(ae_title, "association rejected", f"from {address}: {why}")
+    audit(ae_title, "association rejected", f"from {address}: {why}", address=address,
+          outcome=MINOR_FAILURE)

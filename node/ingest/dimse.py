@@ -37,7 +37,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import tls
-from node.audit import Audit, no_audit
+from node.audit import MINOR_FAILURE, Audit, no_audit
 from node.dicomfile import (
     VERIFICATION,
     InstanceIdentity,
@@ -79,6 +79,8 @@ class _AssociationStats:
     stored: int = 0
     duplicates: int = 0
     failed: dict[int, int] = field(default_factory=dict)
+    # instances stored per (study, series) UID: the audit trail's instances received per series
+    series: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class StorageHandlers:
@@ -150,11 +152,18 @@ class StorageHandlers:
                 time.monotonic() - stats.started,
             )
             codes = ", ".join(f"0x{k:04X}: {v}" for k, v in stats.failed.items())
+            per_series = "; ".join(f"series {series}: {count}"
+                                   for (_, series), count in stats.series.items())
             self._audit(stats.calling_ae, "association released" if released
                         else "association aborted",
                         f"from {stats.address}{' over ' + stats.secured if stats.secured else ''}"
                         f": {stats.stored} instance(s) stored ({stats.duplicates} duplicates), "
-                        f"{failed} refused{' (' + codes + ')' if failed else ''}")
+                        f"{failed} refused{' (' + codes + ')' if failed else ''}"
+                        f"{'; ' + per_series if per_series else ''}",
+                        address=stats.address,
+                        objects=[*dict.fromkeys(("study", study) for study, _ in stats.series),
+                                 *(("series", series) for _, series in stats.series)],
+                        outcome=0 if released and not failed else MINOR_FAILURE)
         try:
             self._on_association_end(id(event.assoc), released)
         except Exception:
@@ -242,6 +251,8 @@ class StorageHandlers:
         if stats is not None:
             stats.stored += 1
             stats.duplicates += int(outcome.duplicate)
+            key = (identity.study_instance_uid, identity.series_instance_uid)
+            stats.series[key] = stats.series.get(key, 0) + 1
         if outcome.duplicate:
             log.info(
                 "duplicate SOP Instance %s from %s replaced the earlier copy", sop_uid, calling_ae

@@ -11,8 +11,11 @@ index lacks, so even a power loss that rolls back the last transactions loses no
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +30,29 @@ from node.domain import (
 )
 from node.store.database import Connection, Database, SQLiteDatabase
 from node.store.schema import migrate
+
+_AUDIT_COLUMNS = "id, at, actor, action, detail, address, objects, outcome"
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """One stored line of the audit trail (see :meth:`JobStore.audit`)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    detail: str
+    address: str = ""
+    objects: tuple[tuple[str, str], ...] = ()
+    outcome: int = 0
+
+
+def _audit_line(row: Sequence[object]) -> AuditLine:
+    objects = json.loads(str(row[6])) if row[6] else []
+    return AuditLine(int(cast(int, row[0])), float(cast(float, row[1])), str(row[2]),
+                     str(row[3]), str(row[4]), str(row[5]),
+                     tuple((str(k), str(u)) for k, u in objects), int(cast(int, row[7])))
 
 
 class JobStore:
@@ -68,23 +94,79 @@ class JobStore:
         self.database.notify(db, channel)
 
     def audit(self, actor: str, action: str, detail: str, now: float,
-              db: Connection | None = None) -> None:
+              db: Connection | None = None, *, address: str = "",
+              objects: Sequence[tuple[str, str]] = (), outcome: int = 0) -> None:
         """One line of the audit trail (who did what): in ``db``'s transaction when given (so
-        it commits with what it records), else in its own."""
+        it commits with what it records), else in its own. ``address``: the actor's network
+        address; ``objects``: (kind, UID) pairs it concerns (``study``, ``series``);
+        ``outcome``: 0 success, 4 minor, 8 serious, 12 major failure (PS3.15 A.5.3)."""
         if db is not None:
-            db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?,?,?,?)",
-                       (now, actor, action, detail))
+            db.execute(
+                "INSERT INTO audit (at, actor, action, detail, address, objects, outcome)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (now, actor, action, detail, address,
+                 json.dumps([list(o) for o in objects]) if objects else "", outcome))
             return
         with self.transaction() as own:
-            self.audit(actor, action, detail, now, own)
+            self.audit(actor, action, detail, now, own, address=address, objects=objects,
+                       outcome=outcome)
 
-    def audit_lines(self, limit: int = 100, since: float = 0.0
-                    ) -> list[tuple[float, str, str, str]]:
+    def series_objects(self, series_uid: str, db: Connection | None = None
+                       ) -> list[tuple[str, str]]:
+        """A series as audit lines name it: its study and itself (``objects``)."""
+        sql = "SELECT study_uid FROM series WHERE series_uid=? ORDER BY revision DESC LIMIT 1"
+        if db is None:
+            rows = self.query(sql, series_uid)
+        else:
+            rows = db.execute(sql, (series_uid,)).fetchall()
+        study = [("study", str(rows[0][0]))] if rows else []
+        return [*study, ("series", series_uid)]
+
+    def audit_lines(self, limit: int = 100, since: float = 0.0) -> list[AuditLine]:
         """The newest ``limit`` lines at or after ``since`` (epoch seconds), newest first."""
         with self.reading() as db:
-            return [tuple(row) for row in db.execute(
-                "SELECT at, actor, action, detail FROM audit WHERE at >= ? "
-                "ORDER BY id DESC LIMIT ?", (since, limit)).fetchall()]
+            rows = db.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE at >= ? ORDER BY id DESC LIMIT ?",
+                (since, limit)).fetchall()
+        return [_audit_line(row) for row in rows]
+
+    def claim_audit_lines(self, now: float, limit: int = 100, lease_s: float = 60.0
+                          ) -> list[AuditLine]:
+        """The oldest lines not yet forwarded (to a syslog collector), leased to the caller
+        for ``lease_s``: another forwarder on the store skips them, and if this one dies they
+        are claimed again when the lease runs out. The lease is the negated claim time in
+        ``forwarded`` (0: waiting, 1: forwarded)."""
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE forwarded=0 OR"
+                " (forwarded<0 AND forwarded>?) ORDER BY id LIMIT ?"
+                + self.database.skip_locked,
+                (-int(now - lease_s), limit)).fetchall()
+            db.executemany("UPDATE audit SET forwarded=? WHERE id=?",
+                           [(-int(now), row[0]) for row in rows])
+        return [_audit_line(row) for row in rows]
+
+    def audit_forwarded(self, ids: Sequence[int], forwarded: bool = True) -> None:
+        """Mark claimed lines forwarded, or (``forwarded=False``) waiting again."""
+        with self.transaction() as db:
+            db.executemany("UPDATE audit SET forwarded=? WHERE id=?",
+                           [(1 if forwarded else 0, i) for i in ids])
+
+    def settings_digests(self, node_name: str, digests: dict[str, str]) -> dict[str, str]:
+        """Record this node's configuration digests (per section); returns the previous
+        digest of each section that changed (an empty string for a new section)."""
+        with self.transaction() as db:
+            self.database.lock(db, f"settings:{node_name}")
+            before = dict(db.execute(
+                "SELECT section, digest FROM settings_digests WHERE node_name=?",
+                (node_name,)).fetchall())
+            changed = {s: before.get(s, "") for s, d in digests.items() if before.get(s) != d}
+            changed.update({s: d for s, d in before.items() if s not in digests})
+            db.execute("DELETE FROM settings_digests WHERE node_name=?", (node_name,))
+            db.executemany(
+                "INSERT INTO settings_digests (node_name, section, digest) VALUES (?,?,?)",
+                [(node_name, s, d) for s, d in digests.items()])
+        return changed
 
     def record_instance(self, ref: InstanceRef, now: float) -> StoreOutcome:
         """Index a spooled instance into the open revision of its series (opening one if needed)."""

@@ -129,6 +129,19 @@ class Outbox:
                 now,
             )
 
+    def source_objects(self, item_ids: list[int]) -> list[tuple[str, str]]:
+        """The studies and series whose results these items are (audit ``objects``)."""
+        if not item_ids:
+            return []
+        marks = ",".join("?" * len(item_ids))
+        rows = self._store.query(
+            "SELECT DISTINCT s.study_uid, s.series_uid FROM outbox o"
+            " JOIN jobs j ON j.id=o.job_id"
+            " JOIN series s ON s.series_uid=j.series_uid AND s.revision=j.revision"
+            f" WHERE o.id IN ({marks})", *item_ids)
+        studies = dict.fromkeys(("study", str(r[0])) for r in rows)
+        return [*studies, *dict.fromkeys(("series", str(r[1])) for r in rows)]
+
     def by_destination(self) -> dict[str, dict[str, int]]:
         """Counts per destination and state, for ``ainode status``."""
         with self._store.reading() as db:

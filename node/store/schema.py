@@ -4,7 +4,8 @@
 in one transaction under a lock (several nodes may start at once), and refuses a store whose
 version is newer than :data:`VERSION`. Version 1 is the first release's schema (a store from
 before versioning has its tables already and gains the columns added since); version 2 adds
-what several receivers and senders on one store need.
+what several receivers and senders on one store need; version 3 structured audit lines (for
+DICOM audit messages), their forwarding state, the configuration digests and retention.
 """
 
 from __future__ import annotations
@@ -115,6 +116,22 @@ CREATE TABLE IF NOT EXISTS series_senders (
 """
 
 
+_V3 = """
+ALTER TABLE audit ADD COLUMN address TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN objects TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN outcome INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE audit ADD COLUMN forwarded INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS audit_forwarding ON audit (forwarded, id);
+ALTER TABLE series ADD COLUMN purged_at {real};
+CREATE TABLE IF NOT EXISTS settings_digests (
+    node_name TEXT NOT NULL,
+    section TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (node_name, section)
+)
+"""
+
+
 def _statements(database: Database, script: str) -> list[str]:
     text = script.format(real=database.real, serial_key=database.serial_key)
     return [statement.strip() for statement in text.split(";") if statement.strip()]
@@ -134,7 +151,13 @@ def _version_2(database: Database, db: Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (_version_1, _version_2)
+def _version_3(database: Database, db: Connection) -> None:
+    for statement in _statements(database, _V3):
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (
+    _version_1, _version_2, _version_3)
 VERSION = len(MIGRATIONS)
 
 

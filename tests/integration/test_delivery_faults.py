@@ -194,5 +194,5 @@ def test_requeue_brings_dead_letters_back_and_is_audited(tmp_path: Path) -> None
     store = JobStore(tmp_path / "var" / "jobs.sqlite3")
     ((_, _, _, _, state, attempts, _),) = Outbox(store).items()
     assert (state, attempts) == ("queued", 0)
-    ((_, actor, action, detail),) = store.audit_lines()
-    assert (action, detail) == ("requeue results", str(item_id)) and actor
+    (line,) = store.audit_lines()
+    assert (line.action, line.detail) == ("requeue results", str(item_id)) and line.actor
