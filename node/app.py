@@ -20,6 +20,7 @@ from node.ingest.dimse import (
 )
 from node.loops import Loop
 from node.pipeline import Orchestrator, Router
+from node.retention import Retention
 from node.settings import Settings
 from node.store.database import open_database
 from node.store.jobs import JobStore
@@ -94,6 +95,10 @@ class Node:
                     settings, self.store, make_backend(settings), clock,
                     on_outbox=self._wake_sender, owns_store=owns_store, audit=audit)
             self._wakes["jobs"] = self.orchestrator.wake
+        self._retention: Loop | None = None
+        if "sender" in self.roles and settings.retention.enabled:
+            retention = Retention(settings, self.store, clock, audit)
+            self._retention = Loop("retention", retention.sweep, settings.retention.interval_s)
         self._forwarder: AuditForwarder | None = None
         self._forwarding: Loop | None = None
         if "sender" in self.roles and settings.audit.syslog is not None:
@@ -144,8 +149,9 @@ class Node:
             self.orchestrator.ensure_running()
         if self.delivery is not None:
             self.delivery.ensure_running()
-        if self._forwarding is not None:
-            self._forwarding.ensure_running()
+        for loop in (self._forwarding, self._retention):
+            if loop is not None:
+                loop.ensure_running()
         return routed > 0
 
     def start(self) -> None:
@@ -164,8 +170,9 @@ class Node:
             self.orchestrator.start()
         if self.delivery is not None:
             self.delivery.start()
-        if self._forwarding is not None:
-            self._forwarding.start()
+        for loop in (self._forwarding, self._retention):
+            if loop is not None:
+                loop.start()
         if self._wakes:
             self.store.database.watch(self._wakes)
         self._sweeper.start()  # last: it supervises the other loops
@@ -196,6 +203,8 @@ class Node:
             self.orchestrator.stop()
         if self.delivery is not None:
             self.delivery.stop()
+        if self._retention is not None:
+            self._retention.stop(timeout_s=30)
         if self._forwarding is not None and self._forwarder is not None:
             self._forwarding.stop(timeout_s=5)
             forward_remaining(self._forwarder)

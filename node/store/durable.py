@@ -32,14 +32,30 @@ def temporary_name(final: Path, tmp_dir: Path | None = None) -> Path:
     return (tmp_dir or final.parent) / f".{final.name}.{unique}{PART_SUFFIX}"
 
 
+def replace(source: Path, final: Path, make_dir: Callable[[Path], None] | None = None) -> None:
+    """``os.replace``; when ``final``'s folder is gone and ``make_dir`` is given, make it
+    and try again (a few times: another process may be removing empty folders)."""
+    for attempt in range(3):
+        try:
+            os.replace(source, final)
+            return
+        except FileNotFoundError:
+            if make_dir is None or attempt == 2 or not source.exists():
+                raise
+            make_dir(final.parent)
+
+
 def write_atomically(
     final: Path,
     write: Callable[[BinaryIO], object],
     *,
     fsync: bool = True,
     tmp_dir: Path | None = None,
+    make_dir: Callable[[Path], None] | None = None,
 ) -> int:
-    """Write ``final`` through ``write(handle)``; returns the size in bytes."""
+    """Write ``final`` through ``write(handle)``; returns the size in bytes. ``make_dir``:
+    how to make ``final``'s folder again should it vanish meanwhile (retention removes
+    empty folders)."""
     tmp = temporary_name(final, tmp_dir)
     try:
         with open(tmp, "wb") as handle:
@@ -48,7 +64,7 @@ def write_atomically(
             size = handle.tell()
             if fsync:
                 os.fdatasync(handle.fileno())
-        os.replace(tmp, final)
+        replace(tmp, final, make_dir)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from node.store.durable import fsync_dir, write_atomically
+from node.store.durable import fsync_dir, replace, write_atomically
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TMP_DIR_NAME = ".tmp"
@@ -85,7 +85,8 @@ class Spool:
             for chunk in chunks:
                 handle.write(chunk)
 
-        return write_atomically(final, _write, fsync=self.fsync, tmp_dir=self.tmp_dir)
+        return write_atomically(final, _write, fsync=self.fsync, tmp_dir=self.tmp_dir,
+                                make_dir=self._make_dirs_again)
 
     def sync_data(self, path: Path) -> None:
         """``fdatasync`` a file (when durability is on)."""
@@ -108,10 +109,15 @@ class Spool:
             self._make_dirs(directory)
         self.sync_data(received)
         size = received.stat().st_size
-        os.replace(received, final)
+        replace(received, final, self._make_dirs_again)
         if self.fsync:
             fsync_dir(directory)
         return size
+
+    def _make_dirs_again(self, directory: Path) -> None:
+        """A folder this spool made is gone (retention removed it when it was empty)."""
+        self._known_dirs.discard(directory)
+        self._make_dirs(directory)
 
     def _make_dirs(self, directory: Path) -> None:
         missing = [p for p in (directory, *directory.parents) if not p.exists()]

@@ -45,3 +45,21 @@ def test_remove_temporaries(tmp_path: Path) -> None:
     (spool.tmp_dir / "x.part").write_bytes(b"half")
     assert spool.remove_temporaries() == 1
     assert list(spool.iter_files()) == []
+
+
+def test_folders_removed_by_retention_are_made_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    first = spool.path_for("1.2", "1.2.3", "1.2.3.4")
+    spool.write(first, [b"abc"])
+    first.unlink()
+    first.parent.rmdir()  # what retention does with a series' emptied folders
+    first.parent.parent.rmdir()
+    assert spool.write(first, [b"again"]) == 5
+    assert first.read_bytes() == b"again"
+    received = spool.tmp_dir / "rx-1.part"
+    received.write_bytes(b"adopted")
+    second = spool.path_for("1.2", "1.2.3", "1.2.3.5")
+    first.unlink()
+    first.parent.rmdir()
+    first.parent.parent.rmdir()
+    assert spool.adopt(received, second) == 7 and second.read_bytes() == b"adopted"
