@@ -59,5 +59,6 @@ def configure(level: str = "info", role: str | None = None) -> None:
         for kind in (QuietNetworkErrors, RedactQuotedValues):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())
-    for noisy in NOISY:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if level.lower() != "debug":  # asked for: protocol detail, still without patient data
+        for noisy in NOISY:
+            logging.getLogger(noisy).setLevel(logging.WARNING)

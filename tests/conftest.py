@@ -81,13 +81,15 @@ class NodeProcess:
     overrides: dict[str, Any] = field(default_factory=dict)
     roles: tuple[str, ...] = ()  # `serve --role ...`; all roles (supervised) when empty
     env: dict[str, str] = field(default_factory=dict)  # e.g. AINODE__STORE__URL
+    log_level: str = "info"
 
     def start(self) -> NodeProcess:
         ainode = str(Path(sys.executable).parent / "ainode")
         roles = [argument for role in self.roles for argument in ("--role", role)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [ainode, "serve", "--config", str(self.config_path), *roles],
+                [ainode, "serve", "--config", str(self.config_path), *roles,
+                 "--log-level", self.log_level],
                 stdout=log, stderr=subprocess.STDOUT, env={**DCMTK_ENV, **self.env},
             )
         if not self.roles or "receiver" in self.roles:

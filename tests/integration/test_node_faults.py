@@ -225,3 +225,109 @@ def test_no_patient_data_in_any_line_the_demo_prints(tmp_path: Path) -> None:
     assert "in Orthanc now:" in output and "SEG" in output
     leaks = [line for line in output.splitlines() if any(v in line for v in identifying)]
     assert leaks == []
+
+
+def test_a_corrupt_spool_file_fails_its_job_with_a_reason_and_the_others_run(
+        node_factory: Any, tmp_path: Path) -> None:
+    """Two films received; one's spool file is then cut short (a disk error, a bad copy):
+    its job fails with a reason naming the problem, the other film's job is done."""
+    from tests.radiographs import radiograph
+
+    require(STORESCU)
+    node = node_factory(
+        series={"quiet_seconds": 3, "sweep_interval_s": 0.2},
+        inference={"model_repository": REPOSITORY, "job_attempts": 2, "job_retry_s": 0.2},
+        pipelines=[{"name": "cxr-mass", "match": {"modality": ["CR", "DX"]},
+                    "model": "cxr_mass_cls", "outputs": []}]).start()
+    films = [radiograph(tmp_path, kind, f"P-{kind}") for kind in ("mass", "plain")]
+    assert storescu(node, *films).returncode == 0
+    damaged = pydicom.dcmread(films[0], stop_before_pixels=True)
+    (path,) = [p for p in node.stored_files()
+               if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+               == damaged.SOPInstanceUID]
+    path.write_bytes(path.read_bytes()[:4000])  # before the series completes
+    assert wait_for(lambda: sorted(s for (s,) in node.query("SELECT state FROM jobs"))
+                    == ["done", "failed"], 120, 0.3), (node.query("SELECT * FROM jobs"),
+                                                       node.log()[-2000:])
+    ((error,),) = node.query("SELECT error FROM jobs WHERE state='failed'")
+    assert error, "a failed job names its reason"
+    ((series,),) = node.query("SELECT series_uid FROM jobs WHERE state='failed'")
+    assert series == str(damaged.SeriesInstanceUID)
+    assert "Traceback" not in node.log()
+
+
+def test_a_job_store_locked_for_seconds_loses_nothing(node_factory: Any) -> None:
+    """Another process holds the SQLite job store's write lock for 4 s while a modality
+    sends: each instance is acknowledged once the lock is gone (the receiver waits for it)
+    or refused with 0xA700; sent again, nothing is lost or indexed twice."""
+    import re
+    import sqlite3
+    import threading
+
+    require(STORESCU)
+    node = node_factory().start()
+    files = ct_files()[:8]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(node.data_dir / "jobs.sqlite3", isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(4)
+        db.execute("ROLLBACK")
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    first = storescu(node, *files)
+    release.set()
+    holder.join()
+    statuses = re.findall(r"Received Store Response \(([^)]*)\)", first.stdout + first.stderr)
+    assert statuses and all(s in ("Success", "Refused: OutOfResources") for s in statuses), (
+        statuses)
+    assert storescu(node, *files).returncode == 0  # the modality sends again
+    sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    indexed = [uid for (uid,) in node.query("SELECT sop_uid FROM instances")]
+    assert sorted(indexed) == sorted(sent)
+    assert node.alive and "Traceback" not in node.log()
+
+
+def test_no_patient_data_in_any_log_line_of_any_process_at_debug_level(
+        node_factory: Any) -> None:
+    """The real CT through the whole node (receiver, worker and its worker processes, sender)
+    at log level debug, results delivered to a real dcmtk storescp: no line of the node's
+    log, from any process and any library, holds the patient's name, ID or birth date."""
+    require(STORESCU)
+    source = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
+    identifying = {str(v) for v in (source.PatientName, source.PatientID,
+                                    source.get("PatientBirthDate", "")) if str(v)}
+    assert identifying
+    pacs_port = free_port()
+    node = node_factory(
+        series={"quiet_seconds": 1},
+        peers=[{"name": "PACS", "ae_title": "STORESCP", "host": "127.0.0.1",
+                "port": pacs_port},
+               {"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
+                "port": 11113}],
+        inference={"model_repository": REPOSITORY},
+        pipelines=[{**CT_BODY, "outputs": ["seg", "sr", "sc"], "destinations": ["PACS"]}])
+    node.log_level = "debug"
+    pacs_dir = node.data_dir.parent / "pacs"
+    pacs_dir.mkdir(parents=True)
+    with subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(pacs_dir),
+                           str(pacs_port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as pacs:
+        try:
+            node.start()
+            assert storescu(node, *ct_files()).returncode == 0
+            assert wait_for(lambda: node.query(
+                "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(3,)], 180, 0.5), (
+                node.query("SELECT * FROM jobs"), node.log()[-2000:])
+            node.stop()
+        finally:
+            pacs.terminate()
+    log = node.log()
+    assert " DEBUG " in log and "[worker]" in log and "[sender]" in log
+    leaks = [line for line in log.splitlines() if any(v in line for v in identifying)]
+    assert leaks == [], leaks[:5]

@@ -75,3 +75,44 @@ def test_every_benchmark_command_in_the_readme_runs_with_those_options() -> None
             assert option in help_text.stdout, f"README runs {script} with {option}"
         scripts += 1
     assert scripts >= 5 and targets >= 2
+
+
+def _yaml_after(heading: str) -> str:
+    section = README.read_text().split(heading, 1)[1]
+    return section.split("```yaml", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_audit_and_retention_examples_are_valid_configurations(
+        tmp_path: Path) -> None:
+    """The audit (syslog) and retention snippets load as written, with the meaning the text
+    gives them."""
+    from node.settings import load_settings
+
+    config = tmp_path / "node.yaml"
+    config.write_text(_yaml_after("### Audit trail"))
+    audit = load_settings(config, environ={}).audit
+    assert audit.collector == ("arr.hospital.example", 514) and audit.transport == "tcp"
+    assert audit.enterprise_site == "St. Elsewhere Radiology"
+    config.write_text(_yaml_after("### Retention"))
+    retention = load_settings(config, environ={}).retention
+    assert (retention.enabled, retention.days, retention.failed_days,
+            retention.high_water_percent) == (True, 7, 30, 90)
+
+
+def test_the_configuration_table_lists_every_section_of_the_settings() -> None:
+    from node.settings import Settings
+
+    table = README.read_text().split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    for section in Settings.model_fields:
+        assert f"| `{section}." in table or f"| `{section}[]" in table, section
+
+
+def test_every_test_docs_reliability_names_exists() -> None:
+    """docs/reliability.md is a contract too: each `file.py::test` it quotes exists."""
+    text = (README.parent / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(test_[a-z_]+\.py)::(test_[a-z0-9_]+)", text)
+    assert len(named) >= 25
+    sources = {p.name: p.read_text() for p in (README.parent / "tests").rglob("test_*.py")}
+    for file, test in named:
+        assert file in sources, file
+        assert f"def {test}(" in sources[file], f"{file}::{test}"
