@@ -80,7 +80,8 @@ class Node:
         self.orchestrator: Orchestrator | None = None
         self.router: Router | None = None
         if "sender" in self.roles:
-            self.delivery = Delivery(settings, Outbox(self.store), clock, audit)
+            self.delivery = Delivery(settings, Outbox(self.store), clock, audit,
+                                     owns_store=self.store.dialect == "sqlite")
             self._wakes["outbox"] = self.delivery.wake
         if "worker" in self.roles:
             # jobs found running at start were this process's when it is the only worker

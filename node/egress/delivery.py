@@ -49,7 +49,11 @@ class Delivery:
     def __init__(
         self, settings: Settings, outbox: Outbox, clock: Callable[[], float] = time.time,
         audit: Audit = no_audit,
+        owns_store: bool = False,
     ) -> None:
+        """``owns_store``: no other sender uses the outbox, so leases found at start were a
+        dead predecessor's and are released."""
+        self._owns_store = owns_store
         self._settings = settings
         self._audit = audit
         self._outbox = outbox
@@ -143,6 +147,11 @@ class Delivery:
         return 0
 
     def start(self) -> None:
+        if self._owns_store:
+            held = self._outbox.release_leases()
+            if held:
+                log.warning("%d result(s) were being sent when the node stopped: sent again",
+                            held)
         self._loop.start()
 
     def stop(self) -> None:

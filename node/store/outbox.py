@@ -129,6 +129,15 @@ class Outbox:
                 now,
             )
 
+    def release_leases(self) -> int:
+        """Make every leased item ready again: for a sender that knows it is the only one
+        (a SQLite store), at start, so what a killed sender held goes now, not when its
+        lease runs out. Returns how many were held."""
+        with self._store.transaction() as db:
+            cursor = db.execute("UPDATE outbox SET lease_until=NULL WHERE state=? AND"
+                                " lease_until IS NOT NULL", (QUEUED,))
+            return int(cursor.rowcount or 0)
+
     def source_objects(self, item_ids: list[int]) -> list[tuple[str, str]]:
         """The studies and series whose results these items are (audit ``objects``)."""
         if not item_ids:

@@ -104,3 +104,65 @@ def test_a_hundred_idle_connections_are_dropped_and_the_node_serves_again(
     assert wait_for(lambda: abused_node.alive, 1)
     _healthy(abused_node)
     assert "Traceback" not in abused_node.log()
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return bytes([kind, 0]) + struct.pack(">H", len(value)) + value
+
+
+def _echo_association_rq() -> bytes:
+    """A whole A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification, max PDU 16 KB."""
+    context = (bytes([1, 0, 0, 0]) + _item(0x30, b"1.2.840.10008.1.1")
+               + _item(0x40, b"1.2.840.10008.1.2"))
+    user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.9.7")
+    items = (_item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context) + _item(0x50, user))
+    body = (b"\x00\x01\x00\x00" + b"AINODE".ljust(16) + b"ECHOSCU".ljust(16) + b"\x00" * 32
+            + items)
+    return b"\x01\x00" + struct.pack(">I", len(body)) + body
+
+
+def _echo_rq(message_id: int) -> bytes:
+    """A C-ECHO-RQ (PS3.7 9.3.5) in one P-DATA-TF: implicit VR little endian command set."""
+    def element(group: int, elem: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", group, elem, len(value)) + value
+
+    rest = (element(0, 0x0002, b"1.2.840.10008.1.1\x00") + element(0, 0x0100, b"\x30\x00")
+            + element(0, 0x0110, struct.pack("<H", message_id & 0xFFFF))
+            + element(0, 0x0800, b"\x01\x01"))
+    command = element(0, 0x0000, struct.pack("<I", len(rest))) + rest
+    pdv = struct.pack(">I", len(command) + 2) + b"\x01\x03" + command
+    return b"\x04\x00" + struct.pack(">I", len(pdv)) + pdv
+
+
+def test_a_client_that_stops_reading_responses_is_dropped(abused_node: NodeProcess) -> None:
+    """A caller asks for C-ECHO after C-ECHO and never reads an answer. Once the node's send
+    buffer is full its association cannot send; node.network_timeout_s ends that association
+    (the caller's next send fails), and others are served meanwhile and after."""
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    connection.connect(("127.0.0.1", abused_node.port))
+    try:
+        connection.settimeout(10)
+        connection.sendall(_echo_association_rq())
+        assert connection.recv(1)[:1] == b"\x02", "A-ASSOCIATE-AC expected"
+        connection.settimeout(1)
+        burst = b"".join(_echo_rq(n) for n in range(1, 101))
+        sent, dropped, checked = 0, False, False
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                connection.sendall(burst)
+                sent += 100
+            except TimeoutError:
+                if not checked:  # the node is not reading: serve others meanwhile
+                    _healthy(abused_node)
+                    checked = True
+            except OSError:  # reset or broken pipe: the node dropped us
+                dropped = True
+                break
+        assert dropped, f"the node kept an association that read nothing ({sent} echoes)"
+        assert checked
+    finally:
+        connection.close()
+    _healthy(abused_node)
+    assert "Traceback" not in abused_node.log()

@@ -93,6 +93,22 @@ def test_a_sender_leases_what_it_takes(new_store: NewStore) -> None:
     assert [i.sop_instance_uid for i in outbox.ready(now=62)["PACS"]] == ["1.1"]
 
 
+def test_the_only_sender_takes_back_a_dead_predecessors_leases_at_start(
+        new_store: NewStore) -> None:
+    """A sender killed mid-delivery held its items for a lease of minutes; the next sender on
+    a store it owns alone releases them at start, so they go at once."""
+    store = new_store()
+    outbox = Outbox(store)
+    outbox.put(1, ResultToSend("PACS", "/r/a.dcm", "1.1", "seg", 0), now=0)
+    outbox.put(1, ResultToSend("PACS", "/r/b.dcm", "1.2", "sr", 0), now=0)
+    taken = outbox.ready(now=1, lease_s=600)["PACS"]
+    outbox.sent(taken[0].id, now=2)
+    assert outbox.ready(now=3) == {}  # the other is leased to the dead sender
+    assert outbox.release_leases() == 1
+    assert [i.sop_instance_uid for i in outbox.ready(now=4)["PACS"]] == [
+        taken[1].sop_instance_uid]
+
+
 def test_queued_work_wakes_other_processes(new_store: NewStore) -> None:
     """A job queued through one connection wakes a watcher on another (LISTEN/NOTIFY on
     PostgreSQL, data_version on SQLite): no polling interval between them."""
