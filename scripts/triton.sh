@@ -38,7 +38,7 @@ up() {
     --model-repository "${TRITON_MODEL_REPOSITORY:-$ROOT/model_repository}" --backend-directory "$RUN/backends" \
     --http-address 127.0.0.1 --http-port "$HTTP" --grpc-address 127.0.0.1 --grpc-port "$GRPC" \
     --metrics-port "$METRICS" --allow-metrics false --exit-on-error false --strict-readiness true \
-    > "$RUN/tritonserver.log" 2>&1 &
+    ${TRITON_EXTRA_ARGS:-} > "$RUN/tritonserver.log" 2>&1 &
   echo $! > "$RUN/pid"
   for _ in $(seq 1 120); do
     if curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" >/dev/null 2>&1; then echo "tritonserver ready on $HTTP/$GRPC"; return; fi

@@ -254,9 +254,11 @@ class TritonProcess:
     http_port: int
     grpc_port: int
     repository: Path = ROOT / "model_repository"
+    extra_args: str = ""  # e.g. "--model-control-mode=explicit --load-model=*"
 
     def _script(self, command: str) -> None:
         env = {**os.environ, "TRITON_RUN_DIR": str(self.run_dir),
+               "TRITON_EXTRA_ARGS": self.extra_args,
                "TRITON_MODEL_REPOSITORY": str(self.repository),
                "TRITON_HTTP_PORT": str(self.http_port), "TRITON_GRPC_PORT": str(self.grpc_port),
                "TRITON_METRICS_PORT": str(free_port())}
@@ -275,6 +277,10 @@ class TritonProcess:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int:
+        return int((self.run_dir / "pid").read_text())
 
 
 @pytest.fixture

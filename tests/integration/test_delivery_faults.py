@@ -196,3 +196,89 @@ def test_requeue_brings_dead_letters_back_and_is_audited(tmp_path: Path) -> None
     assert (state, attempts) == ("queued", 0)
     (line,) = store.audit_lines()
     assert (line.action, line.detail) == ("requeue results", str(item_id)) and line.actor
+
+
+class _FlakyStow:
+    """A STOW-RS front for a real Orthanc that answers the given HTTP statuses first (a load
+    balancer during an outage, a gateway that refuses), then passes requests through."""
+
+    def __init__(self, orthanc_dicomweb: str, statuses: list[int]) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                front.requests += 1
+                if front.statuses:
+                    self.send_error(front.statuses.pop(0))
+                    return
+                request = urllib.request.Request(orthanc_dicomweb + self.path, data=body,
+                                                 method="POST")
+                request.add_header("Content-Type", self.headers["Content-Type"])
+                request.add_header("Accept", self.headers.get("Accept", "*/*"))
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    payload = answer.read()
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", answer.headers["Content-Type"])
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.statuses = statuses
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stow_rs_5xx_is_retried_until_it_succeeds_and_4xx_is_refused_at_once(
+        tmp_path: Path) -> None:
+    """Through a front that answers 503, 502 then passes on to a real Orthanc: the result is
+    retried with backoff (dicomweb-client also retries within a pass) and stored once; a 400
+    from the front makes a dead letter at once."""
+    http_port, dicom_port = free_port(), free_port()
+    with start_orthanc(tmp_path, http_port, dicom_port, free_port()) as pacs:
+        front = _FlakyStow(pacs.dicomweb, [503, 502])
+        try:
+            settings = _settings(tmp_path, {"name": "WEB", "ae_title": "WEB",
+                                            "host": "127.0.0.1", "port": 1,
+                                            "dicomweb_url": front.url})
+            store = JobStore(tmp_path / "jobs.sqlite3")
+            outbox, clock = Outbox(store), Clock()
+            _queued_result(tmp_path, store, "WEB")
+            delivery = Delivery(settings, outbox, clock)
+            retries = 0
+            while delivery.deliver_ready() == 0:  # dicomweb-client may retry within a pass
+                ((_, _, _, _, state, _, error),) = outbox.items()
+                assert state == "queued" and error in ("unavailable: HTTP 503",
+                                                       "unavailable: HTTP 502"), error
+                ((not_before,),) = store.query("SELECT not_before FROM outbox")
+                assert not_before > clock.now  # a backoff, not a spin
+                clock.now = not_before
+                retries += 1
+                assert retries < 5
+            ((_, _, _, _, state, _, _),) = outbox.items()
+            assert retries >= 1 and state == "sent"
+            assert front.requests == 3 and front.statuses == []
+            assert len(pacs.api("/instances")) == 1
+
+            front.statuses = [400]
+            Outbox(store).put(2, ResultToSend("WEB", str(ct_files()[1]), "1.2.4", "sr", 0),
+                              clock.now)
+            assert delivery.deliver_ready() == 0
+            states = {uid: (state, error) for _, _, _, uid, state, _, error in outbox.items()}
+            assert states["1.2.4"] == ("dead", "0xC000 refused: HTTP 400")
+            assert len(pacs.api("/instances")) == 1
+        finally:
+            front.close()

@@ -323,3 +323,28 @@ def test_unparseable_dataset_answers_cannot_understand(node: NodeProcess, tmp_pa
     assert status is not None
     assert status.Status in (0xC210, 0xA900), status
     assert node.alive
+
+
+def test_below_the_disk_floor_0xa700_and_storing_again_once_space_returns(
+        node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The floor set 300 MB under today's free space; a 600 MB file then takes the disk
+    below it: C-STORE answers 0xA700 and keeps nothing; once the file is gone, the same
+    instance is stored."""
+    import shutil
+
+    require("/usr/bin/storescu")
+    free_mb = shutil.disk_usage(tmp_path).free // 2**20
+    node = node_factory(node={"min_free_disk_mb": free_mb - 300}).start()
+    filler = node.data_dir / "filler"
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, 600 * 2**20)
+    try:
+        refused = storescu(node, ct_files()[0])
+        assert "Received Store Response (Refused: OutOfResources)" in refused.stdout + \
+            refused.stderr
+        assert node.stored_files() == []
+    finally:
+        filler.unlink()
+    stored = storescu(node, ct_files()[0])
+    assert stored.returncode == 0 and "(Success)" in stored.stdout + stored.stderr
+    assert len(node.stored_files()) == 1

@@ -141,6 +141,72 @@ def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
     backend.close()
 
 
+def test_a_triton_slower_than_the_timeout_is_retried_and_the_job_succeeds(
+        tmp_path: Path, private_triton: TritonProcess) -> None:
+    """tritonserver frozen (SIGSTOP) while the job runs: the request times out after
+    inference.timeout_s, the job is retried (the attempt not counted: an outage), and once
+    the server answers again (SIGCONT) the retried job is done."""
+    import os
+    import signal
+
+    private_triton.up()
+    store, key = store_with_ct(tmp_path)
+    clock = Clock()
+    backend = TritonBackend(private_triton.grpc_url, retries=0, timeout_s=20)
+    orchestrator = _orchestrator(tmp_path, store, backend, clock)
+    orchestrator.series_complete(key)
+    os.kill(private_triton.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert orchestrator.run_next() is not None
+        assert time.monotonic() - started < 90  # bounded by the timeout, not hung
+        (job,) = JobQueue(store).jobs()
+        assert job.state == JobState.QUEUED and job.error, job
+        assert "Triton" in job.error
+    finally:
+        os.kill(private_triton.pid, signal.SIGCONT)
+    for _ in range(3):  # the thawed server may first finish the request it was frozen in
+        clock.now += 600
+        assert orchestrator.run_next() is not None
+        (job,) = JobQueue(store).jobs()
+        if job.state != JobState.QUEUED:
+            break
+    assert job.state == JobState.DONE, job
+    backend.close()
+
+
+def test_a_model_unloaded_mid_run_fails_the_job_with_the_reason_and_a_requeue_finishes_it(
+        tmp_path: Path, private_triton: TritonProcess) -> None:
+    """Triton in explicit model control; the model is unloaded while the job is being
+    prepared: the job fails with Triton's reason (nothing half-written is delivered); once
+    the model is loaded again, the operator's requeue finishes it."""
+    import tritonclient.grpc as grpcclient
+
+    private_triton.extra_args = "--model-control-mode=explicit --load-model=*"
+    private_triton.up()
+    store, key = store_with_ct(tmp_path)
+    clock = Clock()
+    backend = TritonBackend(private_triton.grpc_url, retries=0)
+    orchestrator = _orchestrator(tmp_path, store, backend, clock)
+    orchestrator.series_complete(key)
+    control = grpcclient.InferenceServerClient(private_triton.grpc_url)
+    assert control.is_model_ready("ct_body_seg")
+    worker = threading.Thread(target=orchestrator.run_next)
+    worker.start()
+    time.sleep(0.5)  # the job has started: loading the CT (about a second)
+    control.unload_model("ct_body_seg")
+    worker.join(timeout=120)
+    (job,) = JobQueue(store).jobs()
+    assert job.state == JobState.FAILED and job.error and "ct_body_seg" in job.error, job
+    control.load_model("ct_body_seg")
+    assert JobQueue(store).requeue([job.id], clock.now) == [job.id]
+    assert orchestrator.run_next() is not None
+    (job,) = JobQueue(store).jobs()
+    assert job.state == JobState.DONE, job
+    control.close()
+    backend.close()
+
+
 def test_a_triton_outage_is_retried_for_the_window_then_the_job_fails(tmp_path: Path) -> None:
     """Nothing listens where Triton should be (a real refused connection): the job waits out
     an outage far longer than its attempts (no attempt is used up), then fails with the
