@@ -51,7 +51,7 @@ triton-down:
 	scripts/triton.sh down
 
 test: install-dev system-deps viewer-deps lint triton-up  ## everything CI runs
-	status=0; CI=$${CI:-} $(BIN)/pytest -q || status=$$?; scripts/triton.sh down; exit $$status
+	status=0; CI=$${CI:-} $(BIN)/pytest -q --durations=25 || status=$$?; scripts/triton.sh down; exit $$status
 
 bench-ingest: install system-deps
 	$(BIN)/python bench/ingest.py

@@ -35,6 +35,11 @@ def test_defaults_without_a_file() -> None:
         ("peers: [{name: A, ae_title: A, host: h}]", "peers.0.port"),
         ("series: {quiet_seconds: -1}", "series.quiet_seconds"),
         ("inference: {backend: triton}", "inference"),
+        ("audit: {syslog: arr.example}", "audit.syslog"),
+        ("audit: {syslog: 'arr.example:99999'}", "audit.syslog"),
+        ("audit: {transport: tls}", "audit.transport"),
+        ("retention: {days: -1}", "retention.days"),
+        ("retention: {high_water_percent: 120}", "retention.high_water_percent"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
