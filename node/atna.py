@@ -103,7 +103,7 @@ _EVENTS: dict[str, _Event] = {
 def _address_type(address: str) -> str:
     """NetworkAccessPointTypeCode: 2 for an IP address, 1 for a machine name."""
     try:
-        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+        socket.inet_pton(_family(address), address)
     except OSError:
         return "1"
     return "2"

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # PS3.15 A.5.3 EventOutcomeIndicator values
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12
+OUTCOME_NAMES = {SUCCESS: "success", MINOR_FAILURE: "minor failure",
+                 SERIOUS_FAILURE: "serious failure", MAJOR_FAILURE: "major failure"}
 
 
 class Audit(Protocol):

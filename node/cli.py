@@ -22,7 +22,7 @@ from rich.table import Table
 
 from node import __version__, logs
 from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, Node, open_store
-from node.audit import record_start, record_stop
+from node.audit import OUTCOME_NAMES, record_start, record_stop
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
@@ -93,7 +93,8 @@ def serve(
     if unknown:
         errors.print(f"[red]unknown role {', '.join(unknown)}: use {', '.join(ROLES)}[/red]")
         raise typer.Exit(2)
-    logs.configure(log_level, "+".join(r for r in ROLES if r in role))
+    roles = "+".join(r for r in ROLES if r in role)
+    logs.configure(log_level, roles)
     everything = set(role) == set(ROLES)
     settle = None if supervised else (0.0 if everything else SHARED_SPOOL_SETTLE_S)
     try:
@@ -102,7 +103,6 @@ def serve(
         errors.print(f"[red]cannot start: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from exc
     _on_stop_signals(node.request_stop)
-    roles = "+".join(r for r in ROLES if r in role)
     try:
         node.start()
     except OSError as exc:
@@ -358,11 +358,8 @@ def audit(
                   title=f"audit trail since {_when(start)}")
     for line in lines:
         table.add_row(_when(line.at), line.actor, line.address or "-", line.action,
-                      OUTCOMES.get(line.outcome, str(line.outcome)), line.detail)
+                      OUTCOME_NAMES.get(line.outcome, str(line.outcome)), line.detail)
     console.print(table)
-
-
-OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 
 def _open_existing_store(settings: Settings) -> JobStore:

@@ -146,18 +146,16 @@ def _version_1(database: Database, db: Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
-def _version_2(database: Database, db: Connection) -> None:
-    for statement in _statements(database, _V2):
-        db.execute(statement)
-
-
-def _version_3(database: Database, db: Connection) -> None:
-    for statement in _statements(database, _V3):
-        db.execute(statement)
+def _script(script: str) -> Callable[[Database, Connection], None]:
+    """A migration that runs each statement of ``script``."""
+    def apply(database: Database, db: Connection) -> None:
+        for statement in _statements(database, script):
+            db.execute(statement)
+    return apply
 
 
 MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (
-    _version_1, _version_2, _version_3)
+    _version_1, _script(_V2), _script(_V3))
 VERSION = len(MIGRATIONS)
 
 
