@@ -19,6 +19,7 @@ from node.ingest.dimse import (
     start_storage_server,
 )
 from node.loops import Loop
+from node.peers import PeerDirectory
 from node.pipeline import Orchestrator, Router
 from node.retention import Retention
 from node.settings import Settings
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
 DB_FILE = "jobs.sqlite3"
-ROLES = ("receiver", "worker", "sender")
+ROLES = ("receiver", "worker", "sender", "web")
 # A receiver started on its own (multi-host) leaves younger spool files and temporaries to the
 # receivers that may still be writing them: recovery takes only those older than this.
 SHARED_SPOOL_SETTLE_S = 300.0
@@ -73,6 +74,8 @@ class Node:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings)
         audit = AuditTrail(self.store, clock)
+        self.peers = PeerDirectory(settings, self.store, clock)
+        current = self.peers.settings  # peers changed live (admin API), seen at each use
         self._servers: list[Any] = []
         self._stopping = threading.Event()
         self._wakes: dict[str, threading.Event] = {}
@@ -81,7 +84,7 @@ class Node:
         self.router: Router | None = None
         if "sender" in self.roles:
             self.delivery = Delivery(settings, Outbox(self.store), clock, audit,
-                                     owns_store=self.store.dialect == "sqlite")
+                                     owns_store=self.store.dialect == "sqlite", current=current)
             self._wakes["outbox"] = self.delivery.wake
         if "worker" in self.roles:
             # jobs found running at start were this process's when it is the only worker
@@ -90,11 +93,12 @@ class Node:
                 self.orchestrator = Orchestrator(
                     settings, self.store, None, clock, on_outbox=self._wake_sender,
                     executor_factory=lambda index: ProcessExecutor(settings, f"worker-{index}"),
-                    owns_store=owns_store, audit=audit)
+                    owns_store=owns_store, audit=audit, current=current)
             else:
                 self.orchestrator = Orchestrator(
                     settings, self.store, make_backend(settings), clock,
-                    on_outbox=self._wake_sender, owns_store=owns_store, audit=audit)
+                    on_outbox=self._wake_sender, owns_store=owns_store, audit=audit,
+                    current=current)
             self._wakes["jobs"] = self.orchestrator.wake
         self._retention: Loop | None = None
         if "sender" in self.roles and settings.retention.enabled:
@@ -107,13 +111,13 @@ class Node:
             self._forwarding = Loop("audit-forwarder", self._forwarder.forward,
                                     settings.audit.interval_s)
         self._sweeper = Loop("housekeeping", self._sweep, settings.series.sweep_interval_s)
+        self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
+        policy = CompletionPolicy(
+            quiet_seconds=settings.series.quiet_seconds,
+            complete_on_release=settings.series.complete_on_release,
+            use_expected_count=settings.series.use_expected_count,
+        )
         if "receiver" in self.roles:
-            self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
-            policy = CompletionPolicy(
-                quiet_seconds=settings.series.quiet_seconds,
-                complete_on_release=settings.series.complete_on_release,
-                use_expected_count=settings.series.use_expected_count,
-            )
             self.router = (self.orchestrator.router if self.orchestrator is not None
                            else Router(settings, self.store, clock))
             self.assembler = SeriesAssembler(self.store, policy, clock, self._series_complete)
@@ -129,6 +133,26 @@ class Node:
                 audit=audit,
             )
             self._wakes["series"] = self._sweeper.wake
+        self._web: Any = None
+        if "web" in self.roles and settings.node.http_port:
+            self._web = self._web_server(policy, clock)
+
+    def _web_server(self, policy: CompletionPolicy, clock: Callable[[], float]) -> Any:
+        """The HTTP server; its STOW-RS input keeps instances as the receiver does."""
+        from node.ingest.intake import Intake
+        from node.ingest.stow import StowReceiver
+        from node.web.context import WebContext
+        from node.web.server import WebServer
+
+        settings = self.settings
+        assembler = (self.assembler if "receiver" in self.roles
+                     else SeriesAssembler(self.store, policy, clock))
+        intake = Intake(self.spool, self.store.record_instance, assembler.instance_recorded,
+                        clock, min_free_mb=settings.node.min_free_disk_mb, transport="stow")
+        stow = StowReceiver(intake, settings.node.ae_title, settings.node.max_instance_mb,
+                            on_end=lambda batch, released: assembler.association_ended(
+                                batch, released=released))
+        return WebServer(WebContext(settings, self.store, self.peers, stow, clock))
 
     def _wake_sender(self) -> None:
         if self.delivery is not None:
@@ -159,7 +183,7 @@ class Node:
         if "receiver" in self.roles:
             if self._recovery_settle_s is not None:
                 recover(self.spool, self.store, self._clock(), self._recovery_settle_s)
-            ae, handlers = build_storage_ae(self.settings, self._handlers)
+            ae, handlers = build_storage_ae(self.settings, self._handlers, self.peers.settings)
             node = self.settings.node
             for listener in listeners(self.settings):
                 self._servers.append(start_storage_server(
@@ -174,6 +198,8 @@ class Node:
         for loop in (self._forwarding, self._retention):
             if loop is not None:
                 loop.start()
+        if self._web is not None:
+            self._web.start()
         if self._wakes:
             self.store.database.watch(self._wakes)
         self._sweeper.start()  # last: it supervises the other loops
@@ -184,6 +210,8 @@ class Node:
         jobs finish or are handed back; then the store closes."""
         started = time.monotonic()
         self._stopping.set()
+        if self._web is not None:
+            self._web.stop()
         if self._servers:
             for server in self._servers:
                 server.shutdown()  # the listening socket closes: new associations refused

@@ -78,12 +78,14 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     role: Annotated[
         list[str] | None,
-        typer.Option(help="Run only this role here (receiver, worker, sender; repeatable), for"
-                     " nodes spread over several machines on one PostgreSQL store."),
+        typer.Option(help="Run only this role here (receiver, worker, sender, web;"
+                     " repeatable), for nodes spread over several machines on one PostgreSQL"
+                     " store."),
     ] = None,
     supervised: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
-    """Run the node: every role (receivers, worker, sender) in its own supervised process."""
+    """Run the node: every role (receivers, worker, sender, web) in its own supervised
+    process."""
     settings = _settings(config)
     _require_codes(settings, str(config or DEFAULT_CONFIG))
     if not role:
@@ -95,7 +97,7 @@ def serve(
         raise typer.Exit(2)
     roles = "+".join(r for r in ROLES if r in role)
     logs.configure(log_level, roles)
-    everything = set(role) == set(ROLES)
+    everything = set(ROLES) - {"web"} <= set(role)
     settle = None if supervised else (0.0 if everything else SHARED_SPOOL_SETTLE_S)
     try:
         node = Node(settings, roles=role, recovery_settle_s=settle)

@@ -15,6 +15,7 @@ class CompletionReason(StrEnum):
     QUIET = "quiet_period"
     EXPECTED_COUNT = "expected_count"
     RELEASE = "association_released"
+    OPERATOR = "operator"  # "complete now" from the admin API
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"  # permanent: a reason a retry cannot fix, or attempts exhausted
     SUPERSEDED = "superseded"  # a newer revision of its series replaced it before it finished
+    CANCELLED = "cancelled"  # by an operator (admin API); retry queues it again
 
 
 @dataclass(frozen=True, slots=True)

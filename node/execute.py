@@ -42,12 +42,43 @@ from node.store.spool import path_component
 PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
 
 
+@dataclass(frozen=True, slots=True)
+class ResultObject:
+    """One result file a job wrote (a SEG, SR or SC), before it is addressed to peers."""
+
+    kind: str
+    path: str
+    sop_instance_uid: str
+    priority: int
+
+
 @dataclass(frozen=True)
 class JobResult:
-    """What a job produced: its summary (stored with the job) and the results to deliver."""
+    """What a job produced: its summary (stored with the job) and its result objects."""
 
     summary: dict[str, Any]
-    deliveries: list[ResultToSend] = field(default_factory=list)
+    objects: list[ResultObject] = field(default_factory=list)
+
+
+def addressed(objects: list[ResultObject], pipeline: Pipeline, settings: Settings,
+              calling_ae: str | None) -> list[ResultToSend]:
+    """Each object for each of the pipeline's destinations (and the calling AE's peer with
+    ``reply_to_sender``) that wants its kind (``peers[].results``), with the peers in effect
+    when the job completes (``settings``: peers changed live included). A destination no
+    longer among the peers is still addressed: the sender records why it cannot go."""
+    destinations = list(pipeline.destinations)
+    if pipeline.reply_to_sender:
+        sender = settings.peer_by_ae(calling_ae) if calling_ae else None
+        if sender is not None and sender.name not in destinations:
+            destinations.append(sender.name)
+    deliveries: list[ResultToSend] = []
+    for item in objects:
+        for destination in destinations:
+            peer = settings.peer_by_name(destination)  # gone: the sender dead-letters it
+            if peer is None or peer.results is None or item.kind in peer.results:
+                deliveries.append(ResultToSend(destination, item.path, item.sop_instance_uid,
+                                               item.kind, item.priority))
+    return deliveries
 
 
 def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
@@ -112,9 +143,8 @@ class JobExecutor:
     def close(self) -> None:
         self._backend.close()
 
-    def execute(self, job: Job, paths: list[str], calling_ae: str | None) -> JobResult:
-        """Run ``job`` on the instances at ``paths``; ``calling_ae`` is who sent the series
-        (for ``reply_to_sender``)."""
+    def execute(self, job: Job, paths: list[str]) -> JobResult:
+        """Run ``job`` on the instances at ``paths``."""
         from node.infer.runner import StageTimes, run_classifier, run_heatmap, run_model
 
         times = StageTimes()
@@ -167,9 +197,9 @@ class JobExecutor:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        deliveries = self._encode(job, volume, labels, spec, summary, target, calling_ae, maps)
+        objects = self._encode(job, volume, labels, spec, summary, target, maps)
         summary["result_dir"] = str(target)
-        return JobResult(summary, deliveries)
+        return JobResult(summary, objects)
 
     def _encode(
         self,
@@ -179,11 +209,10 @@ class JobExecutor:
         spec: ModelSpec,
         summary: dict[str, Any],
         target: Path,
-        calling_ae: str | None,
         maps: NDArray[np.float32] | None = None,
-    ) -> list[ResultToSend]:
-        """SEG / SR / SC as the pipeline asks, written durably; what to queue per destination
-        (queued with the job's completion). A classifier gives an SR of its findings, a heatmap
+    ) -> list[ResultObject]:
+        """SEG / SR / SC as the pipeline asks, written durably (addressed and queued with the
+        job's completion). A classifier gives an SR of its findings, a heatmap
         model a FRACTIONAL SEG, the SR and SC; a job that found nothing gives a rule-out SR
         when the pipeline reports negatives."""
         pipeline = self._pipeline(job.pipeline)
@@ -217,25 +246,15 @@ class JobExecutor:
                 volume, labels, spec.labels, summary["labels"], pipeline, segments, provenance,
                 urgent,
             )
-        destinations = list(pipeline.destinations)
-        if pipeline.reply_to_sender:
-            sender = self._settings.peer_by_ae(calling_ae) if calling_ae else None
-            if sender is not None and sender.name not in destinations:
-                destinations.append(sender.name)
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
-        deliveries: list[ResultToSend] = []
+        written: list[ResultObject] = []
         for kind, dataset in objects.items():
             path = target / f"{kind}.dcm"
             write_atomically(path, functools.partial(_save_dataset, dataset))
             summary["outputs"][kind] = str(dataset.SOPInstanceUID)
-            for destination in destinations:
-                wanted = self._settings.peer(destination).results
-                if wanted is not None and kind not in wanted:
-                    continue
-                deliveries.append(ResultToSend(
-                    destination, str(path), str(dataset.SOPInstanceUID), kind, 10 if urgent else 0
-                ))
-        return deliveries
+            written.append(ResultObject(kind, str(path), str(dataset.SOPInstanceUID),
+                                        10 if urgent else 0))
+        return written
 
     def _pipeline(self, name: str) -> Pipeline:
         for pipeline in self._settings.pipelines:

@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from node import metrics
 from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import Job, SeriesKey
-from node.execute import PERMANENT_ERRORS
+from node.execute import PERMANENT_ERRORS, JobResult, addressed
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.loops import Loop
@@ -27,6 +28,7 @@ from node.settings import Settings
 from node.store import outbox
 from node.store.database import Connection
 from node.store.jobs import JobStore
+from node.store.outbox import ResultToSend
 from node.store.queue import JobQueue, LeaseLost
 from node.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
 
@@ -134,12 +136,14 @@ class Orchestrator:
         *,
         owns_store: bool = True,
         audit: Audit = no_audit,
+        current: Callable[[], Settings] | None = None,
     ) -> None:
         """Jobs run on one executor per worker from ``executor_factory`` (e.g. a worker
         process each), or else in this process on ``backend``, shared by the worker threads.
         ``owns_store``: no other worker process uses the store, so jobs found running at start
         were this node's (with several, a lease that runs out hands a job on instead)."""
         self._settings = settings
+        self._current = current or (lambda: settings)
         self._store = store
         self._queue = JobQueue(store)
         self._on_outbox = on_outbox
@@ -198,9 +202,7 @@ class Orchestrator:
 
     def _run(self, job: Job, executor: Executor) -> None:
         try:
-            attributes = self._store.series_attributes(job.series)
-            result = executor.execute(job, self._store.instance_paths(job.series),
-                                      attributes.calling_ae if attributes else None)
+            result = executor.execute(job, self._store.instance_paths(job.series))
         except PERMANENT_ERRORS as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             log.error("job %d (%s) failed: %s", job.id, job.pipeline, reason)
@@ -211,24 +213,42 @@ class Orchestrator:
             self._retry_or_fail(job, exc)
         else:
             now = self._clock()
+            deliveries = self._addressed(job, result)
 
             def queue_deliveries(db: Connection) -> None:
-                for item in result.deliveries:
+                for item in deliveries:
                     outbox.put(db, job.id, item, now)
-                if result.deliveries:
+                if deliveries:
                     self._store.notify(db, "outbox")
                 self._store.audit("node", "job done", _job_text(
-                    job, f"{len(result.deliveries)} result(s) queued",
+                    job, f"{len(deliveries)} result(s) queued",
                     result.summary.get("model_version", "")), now, db,
                     objects=self._store.series_objects(job.series.series_instance_uid, db))
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
+            metrics.JOBS_FINISHED.labels("done").inc()
+            for stage, seconds in (result.summary.get("seconds") or {}).items():
+                if stage in metrics.JOB_STAGES:
+                    metrics.STAGE_SECONDS.labels(stage).observe(float(seconds))
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
-            if result.deliveries and self._on_outbox is not None:
+            if deliveries and self._on_outbox is not None:
                 self._on_outbox()
+
+    def _addressed(self, job: Job, result: JobResult) -> list[ResultToSend]:
+        """The job's objects for the destinations in effect now (peers changed live)."""
+        if not result.objects:
+            return []
+        settings = self._current()
+        pipeline = next((p for p in settings.pipelines if p.name == job.pipeline), None)
+        if pipeline is None:  # the executor refuses a job whose pipeline is gone
+            return []
+        attributes = self._store.series_attributes(job.series)
+        return addressed(result.objects, pipeline, settings,
+                         attributes.calling_ae if attributes else None)
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)
+        metrics.JOBS_FINISHED.labels("failed").inc()
         self._audit("node", "job failed", _job_text(job, reason), outcome=SERIOUS_FAILURE,
                     objects=self._store.series_objects(job.series.series_instance_uid))
 

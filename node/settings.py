@@ -6,6 +6,7 @@ Invalid configuration raises :class:`ConfigError` whose message names each offen
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,15 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class TlsSection(_Strict):
     """DICOM TLS (PS3.15 Annex B, BCP 195: TLS 1.2 or newer). ``cert``/``key`` (PEM) are this
     node's certificate, also presented to peers that ask for a client certificate; ``ca`` the
@@ -79,7 +89,14 @@ class NodeSection(_Strict):
     ae_title: str = "AINODE"
     dicom_port: int = Field(
         11112, ge=0, le=65535, description="0: no plain DICOM port (only node.tls.port)")
-    http_port: int = Field(8080, ge=1, le=65535)
+    http_port: int = Field(
+        8080, ge=0, le=65535,
+        description="health, metrics, admin API, dashboard, STOW-RS in; 0: no HTTP server")
+    http_bind: str = Field(
+        "127.0.0.1", description="the HTTP server's address; beyond loopback only with a token")
+    http_token: SecretStr | None = Field(
+        None, description="Bearer token for everything but /healthz and /readyz (better given "
+        "as AINODE__NODE__HTTP_TOKEN than written in the file)")
     bind: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
     data_dir: Path = Path("var")
     accept_unknown_callers: bool = False
@@ -110,6 +127,15 @@ class NodeSection(_Strict):
     tls: TlsSection = TlsSection()
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _http_open_only_with_a_token(self) -> NodeSection:
+        if self.http_port and self.http_token is None and not _is_loopback(self.http_bind):
+            raise ValueError(f"http_bind {self.http_bind} is beyond this machine: set "
+                             "node.http_token (AINODE__NODE__HTTP_TOKEN) or bind 127.0.0.1")
+        if self.http_token is not None and len(self.http_token.get_secret_value()) < 16:
+            raise ValueError("http_token: use at least 16 characters")
+        return self
 
     @model_validator(mode="after")
     def _something_listens(self) -> NodeSection:
@@ -438,6 +464,9 @@ class Settings(_Strict):
                 return candidate
         known = ", ".join(p.name for p in self.peers) or "none"
         raise KeyError(f"no peer named {name!r} in peers (known: {known})")
+
+    def peer_by_name(self, name: str) -> Peer | None:
+        return next((p for p in self.peers if p.name == name), None)
 
     def peer_by_ae(self, ae_title: str) -> Peer | None:
         for candidate in self.peers:

@@ -1,8 +1,10 @@
 """``ainode serve``: every role in its own OS process, started and kept alive by this one.
 
 Processes: ``node.receiver_processes`` receivers (sharing the DICOM port with
-``SO_REUSEPORT``), one worker (which runs ``inference.workers`` worker processes of its own)
-and one sender. The supervisor first brings the job store's schema up to date and recovers
+``SO_REUSEPORT``), one worker (which runs ``inference.workers`` worker processes of its own),
+one sender and, unless ``node.http_port`` is 0, one web role (HTTP: health, metrics, admin
+API, STOW-RS). Each counts its metrics in ``<data_dir>/metrics``, which the web role adds up.
+The supervisor first brings the job store's schema up to date and recovers
 the spool (once, before any receiver writes to it), then starts the roles. A role process
 that exits unexpectedly (a crash, the OOM killer) is started again after a growing pause;
 the others keep running, so C-STORE is answered while a worker is replaced. SIGTERM (or
@@ -14,6 +16,8 @@ supervisor (``PR_SET_PDEATHSIG``), so a killed supervisor leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +47,7 @@ from node.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
+METRICS_DIR = "metrics"  # prometheus-client's multiprocess files, one set per role process
 STEADY_S = 60.0  # a process that ran this long before exiting restarts without delay
 EXTRA_STOP_S = 30.0  # beyond node.shutdown_grace_s, for jobs to be handed back
 
@@ -69,6 +74,9 @@ class Supervisor:
             _Role(f"receiver-{i}" if receivers > 1 else "receiver", "receiver")
             for i in range(1, receivers + 1)
         ] + [_Role("worker", "worker"), _Role("sender", "sender")]
+        if settings.node.http_port:
+            self._roles.append(_Role("web", "web"))
+        self._metrics_dir = settings.node.data_dir / METRICS_DIR
 
     def prepare(self) -> None:
         """Schema up to date, spool recovered: before any role process runs."""
@@ -76,6 +84,9 @@ class Supervisor:
         try:
             spool = Spool(self._settings.node.data_dir / SPOOL_DIR, fsync=self._settings.node.fsync)
             recover(spool, store, time.time())
+            # counters start again with the node (Prometheus handles the reset)
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir.mkdir(parents=True, exist_ok=True)
             record_start(store, self._settings, "supervisor of " + self._role_names())
         finally:
             store.close()
@@ -103,7 +114,9 @@ class Supervisor:
         return command
 
     def _start(self, role: _Role) -> None:
-        role.process = subprocess.Popen(self._command(role), preexec_fn=die_with_parent)
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir)}
+        role.process = subprocess.Popen(self._command(role), preexec_fn=die_with_parent,
+                                        env=environment)
         role.started_at = time.monotonic()
         role.restart_at = None
         log.info("%s process started (pid %d)", role.name, role.process.pid)

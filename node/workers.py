@@ -58,7 +58,7 @@ class Executor(Protocol):
 
     def check(self, model: str) -> None: ...
 
-    def execute(self, job: Job, paths: list[str], calling_ae: str | None) -> JobResult: ...
+    def execute(self, job: Job, paths: list[str]) -> JobResult: ...
 
     def close(self) -> None: ...
 
@@ -201,10 +201,10 @@ class ProcessExecutor:
         with self._lock:
             self._request("check", model, CHECK_TIMEOUT_S, "checking a model")
 
-    def execute(self, job: Job, paths: list[str], calling_ae: str | None) -> JobResult:
+    def execute(self, job: Job, paths: list[str]) -> JobResult:
         timeout_s = self._settings.inference.job_timeout_s
         with self._lock:
-            result = self._request("run", (job, paths, calling_ae), timeout_s,
+            result = self._request("run", (job, paths), timeout_s,
                                    f"job {job.id}")
         if not isinstance(result, JobResult):
             raise RuntimeError(f"worker process answered {type(result).__name__}")

@@ -129,6 +129,7 @@ def write_config(path: Path, port: int, data_dir: Path, **sections: Any) -> None
     config: dict[str, Any] = {
         "node": {
             "ae_title": "AINODE", "dicom_port": port, "bind": "127.0.0.1",
+            "http_port": free_port(),
             "data_dir": str(data_dir), "min_free_disk_mb": 64,
         },
         "peers": [

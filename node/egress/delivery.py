@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from node import metrics
 from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
 from node.loops import Loop
@@ -50,11 +51,13 @@ class Delivery:
         self, settings: Settings, outbox: Outbox, clock: Callable[[], float] = time.time,
         audit: Audit = no_audit,
         owns_store: bool = False,
+        current: Callable[[], Settings] | None = None,
     ) -> None:
         """``owns_store``: no other sender uses the outbox, so leases found at start were a
         dead predecessor's and are released."""
         self._owns_store = owns_store
         self._settings = settings
+        self._current = current or (lambda: settings)  # peers changed live
         self._audit = audit
         self._outbox = outbox
         self._clock = clock
@@ -66,7 +69,7 @@ class Delivery:
         sent = 0
         for destination, items in self._outbox.ready(self._clock()).items():
             try:
-                peer = self._settings.peer(destination)
+                peer = self._current().peer(destination)
             except KeyError:
                 for item in items:
                     self._outbox.dead(
@@ -94,7 +97,8 @@ class Delivery:
 
     def _deliver(self, peer: Peer, items: list[OutboxItem]) -> int:
         try:
-            outcomes = self._outcomes(peer, items)
+            with metrics.STAGE_SECONDS.labels("send").time():
+                outcomes = self._outcomes(peer, items)
         except Exception as exc:  # a defect or a surprise: every item still ends in a state
             log.exception("delivery to %s failed unexpectedly", peer.name)
             reason = f"not sent: internal error ({exc.__class__.__name__})"
@@ -125,6 +129,7 @@ class Delivery:
         verdict = classify(outcome)
         now = self._clock()
         policy = self._settings.egress.retry_policy
+        metrics.RESULTS.labels(item.kind, verdict).inc()
         if verdict == "sent":
             self._outbox.sent(item.id, now)
             return 1

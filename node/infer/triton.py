@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from node import metrics
 from node.infer.backend import BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelNotFound, ModelSpec
 
@@ -130,6 +131,15 @@ class TritonBackend:
         connection.client = self._new_client()
 
     # -- readiness -------------------------------------------------------------------------
+    def server_ready(self) -> bool:
+        """Triton's readiness (``/v2/health/ready``) within the timeout;
+        :class:`BackendUnavailable` when it cannot be reached."""
+        kwargs = {"client_timeout": self._timeout_s} if self._protocol == "grpc" else {}
+        try:
+            return bool(self._client.is_server_ready(**kwargs))
+        except Exception as exc:  # gRPC status or a refused HTTP connection alike
+            raise BackendUnavailable(f"Triton at {self._url}: {exc}") from exc
+
     def check(self, model: ModelSpec) -> None:
         """Server live and ready, model known and ready, metadata matching the repository."""
         from tritonclient.utils import InferenceServerException
@@ -215,7 +225,9 @@ class TritonBackend:
         kwargs: dict[str, Any] = {}
         if self._protocol == "grpc":
             kwargs["client_timeout"] = self._timeout_s
-        result = self._client.infer(model.name, [request_in], outputs=[request_out], **kwargs)
+        with metrics.TRITON_SECONDS.time():
+            result = self._client.infer(model.name, [request_in], outputs=[request_out],
+                                        **kwargs)
         if self._shared_memory:
             from tritonclient.utils import shared_memory as shm
 

@@ -15,11 +15,13 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from node import metrics
 from node.audit import MINOR_FAILURE, Audit
 from node.settings import Settings
 
@@ -44,16 +46,20 @@ def _networks(host: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 class CallerPolicy:
     """The decision for one calling AE title from one address."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 current: Callable[[], Settings] | None = None) -> None:
+        """``current``: the settings with the peers in effect now (peers changed live);
+        by default ``settings``'."""
         self._accept_unknown = settings.node.accept_unknown_callers
         self._check_host = settings.node.check_caller_host
-        self._hosts: dict[str, list[str]] = {}
-        for peer in settings.peers:
-            self._hosts.setdefault(peer.ae_title, []).extend(peer.hosts or [peer.host])
+        self._current = current or (lambda: settings)
 
     def refusal(self, ae_title: str, address: str) -> str | None:
         """Why ``ae_title`` calling from ``address`` is refused, or ``None``."""
-        hosts = self._hosts.get(ae_title.strip())
+        hosts: list[str] | None = None
+        for peer in self._current().peers:
+            if peer.ae_title == ae_title.strip():
+                hosts = [*(hosts or []), *(peer.hosts or [peer.host])]
         if hosts is None:
             return None if self._accept_unknown else "calling AE title not in peers"
         if not self._check_host:
@@ -92,5 +98,6 @@ def log_rejection(policy: CallerPolicy, audit: Audit, event: Any) -> None:
     ae_title, address = str(requestor.ae_title).strip(), str(requestor.address)
     why = policy.refusal(ae_title, address) or "called AE title or association limit"
     log.warning("association from %r at %s rejected: %s", ae_title, address, why)
+    metrics.ASSOCIATIONS.labels("rejected", metrics.rejection_reason(why)).inc()
     audit(ae_title, "association rejected", f"from {address}: {why}", address=address,
           outcome=MINOR_FAILURE)

@@ -17,7 +17,6 @@ wrong called AE title is rejected likewise (PS3.8 9.3.4).
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import socket
@@ -36,7 +35,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import tls
+from node import metrics, tls
 from node.audit import MINOR_FAILURE, Audit, no_audit
 from node.dicomfile import (
     VERIFICATION,
@@ -45,21 +44,23 @@ from node.dicomfile import (
     read_identity,
     stamp_association,
 )
-from node.domain import InstanceRef, StoreOutcome
+from node.domain import StoreOutcome
 from node.ingest import receive_path
 from node.ingest.callers import CallerCheckingAE, CallerPolicy, log_rejection
+from node.ingest.intake import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    InstanceRecorder,
+    Intake,
+    Refusal,
+)
 from node.settings import Settings
-from node.store.database import StoreUnavailable
 from node.store.spool import InstanceStorage
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-
-InstanceRecorder = Callable[[InstanceRef, float], StoreOutcome]
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -100,11 +101,9 @@ class StorageHandlers:
         self._settings = settings
         self._audit = audit
         self._spool = spool
-        self._record = record
-        self._on_recorded = on_recorded
+        self._intake = Intake(spool, record, on_recorded, clock,
+                              min_free_mb=settings.node.min_free_disk_mb, transport="dimse")
         self._on_association_end = on_association_end
-        self._clock = clock
-        self._min_free_bytes = settings.node.min_free_disk_mb * 1024 * 1024
         self._max_instance_bytes = settings.node.max_instance_mb * 1024 * 1024
         self._stats: dict[int, _AssociationStats] = {}
 
@@ -120,6 +119,7 @@ class StorageHandlers:
 
     # -- association lifecycle -------------------------------------------------------------
     def on_established(self, event: evt.Event) -> None:
+        metrics.ASSOCIATIONS.labels("accepted", "").inc()
         requestor = event.assoc.requestor
         secured = tls.describe(getattr(getattr(event.assoc.dul, "socket", None), "socket", None))
         if secured:
@@ -195,28 +195,29 @@ class StorageHandlers:
                 identity = read_identity(BytesIO(encoded))
         except UnreadableInstance as exc:
             log.warning("C-STORE from %s refused, 0xC210: %s (SOP %s)", calling_ae, exc, sop_uid)
-            return _status(CANNOT_UNDERSTAND, str(exc))
+            return self._refused(CANNOT_UNDERSTAND, str(exc))
         if identity.sop_class_uid != str(request.AffectedSOPClassUID):
             log.warning("C-STORE from %s refused, 0xA900: SOP Class UID differs", calling_ae)
-            return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from request")
+            return self._refused(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                 "SOP Class UID differs from request")
         if identity.sop_instance_uid != sop_uid:
             log.warning("C-STORE from %s refused, 0xA900: SOP Instance UID differs", calling_ae)
-            return _status(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from request"
-            )
+            return self._refused(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                 "SOP Instance UID differs from request")
         return identity
 
     def _store(self, event: evt.Event, stats: _AssociationStats | None) -> Dataset | int:
         request = cast(C_STORE, event.request)
         calling_ae = str(event.assoc.requestor.ae_title)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes:
+        refusal = self._intake.disk_refusal()
+        if refusal is not None:
             log.warning(
                 "C-STORE from %s refused: free disk below node.min_free_disk_mb (%d MB)",
                 calling_ae,
                 self._settings.node.min_free_disk_mb,
             )
-            return _status(OUT_OF_RESOURCES, "disk space below configured floor")
+            return _status(refusal.code, refusal.reason)
         received: Path | None = getattr(request, "_dataset_path", None)  # chunked receive
         encoded = b"" if received else self._part10(event, calling_ae)
         if receive_path.too_large(request) or (
@@ -226,42 +227,24 @@ class StorageHandlers:
             log.warning("C-STORE from %s refused, 0xA700: larger than node.max_instance_mb "
                         "(%d MB; SOP %s)", calling_ae, self._settings.node.max_instance_mb,
                         sop_uid)
-            return _status(OUT_OF_RESOURCES, "instance larger than node.max_instance_mb")
+            return self._refused(OUT_OF_RESOURCES, "instance larger than node.max_instance_mb")
         identity = self._identify(received, encoded, request, calling_ae)
         if isinstance(identity, Dataset):
             return identity
-        path = self._spool.path_for(
-            identity.study_instance_uid, identity.series_instance_uid, sop_uid
-        )
-        try:
-            if received:
-                size = self._spool.adopt(received, path)
-            else:
-                size = self._spool.write(path, (encoded,))
-        except OSError as exc:
-            reason = "disk full" if exc.errno == errno.ENOSPC else "write failed"
-            log.error("C-STORE from %s refused, 0xA700: %s (%s)", calling_ae, reason, exc.strerror)
-            return _status(OUT_OF_RESOURCES, reason)
-        ref = identity.ref(str(path), size, calling_ae, self._settings.node.ae_title)
-        try:
-            outcome = self._record(ref, self._clock())
-        except StoreUnavailable as exc:  # the file is spooled; the sender re-sends it later
-            log.error("C-STORE from %s refused, 0xA700: %s", calling_ae, exc)
-            return _status(OUT_OF_RESOURCES, "job store unavailable; try again later")
+        outcome = self._intake.keep(identity, received, encoded, calling_ae,
+                                    self._settings.node.ae_title, id(event.assoc))
+        if isinstance(outcome, Refusal):
+            return _status(outcome.code, outcome.reason)
         if stats is not None:
             stats.stored += 1
             stats.duplicates += int(outcome.duplicate)
             key = (identity.study_instance_uid, identity.series_instance_uid)
             stats.series[key] = stats.series.get(key, 0) + 1
-        if outcome.duplicate:
-            log.info(
-                "duplicate SOP Instance %s from %s replaced the earlier copy", sop_uid, calling_ae
-            )
-        try:
-            self._on_recorded(outcome, id(event.assoc))
-        except Exception:  # stored and indexed: the sender must hear success, or it re-sends
-            log.exception("series bookkeeping failed after storing an instance; it is retried")
         return SUCCESS
+
+    def _refused(self, code: int, comment: str) -> Dataset:
+        refusal = self._intake.refused(code, comment)
+        return _status(refusal.code, refusal.reason)
 
     def _part10(self, event: evt.Event, calling_ae: str) -> bytes:
         """The received data set as a Part 10 file whose meta names the association."""
@@ -272,24 +255,26 @@ class StorageHandlers:
         return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
 
 
-def build_storage_ae(settings: Settings, handlers: StorageHandlers) -> tuple[AE, list[Any]]:
-    """An AE accepting every storage SOP class with every transfer syntax, plus Verification."""
+def build_storage_ae(settings: Settings, handlers: StorageHandlers,
+                     current: Callable[[], Settings] | None = None) -> tuple[AE, list[Any]]:
+    """An AE accepting every storage SOP class with every transfer syntax, plus Verification;
+    callers are checked against ``current()``'s peers (:class:`node.peers.PeerDirectory`)."""
     node = settings.node
     if node.event_driven_reactor:
         receive_path.install()
     if node.receive_to_disk:
         receive_path.stream_to(handlers.spool_tmp_dir, node.max_instance_mb * 1024 * 1024)
     ae = CallerCheckingAE(ae_title=node.ae_title)
-    ae.caller_policy = policy = CallerPolicy(settings)
+    ae.caller_policy = policy = CallerPolicy(settings, current)
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
     ae.maximum_pdu_size = node.max_pdu_size
     ae.require_called_aet = True
-    if not node.accept_unknown_callers and not settings.peers:
+    if not node.accept_unknown_callers and not (current or (lambda: settings))().peers:
         log.warning("no peers configured and accept_unknown_callers is false: every caller "
-                    "will be rejected")
+                    "will be rejected until peers are added")
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)

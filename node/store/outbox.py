@@ -27,6 +27,7 @@ class OutboxItem:
     attempts: int
     priority: int
     first_failed_at: float | None = None
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class Outbox:
         with self._store.transaction() as db:
             rows = db.execute(
                 "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
-                " first_failed_at FROM outbox WHERE state=? AND not_before<=?"
+                " first_failed_at, kind FROM outbox WHERE state=? AND not_before<=?"
                 " AND (lease_until IS NULL OR lease_until<?)"
                 " ORDER BY priority DESC, id LIMIT ?" + self._store.database.skip_locked,
                 (QUEUED, now, now, limit),

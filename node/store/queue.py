@@ -201,14 +201,25 @@ class JobQueue:
                 (QUEUED, now, now, RUNNING),
             ).rowcount
 
-    def requeue(self, job_ids: list[int] | None, now: float) -> list[int]:
-        """Failed jobs (those named, or all with ``None``) queued again with fresh attempts."""
+    def requeue(self, job_ids: list[int] | None, now: float,
+                states: tuple[JobState, ...] = (JobState.FAILED,)) -> list[int]:
+        """Jobs in ``states`` (failed; cancelled too for the admin API's retry), those named
+        or all with ``None``, queued again with fresh attempts."""
         with self._store.transaction() as db:
             self._store.notify(db, "jobs")
-            return requeue_rows(
-                db, "jobs", JobState.FAILED, job_ids,
+            return [job_id for state in states for job_id in requeue_rows(
+                db, "jobs", state, job_ids,
                 "attempts=0, transient=0, first_failed_at=NULL, error=NULL", now,
-            )
+            )]
+
+    def cancel(self, job_id: int, reason: str, now: float) -> bool:
+        """Stop a queued or running job (a running one's worker finds its lease gone and
+        discards what it computes); ``False`` when it had ended already."""
+        with self._store.transaction() as db:
+            return bool(db.execute(
+                "UPDATE jobs SET state=?, error=?, owner=NULL, lease_until=NULL, updated_at=?"
+                " WHERE id=? AND state IN (?, ?)",
+                (JobState.CANCELLED, reason, now, job_id, QUEUED, RUNNING)).rowcount)
 
     def jobs(self, limit: int = 100) -> list[JobSummary]:
         with self._store.reading() as db:

@@ -5,7 +5,8 @@ in one transaction under a lock (several nodes may start at once), and refuses a
 version is newer than :data:`VERSION`. Version 1 is the first release's schema (a store from
 before versioning has its tables already and gains the columns added since); version 2 adds
 what several receivers and senders on one store need; version 3 structured audit lines (for
-DICOM audit messages), their forwarding state, the configuration digests and retention.
+DICOM audit messages), their forwarding state, the configuration digests and retention;
+version 4 the peers changed while the node runs.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ CREATE TABLE IF NOT EXISTS settings_digests (
 """
 
 
+# peers added, changed or removed while the node runs (the admin API, `ainode peers`); they
+# take precedence over the configuration file's peers of the same name (NULL: removed)
+_V4 = """
+CREATE TABLE IF NOT EXISTS peer_changes (
+    name TEXT PRIMARY KEY,
+    definition TEXT,
+    updated_at {real} NOT NULL,
+    updated_by TEXT NOT NULL
+)
+"""
+
+
 def _statements(database: Database, script: str) -> list[str]:
     text = script.format(real=database.real, serial_key=database.serial_key)
     return [statement.strip() for statement in text.split(";") if statement.strip()]
@@ -155,7 +168,7 @@ def _script(script: str) -> Callable[[Database, Connection], None]:
 
 
 MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (
-    _version_1, _script(_V2), _script(_V3))
+    _version_1, _script(_V2), _script(_V3), _script(_V4))
 VERSION = len(MIGRATIONS)
 
 

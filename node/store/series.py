@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from node import metrics
 from node.domain import CompletionReason, SeriesKey, StoreOutcome
 from node.store.jobs import JobStore
 
@@ -97,5 +98,6 @@ class SeriesAssembler:
 
     def _completed(self, key: SeriesKey, reason: CompletionReason) -> None:
         log.info("series complete (%s): %s rev %d", reason, key.series_instance_uid, key.revision)
+        metrics.SERIES_COMPLETED.labels(str(reason)).inc()
         if self._on_complete is not None:
             self._on_complete(key, reason)

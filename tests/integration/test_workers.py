@@ -196,7 +196,7 @@ def test_a_role_process_that_dies_is_restarted_and_its_job_resumed(node_factory:
                         pipelines=[CT_BODY]).start()
     assert node.proc is not None
     before = role_processes(node.proc.pid)
-    assert set(before) == {"receiver", "worker", "sender"}, before
+    assert set(before) == {"receiver", "worker", "sender", "web"}, before
     assert storescu(node, *ct_files()).returncode == 0
     assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("running",)], 120, 0.05), (
         node.log()[-2000:])
@@ -205,7 +205,7 @@ def test_a_role_process_that_dies_is_restarted_and_its_job_resumed(node_factory:
     assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("done",)], 240, 0.2), (
         node.query("SELECT * FROM jobs"), node.log()[-3000:])
     after = role_processes(node.proc.pid)
-    assert after["receiver"] == before["receiver"]
+    assert after["receiver"] == before["receiver"] and after["web"] == before["web"]
     assert after["worker"] != before["worker"] and after["sender"] != before["sender"]
     assert node.query("SELECT attempts FROM jobs") == [(2,)]
     assert "worker process ended (killed by SIGKILL)" in node.log()

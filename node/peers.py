@@ -1,0 +1,183 @@
+"""The peers in effect: the configuration file's, changed while the node runs.
+
+IT adds, changes and removes peers (AE titles, hosts, ports) through the admin API or
+``ainode peers``; each change is validated like the configuration file, kept in the job store
+(``peer_changes``), audited, and seen by every role process at its next association, delivery
+or job, with no restart. Precedence: a peer changed or removed that way overrides the file's
+peer of the same name until ``ainode peers reset NAME``; peers the file adds later, or file
+edits to peers never changed live, apply at the next start as before.
+
+Secrets are not kept in the job store: a live peer names them with ``password_env`` /
+``password_file`` / ``token_env`` / ``token_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from node.audit import SUCCESS
+from node.settings import Peer, Settings
+from node.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+PLAIN_SECRETS = ("password", "token")
+
+
+class PeerChangeRefused(ValueError):
+    """A change that would leave the configuration invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """A peer in effect and where it comes from (``file`` or ``live``)."""
+
+    peer: Peer
+    source: str
+    updated_at: float | None = None
+    updated_by: str | None = None
+
+
+def peer_fields(peer: Peer) -> dict[str, Any]:
+    """A peer as the API shows it: secrets never, only whether one is set."""
+    shown = peer.model_dump(mode="json", exclude={"password", "token"}, exclude_none=True)
+    shown["has_password"] = peer.password is not None
+    shown["has_token"] = peer.token is not None
+    return shown
+
+
+def validate_peer(definition: Mapping[str, Any], name: str | None = None) -> Peer:
+    """A peer from an API body, or :class:`PeerChangeRefused` naming each bad key."""
+    if name is not None and definition.get("name", name) != name:
+        raise PeerChangeRefused(f"peers.{name}.name: the body names {definition['name']!r}")
+    plain = [key for key in PLAIN_SECRETS if definition.get(key)]
+    if plain:
+        raise PeerChangeRefused(
+            f"peers.{name or definition.get('name')}.{plain[0]}: secrets are not kept in the "
+            f"job store; give {plain[0]}_env (a variable's name) or {plain[0]}_file")
+    try:
+        return Peer.model_validate({**definition, **({"name": name} if name else {})})
+    except ValidationError as exc:
+        label = name or definition.get("name") or "?"
+        raise PeerChangeRefused("; ".join(
+            f"peers.{label}.{'.'.join(str(p) for p in item['loc']) or '(peer)'}: {item['msg']}"
+            for item in exc.errors())) from exc
+
+
+class PeerDirectory:
+    """The effective peers for one process, re-read from the store when they changed."""
+
+    def __init__(self, settings: Settings, store: JobStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._file = settings
+        self._store = store
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._signature: tuple[object, ...] | None = None
+        self._entries: list[PeerEntry] = [PeerEntry(p, "file") for p in settings.peers]
+        self._settings = settings
+
+    # -- reading ---------------------------------------------------------------------------
+    def _changes(self) -> tuple[tuple[object, ...], list[tuple[Any, ...]]]:
+        with self._store.reading() as db:
+            signature = tuple(db.execute(
+                "SELECT COUNT(*), MAX(updated_at), SUM(LENGTH(COALESCE(definition, '')))"
+                " FROM peer_changes").fetchone())
+            if signature == self._signature:
+                return signature, []
+            rows = db.execute("SELECT name, definition, updated_at, updated_by"
+                              " FROM peer_changes ORDER BY name").fetchall()
+        return signature, [tuple(row) for row in rows]
+
+    def _refresh(self) -> None:
+        signature, rows = self._changes()
+        if signature == self._signature:
+            return
+        entries = {p.name: PeerEntry(p, "file") for p in self._file.peers}
+        for name, definition, updated_at, updated_by in rows:
+            if definition is None:
+                entries.pop(name, None)
+                continue
+            try:
+                peer = Peer.model_validate(json.loads(definition))
+            except (ValidationError, ValueError) as exc:  # e.g. its password_env unset here
+                log.error("peer %s as changed live cannot be used in this process: %s", name,
+                          exc)
+                entries.pop(name, None)
+                continue
+            entries[name] = PeerEntry(peer, "live", float(updated_at), str(updated_by))
+        self._entries = list(entries.values())
+        self._settings = self._file.model_copy(update={"peers": [e.peer for e in self._entries]})
+        self._signature = signature
+
+    def settings(self) -> Settings:
+        """The configuration with the peers in effect now."""
+        with self._lock:
+            self._refresh()
+            return self._settings
+
+    def entries(self) -> list[PeerEntry]:
+        with self._lock:
+            self._refresh()
+            return list(self._entries)
+
+    # -- changing --------------------------------------------------------------------------
+    def put(self, definition: Mapping[str, Any], actor: str, address: str = "",
+            name: str | None = None) -> tuple[Peer, bool]:
+        """Add or replace a peer; returns it and whether it is new. Audited."""
+        peer = validate_peer(definition, name)
+        current = {e.peer.name: e for e in self.entries()}
+        created = peer.name not in current
+        stored = peer.model_dump(mode="json", exclude_none=True,
+                                 exclude={"password", "token"})
+        now = self._clock()
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM peer_changes WHERE name=?", (peer.name,))
+            db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
+                       " VALUES (?, ?, ?, ?)", (peer.name, json.dumps(stored), now, actor))
+            self._store.audit(actor, "peer added" if created else "peer changed",
+                              f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port}", now, db,
+                              address=address, objects=[("peer", peer.ae_title)],
+                              outcome=SUCCESS)
+        return peer, created
+
+    def remove(self, name: str, actor: str, address: str = "") -> Peer:
+        """Remove a peer (``KeyError`` if there is none); refused while a pipeline sends to
+        it. Audited."""
+        current = {e.peer.name: e for e in self.entries()}
+        if name not in current:
+            raise KeyError(name)
+        users = [p.name for p in self._file.pipelines if name in p.destinations]
+        if users:
+            raise PeerChangeRefused(
+                f"peers.{name}: pipelines {', '.join(users)} send results to it (change "
+                "their destinations in the configuration file first)")
+        now = self._clock()
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
+            db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
+                       " VALUES (?, NULL, ?, ?)", (name, now, actor))
+            self._store.audit(actor, "peer removed", name, now, db, address=address,
+                              objects=[("peer", current[name].peer.ae_title)])
+        return current[name].peer
+
+    def reset(self, name: str, actor: str, address: str = "") -> bool:
+        """Forget the live change to ``name``: the file's peer (if any) applies again."""
+        now = self._clock()
+        with self._store.transaction() as db:
+            found = db.execute("SELECT COUNT(*) FROM peer_changes WHERE name=?",
+                               (name,)).fetchone()[0]
+            if not found:
+                return False
+            db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
+            self._store.audit(actor, "peer reset", f"{name}: back to the configuration file",
+                              now, db, address=address)
+        return True

@@ -1,0 +1,2 @@
+"""The web role: health, metrics, the admin API, peers managed live and STOW-RS in (FastAPI,
+served by uvicorn on ``node.http_port``). One router per resource; :mod:`app` composes them."""

@@ -1,0 +1,173 @@
+"""The admin API under ``/api/``: series, jobs, results (the outbox), models, pipelines, the
+audit trail and an overview. Every change is recorded in the audit trail with the caller's
+address."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from node.domain import CompletionReason, JobState, SeriesKey, SeriesState
+from node.store.outbox import Outbox
+from node.store.queue import JobQueue
+from node.web import readiness
+from node.web.auth import actor, require_token
+from node.web.context import WebContext
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+
+def _context(request: Request) -> WebContext:
+    context: WebContext = request.app.state.context
+    return context
+
+
+def _audit(request: Request, action: str, detail: str) -> None:
+    context = _context(request)
+    who, address = actor(request)
+    context.store.audit(who, action, detail, context.clock(), address=address)
+
+
+# -- overview ------------------------------------------------------------------------------
+@router.get("/status", tags=["overview"])
+def status(request: Request) -> dict[str, Any]:
+    """Counts of series, jobs and results, disk and Triton: what the dashboard's overview
+    and ``ainode status`` show."""
+    context = _context(request)
+    return {
+        "totals": context.store.totals(),
+        "jobs": JobQueue(context.store).counts(),
+        "results": Outbox(context.store).by_destination(),
+        "disk_free_bytes": readiness.free_bytes(context.settings),
+        "disk_floor_bytes": context.settings.node.min_free_disk_mb * 1024 * 1024,
+        "backend": context.settings.inference.backend,
+        "triton": (readiness.check_triton(context.settings) or "ready")
+        if context.settings.inference.backend == "triton" else None,
+    }
+
+
+# -- series --------------------------------------------------------------------------------
+@router.get("/series", tags=["series"])
+def list_series(request: Request, state: SeriesState | None = None,
+                limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Series newest first, receiving and complete, with how they were routed."""
+    rows = _context(request).store.list_series(limit)
+    return [{
+        "series_instance_uid": s.series_instance_uid, "revision": s.revision,
+        "study_instance_uid": s.study_instance_uid, "modality": s.modality,
+        "calling_ae": s.calling_ae, "state": s.state.value, "instances": s.instance_count,
+        "duplicates": s.duplicate_count, "expected": s.expected_count,
+        "first_received_at": s.first_received_at, "last_received_at": s.last_received_at,
+        "completed_at": s.completed_at, "completion_reason": s.completion_reason,
+        "route_state": s.route_state, "route_detail": s.route_detail,
+    } for s in rows if state is None or s.state == state]
+
+
+@router.post("/series/{series_uid}/complete", tags=["series"])
+def complete_series(request: Request, series_uid: str) -> dict[str, Any]:
+    """Complete a series still receiving now, without waiting for its quiet period (it is
+    routed at once)."""
+    context = _context(request)
+    rows = context.store.query(
+        "SELECT revision FROM series WHERE series_uid=? AND state=? ORDER BY revision DESC",
+        series_uid, SeriesState.RECEIVING.value)
+    if not rows:
+        raise HTTPException(404, "no series with that UID is receiving")
+    key = SeriesKey(series_uid, int(str(rows[0][0])))
+    completed = context.store.complete_series(key, CompletionReason.OPERATOR, context.clock())
+    if not completed:
+        raise HTTPException(409, "the series completed meanwhile")
+    _audit(request, "series completed", f"series {series_uid} revision {key.revision}")
+    return {"series_instance_uid": series_uid, "revision": key.revision, "state": "complete"}
+
+
+# -- jobs ----------------------------------------------------------------------------------
+def _job(summary: Any) -> dict[str, Any]:
+    result = summary.result or {}
+    return {
+        "id": summary.id, "series_instance_uid": summary.series_instance_uid,
+        "revision": summary.revision, "pipeline": summary.pipeline, "model": summary.model,
+        "state": summary.state.value, "attempts": summary.attempts, "error": summary.error,
+        "updated_at": summary.updated_at, "superseded_by": summary.superseded_by,
+        "seconds": result.get("seconds", {}), "urgent": result.get("urgent"),
+        "outputs": result.get("outputs", {}), "model_version": result.get("model_version"),
+    }
+
+
+@router.get("/jobs", tags=["jobs"])
+def list_jobs(request: Request, state: JobState | None = None, pipeline: str | None = None,
+              limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Jobs newest first with per-stage seconds; filter by state and pipeline."""
+    jobs = JobQueue(_context(request).store).jobs(limit if state is None else 10_000)
+    chosen = [j for j in jobs if (state is None or j.state == state)
+              and (pipeline is None or j.pipeline == pipeline)]
+    return [_job(j) for j in chosen[:limit]]
+
+
+@router.post("/jobs/{job_id}/retry", tags=["jobs"])
+def retry_job(request: Request, job_id: int) -> dict[str, Any]:
+    """Queue a failed or cancelled job again with fresh attempts."""
+    context = _context(request)
+    done = JobQueue(context.store).requeue([job_id], context.clock(),
+                                           (JobState.FAILED, JobState.CANCELLED))
+    if not done:
+        raise HTTPException(409, f"job {job_id} is unknown, or not failed or cancelled")
+    _audit(request, "requeue jobs", str(job_id))
+    return {"id": job_id, "state": "queued"}
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(request: Request, job_id: int) -> dict[str, Any]:
+    """Cancel a queued or running job (retry queues it again)."""
+    context = _context(request)
+    who, _ = actor(request)
+    if not JobQueue(context.store).cancel(job_id, f"cancelled by {who}", context.clock()):
+        raise HTTPException(409, f"job {job_id} is unknown, or has ended")
+    _audit(request, "job cancelled", str(job_id))
+    return {"id": job_id, "state": "cancelled"}
+
+
+# -- results (the outbox) ------------------------------------------------------------------
+@router.get("/results", tags=["results"])
+def list_results(request: Request, state: str | None = None,
+                 limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Result objects for delivery, newest first; ``state=dead`` lists dead letters with
+    their reason."""
+    items = Outbox(_context(request).store).items(limit if state is None else 10_000)
+    rows = [{"id": i, "destination": d, "kind": k, "sop_instance_uid": u, "state": s,
+             "attempts": a, "error": e} for i, d, k, u, s, a, e in items
+            if state is None or s == state]
+    return rows[:limit]
+
+
+@router.post("/results/{item_id}/requeue", tags=["results"])
+def requeue_result(request: Request, item_id: int) -> dict[str, Any]:
+    """Queue a dead-lettered result again for delivery."""
+    context = _context(request)
+    if not Outbox(context.store).requeue([item_id], context.clock()):
+        raise HTTPException(409, f"result {item_id} is unknown, or not a dead letter")
+    _audit(request, "requeue results", str(item_id))
+    return {"id": item_id, "state": "queued"}
+
+
+# -- models, pipelines, audit --------------------------------------------------------------
+@router.get("/models", tags=["models"])
+def list_models(request: Request) -> list[dict[str, Any]]:
+    """The model repository's models, and whether each can run now (on Triton: loaded and
+    ready)."""
+    return readiness.models(_context(request).settings)
+
+
+@router.get("/pipelines", tags=["pipelines"])
+def list_pipelines(request: Request) -> list[dict[str, Any]]:
+    return [p.model_dump(mode="json") for p in _context(request).settings.pipelines]
+
+
+@router.get("/audit", tags=["audit"])
+def audit_trail(request: Request, since: float = 0.0,
+                limit: int = Query(200, ge=1, le=5000)) -> list[dict[str, Any]]:
+    """Audit lines newest first (``since``: epoch seconds)."""
+    return [{"at": line.at, "actor": line.actor, "address": line.address,
+             "action": line.action, "outcome": line.outcome, "detail": line.detail}
+            for line in _context(request).store.audit_lines(limit, since)]

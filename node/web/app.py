@@ -1,0 +1,22 @@
+"""The web role's FastAPI application (OpenAPI at ``/docs``)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from node import __version__
+from node.web import api, dicomweb, health, metrics, peers
+from node.web.context import WebContext
+
+
+def create_app(context: WebContext) -> FastAPI:
+    app = FastAPI(
+        title="ainode", version=__version__,
+        description="PACS-integrated AI inference node: health, metrics, admin API, peers "
+        "(AE titles) managed live, STOW-RS in. Everything but /healthz and /readyz needs "
+        "`Authorization: Bearer <node.http_token>` when a token is set.")
+    app.state.context = context
+    app.state.registry = metrics.registry_for(context)
+    for router in (health.router, metrics.router, api.router, peers.router, dicomweb.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,21 @@
+"""What the web role's routes share: settings, the job store, the peers in effect, STOW-RS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from node.ingest.stow import StowReceiver
+from node.peers import PeerDirectory
+from node.settings import Settings
+from node.store.jobs import JobStore
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    store: JobStore
+    peers: PeerDirectory
+    stow: StowReceiver | None = None
+    clock: Callable[[], float] = field(default=time.time)

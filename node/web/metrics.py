@@ -1,0 +1,91 @@
+"""``/metrics``: every role process's counters and histograms (:mod:`node.metrics`; summed
+from ``PROMETHEUS_MULTIPROC_DIR`` under the supervisor) plus what the job store and the disk
+say at scrape time (:class:`StoreCollector`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from node import __version__
+from node.domain import JobState
+from node.store import outbox
+from node.web import readiness
+from node.web.auth import require_token
+from node.web.context import WebContext
+
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)])
+PLAIN_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _counts(rows: list[tuple[object, ...]]) -> dict[str, float]:
+    return {str(row[0]): float(str(row[1])) for row in rows}
+
+
+class StoreCollector:
+    """Gauges read from the job store (shared by every role and node) and the disk."""
+
+    def __init__(self, context: WebContext) -> None:
+        self._context = context
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._context.store
+        jobs = GaugeMetricFamily("ainode_jobs", "Jobs by state", labels=["state"])
+        counts = _counts(store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        for job_state in JobState:
+            jobs.add_metric([job_state.value], counts.get(job_state.value, 0))
+        yield jobs
+        series = GaugeMetricFamily("ainode_series", "Series by state", labels=["state"])
+        for name, count in _counts(store.query(
+                "SELECT state, COUNT(*) FROM series WHERE purged_at IS NULL GROUP BY state"
+        )).items():
+            series.add_metric([name], count)
+        yield series
+        results = GaugeMetricFamily("ainode_outbox", "Result objects in the outbox by state",
+                                    labels=["state"])
+        by_state = _counts(store.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+        for name in outbox.STATES:
+            results.add_metric([name], by_state.get(name, 0))
+        yield results
+        depth = GaugeMetricFamily("ainode_queue_depth", "Work waiting: jobs queued or running,"
+                                  " results queued for delivery", labels=["queue"])
+        depth.add_metric(["jobs"], counts.get(JobState.QUEUED.value, 0)
+                         + counts.get(JobState.RUNNING.value, 0))
+        depth.add_metric(["outbox"], by_state.get(outbox.QUEUED, 0))
+        yield depth
+        yield GaugeMetricFamily("ainode_disk_free_bytes", "Free bytes under node.data_dir",
+                                value=readiness.free_bytes(self._context.settings))
+        info = InfoMetricFamily("ainode_build", "The running ainode")
+        info.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield info
+
+
+class _ThisProcess:
+    """The default registry (this process's metrics) when not in multiprocess mode."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def registry_for(context: WebContext) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_ThisProcess())
+    registry.register(StoreCollector(context))
+    return registry
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition format 0.0.4."""
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=PLAIN_TEXT)
+

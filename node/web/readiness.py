@@ -1,0 +1,103 @@
+"""What ``/readyz`` and the models list check: the job store, the spool, the disk, Triton."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from node.infer.backend import BackendUnavailable
+from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.settings import Settings
+from node.store.durable import temporary_name
+from node.store.jobs import JobStore
+
+SPOOL_DIR = "spool"
+
+
+def check_store(store: JobStore) -> str | None:
+    try:
+        store.query("SELECT 1")
+    except Exception as exc:
+        return f"job store unreachable ({exc.__class__.__name__})"
+    return None
+
+
+def check_spool(settings: Settings) -> str | None:
+    """A file can be written and removed where instances are spooled."""
+    tmp_dir = settings.node.data_dir / SPOOL_DIR / ".tmp"
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(tmp_dir / "ready", tmp_dir)
+        probe.write_bytes(b"ready")
+        probe.unlink()
+    except OSError as exc:
+        return f"spool not writable ({exc.strerror})"
+    return None
+
+
+def free_bytes(settings: Settings) -> int:
+    return shutil.disk_usage(settings.node.data_dir).free
+
+
+def check_disk(settings: Settings) -> str | None:
+    floor = settings.node.min_free_disk_mb * 1024 * 1024
+    free = free_bytes(settings)
+    if floor and free < floor:
+        return (f"free disk {free // (1024 * 1024)} MB below node.min_free_disk_mb "
+                f"({settings.node.min_free_disk_mb} MB): instances are refused")
+    return None
+
+
+def _triton(settings: Settings) -> Any:
+    from node.infer.triton import TritonBackend
+
+    inference = settings.inference
+    return TritonBackend(inference.triton_url or "", protocol=inference.triton_protocol,
+                         timeout_s=5, retries=0)
+
+
+def check_triton(settings: Settings) -> str | None:
+    """Triton live and ready, when it is the backend."""
+    if settings.inference.backend != "triton":
+        return None
+    backend = _triton(settings)
+    try:
+        if not backend.server_ready():
+            return f"Triton at {settings.inference.triton_url} is not ready"
+    except BackendUnavailable as exc:
+        return str(exc)
+    finally:
+        backend.close()
+    return None
+
+
+def model_names(repository: Path) -> list[str]:
+    if not repository.is_dir():
+        return []
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+def models(settings: Settings) -> list[dict[str, Any]]:
+    """Each model of the repository: version, kind, labels, and whether it can run now."""
+    repository = settings.inference.model_repository
+    backend = _triton(settings) if settings.inference.backend == "triton" else None
+    listed = []
+    try:
+        for name in model_names(repository):
+            entry: dict[str, Any] = {"name": name}
+            try:
+                spec = load_model_spec(repository, name)
+                entry.update(version=spec.version, output_kind=spec.output_kind,
+                             labels=list(spec.labels),
+                             pipelines=[p.name for p in settings.pipelines if p.model == name])
+                if backend is not None:
+                    backend.check(spec)
+                entry["ready"], entry["reason"] = True, None
+            except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
+                entry["ready"], entry["reason"] = False, str(exc)
+            listed.append(entry)
+    finally:
+        if backend is not None:
+            backend.close()
+    return listed
