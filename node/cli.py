@@ -27,6 +27,7 @@ from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.peers import PeerChangeRefused, PeerDirectory
 from node.segments import missing_codes
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
 from node.store.database import SchemaTooNew, StoreUnavailable
@@ -45,6 +46,10 @@ requeue_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(requeue_app, name="requeue")
+peers_app = typer.Typer(
+    help="AE titles and peers, changed live (kept in the job store; a running node uses them "
+    "at its next association, no restart).", no_args_is_help=True)
+app.add_typer(peers_app, name="peers")
 # Wide when piped (logs, scripts), so UIDs in tables are never cut.
 console = Console() if sys.stdout.isatty() else Console(width=220)
 errors = Console(stderr=True)
@@ -148,14 +153,19 @@ def echo_command(
     config: ConfigOption = None,
 ) -> None:
     """C-ECHO a configured peer."""
-    settings = _settings(config)
+    _echo(_settings(config), peer)
+
+
+def _echo(settings: Settings, peer: str) -> None:
     target = _peer(settings, peer)
+    started = time.perf_counter()
     try:
         status = echo(target, settings.node.ae_title, node_tls=settings.node.tls)
     except PeerUnavailable as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"C-ECHO {target.name}: status 0x{status:04X}")
+    console.print(f"C-ECHO {target.name}: status 0x{status:04X} "
+                  f"({(time.perf_counter() - started) * 1000:.1f} ms)")
     if status != 0:
         raise typer.Exit(1)
 
@@ -525,3 +535,111 @@ def _require_codes(settings: Settings, source: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+def _directory(config: Path | None) -> tuple[Settings, JobStore, PeerDirectory]:
+    settings = _settings(config)
+    store = _open_existing_store(settings) if settings.store.url or (
+        settings.node.data_dir / DB_FILE).exists() else _new_store(settings)
+    return settings, store, PeerDirectory(settings, store)
+
+
+def _new_store(settings: Settings) -> JobStore:
+    settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_store(settings)
+
+
+@peers_app.command("list")
+def peers_list(config: ConfigOption = None) -> None:
+    """Peers in effect: from the configuration file, or changed live."""
+    _, store, directory = _directory(config)
+    try:
+        entries = directory.entries()
+    finally:
+        store.close()
+    table = Table("name", "AE title", "host", "port", "DICOMweb", "results", "TLS", "source",
+                  "changed")
+    for entry in entries:
+        peer = entry.peer
+        table.add_row(peer.name, peer.ae_title, peer.host, str(peer.port),
+                      peer.dicomweb_url or "-", ",".join(peer.results or []) or "all",
+                      "yes" if peer.tls else "no", entry.source,
+                      f"{_when(entry.updated_at)} by {entry.updated_by}"
+                      if entry.updated_at else "-")
+    console.print(table)
+
+
+@peers_app.command("add")
+def peers_add(
+    name: Annotated[str, typer.Argument(help="The peer's name (pipelines' destinations).")],
+    ae_title: Annotated[str, typer.Option("--ae-title", help="Its AE title.")],
+    host: Annotated[str, typer.Option(help="Host name or address.")],
+    port: Annotated[int, typer.Option(help="DICOM port.")],
+    dicomweb_url: Annotated[str | None, typer.Option(help="Results by STOW-RS here.")] = None,
+    results: Annotated[str | None, typer.Option(help="Kinds it wants: seg,sr,sc.")] = None,
+    calling_from: Annotated[list[str] | None, typer.Option(
+        "--from", help="Addresses or networks it may call from (repeatable).")] = None,
+    tls: Annotated[bool, typer.Option(help="C-STORE / C-ECHO to it over DICOM TLS.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add or change a peer (validated like the configuration file; audited)."""
+    definition: dict[str, object] = {"name": name, "ae_title": ae_title, "host": host,
+                                     "port": port, "tls": tls}
+    if dicomweb_url:
+        definition["dicomweb_url"] = dicomweb_url
+    if results:
+        definition["results"] = [kind.strip() for kind in results.split(",") if kind.strip()]
+    if calling_from:
+        definition["hosts"] = calling_from
+    _, store, directory = _directory(config)
+    try:
+        peer, created = directory.put(definition, _operator())
+    except PeerChangeRefused as exc:
+        errors.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    finally:
+        store.close()
+    console.print(f"{'added' if created else 'changed'} {peer.name}: "
+                  f"{peer.ae_title}@{peer.host}:{peer.port}")
+
+
+@peers_app.command("remove")
+def peers_remove(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """Remove a peer (refused while a pipeline sends results to it; audited)."""
+    _, store, directory = _directory(config)
+    try:
+        directory.remove(name, _operator())
+    except KeyError:
+        errors.print(f"no peer named {name!r}")
+        raise typer.Exit(1) from None
+    except PeerChangeRefused as exc:
+        errors.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    finally:
+        store.close()
+    console.print(f"removed {name}")
+
+
+@peers_app.command("reset")
+def peers_reset(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """Forget the live change to a peer: the configuration file's entry applies again."""
+    _, store, directory = _directory(config)
+    try:
+        found = directory.reset(name, _operator())
+    finally:
+        store.close()
+    if not found:
+        errors.print(f"peer {name!r} has no live change")
+        raise typer.Exit(1)
+    console.print(f"{name}: back to the configuration file")
+
+
+@peers_app.command("echo")
+def peers_echo(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """C-ECHO a peer in effect (also one added live)."""
+    _, store, directory = _directory(config)
+    try:
+        settings = directory.settings()
+    finally:
+        store.close()
+    _echo(settings, name)

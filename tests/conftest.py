@@ -339,7 +339,9 @@ class Orthanc:
 
 @contextlib.contextmanager
 def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: int,
-                  users: dict[str, str] | None = None) -> Iterator[Orthanc]:
+                  users: dict[str, str] | None = None,
+                  dicomweb_servers: dict[str, Any] | None = None) -> Iterator[Orthanc]:
+    """``dicomweb_servers``: Orthanc's DICOMweb client's servers (``DicomWeb.Servers``)."""
     require(ORTHANC)
     storage = tmp_path / f"orthanc-{dicom_port}"
     config = {
@@ -350,7 +352,7 @@ def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: in
         "HttpServerEnabled": True,
         "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).exists() else [],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
-                     "SeriesMetadata": "Full"},
+                     "SeriesMetadata": "Full", "Servers": dicomweb_servers or {}},
         "DicomModalities": {"ainode": ["AINODE", "127.0.0.1", node_port]},
         "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False,
         "StableAge": 1,

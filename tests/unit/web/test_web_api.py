@@ -196,3 +196,33 @@ def test_openapi_lists_the_admin_api(make_client: Any) -> None:
                  "/healthz", "/readyz", "/metrics"):
         assert path in paths, path
     assert client.get("/docs").status_code == 200
+
+
+def _readme_section(title: str) -> str:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    return readme.split(title, 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_http_snippet_needs_the_token_it_names(tmp_path: Path) -> None:
+    section = _readme_section("## Operating the node over HTTP")
+    snippet = section.split("```yaml", 1)[1].split("```", 1)[0]
+    config = tmp_path / "node.yaml"
+    config.write_text(snippet)
+    with pytest.raises(ConfigError, match=r"node\.http_token"):
+        load_settings(config, environ={})
+    settings = load_settings(config, environ={"AINODE__NODE__HTTP_TOKEN": TOKEN})
+    assert (settings.node.http_bind, settings.node.http_port) == ("0.0.0.0", 8080)
+
+
+def test_the_readme_peer_example_is_accepted_as_written(make_client: Any) -> None:
+    """The curl body of the README's live-peer example, posted as written, adds the peer;
+    the validation message the README quotes is the one a bad port gets."""
+    section = _readme_section("### AE titles managed live")
+    body = json.loads(section.split("-d '", 1)[1].split("'", 1)[0])
+    client, context = make_client()
+    answer = client.post("/api/peers", json=body)
+    assert answer.status_code == 201, answer.text
+    assert context.peers.settings().peer("CT2").hosts == ["10.1.2.0/24"]
+    quoted = section.split("(422 naming the key, e.g.", 1)[1].split("`", 2)[1]
+    bad = client.put("/api/peers/CT2", json={**body, "port": 70000})
+    assert bad.json()["detail"] == quoted
