@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -9,16 +12,85 @@ from node.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_compose_runs_the_node_with_the_shipped_config() -> None:
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment with ``${VAR:?message}`` as a value a user would set."""
+    return {k: re.sub(r"\$\{(\w+)[^}]*\}", "x" * 20, str(v))
+            for k, v in service["environment"].items()}
+
+
+def test_compose_runs_the_node_on_triton_with_the_shipped_config() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    service = compose["services"]["ainode"]
+    services = compose["services"]
+    service = services["ainode"]
     assert service["command"][:2] == ["ainode", "serve"]
-    settings = load_settings(ROOT / "config" / "node.yaml", environ={})
+    assert service["build"] == "." and "profiles" not in service  # `up` runs it
+    environment = _environment(service)
+    settings = load_settings(ROOT / "config" / "node.yaml", environ=environment)
     published = {int(p.split(":")[1].split("/")[0]) for p in service["ports"]}
     assert {settings.node.dicom_port, settings.node.http_port} <= published
-    assert service["environment"]["AINODE__NODE__DATA_DIR"] in " ".join(service["volumes"])
+    # reachable from outside the container: bound beyond loopback, so a token is required
+    assert settings.node.http_bind == "0.0.0.0" and settings.node.http_token is not None
+    assert "${AINODE_HTTP_TOKEN:?" in compose_text()
+    assert f"ainode-data:{settings.node.data_dir}" in service["volumes"]
     assert "ainode-data" in compose["volumes"]
-    assert "profiles" not in service  # `docker compose up` runs the single node
+    health = " ".join(service["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.node.http_port}/healthz" in health
+    # inference on the tritonserver service, which serves the same model repository
+    assert settings.inference.backend == "triton"
+    host, port = (settings.inference.triton_url or "").split(":")
+    triton = services[host]
+    assert port == "8001" and "profiles" not in triton
+    assert service["depends_on"][host] == {"condition": "service_healthy"}
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", triton["image"])
+    mount = next(v for v in triton["volumes"] if v.startswith("./model_repository:"))
+    models = mount.split(":")[1]
+    assert f"--model-repository={models}" in triton["command"]
+    assert f"./model_repository:{settings.inference.model_repository}:ro" in service["volumes"]
+    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    gpu = triton["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert "KIND_GPU" not in (ROOT / "model_repository").joinpath(
+        "ct_body_seg", "config.pbtxt").read_text()  # GPU by the container, not the config
+
+
+def test_the_demo_profile_is_a_pacs_with_dicomweb_and_ohif_pointed_at_the_node() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    demo = {name for name, s in services.items() if "demo" in s.get("profiles", [])}
+    assert demo == {"orthanc"}
+    orthanc = _environment(services["orthanc"])
+    assert orthanc["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    assert orthanc["OHIF_PLUGIN_ENABLED"] == "true"
+    assert orthanc["ORTHANC__OHIF__DATA_SOURCE"] == "dicom-web"
+    node = load_settings(ROOT / "config" / "node.yaml", environ=_environment(services["ainode"]))
+    modalities = json.loads(orthanc["ORTHANC__DICOM_MODALITIES"])
+    assert modalities["ainode"] == [node.node.ae_title, "ainode", node.node.dicom_port]
+    stow = json.loads(orthanc["ORTHANC__DICOM_WEB__SERVERS"])["ainode"]
+    assert stow["Url"] == f"http://ainode:{node.node.http_port}/dicomweb/"
+    assert stow["HttpHeaders"]["Authorization"].startswith("Bearer ")
+    pacs = node.peer("PACS")  # the shipped config's PACS is Orthanc's AE title
+    assert (pacs.ae_title, pacs.port) == (orthanc["ORTHANC__DICOM_AET"], 4242)
+    assert "4242:4242" in services["orthanc"]["ports"]
+
+
+def test_the_dockerfile_installs_the_package_as_a_non_root_user_with_a_healthcheck() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    assert re.fullmatch(r"FROM python:3\.1[1-9]-slim", instructions[0])
+    assert "RUN pip install ." in instructions
+    user = next(line for line in instructions if line.startswith("USER "))
+    assert user.split()[1] not in ("root", "0")
+    assert instructions.index(user) > instructions.index("RUN pip install .")
+    healthcheck = " ".join(lines[lines.index(next(
+        line for line in lines if line.startswith("HEALTHCHECK"))):][:2])
+    assert "/healthz" in healthcheck
+    assert instructions[-1] == 'CMD ["ainode", "serve", "--config", "/etc/ainode/node.yaml"]'
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git"} <= set(ignored)
+
+
+def compose_text() -> str:
+    return (ROOT / "compose.yaml").read_text()
 
 
 def test_the_multi_node_profile_shares_one_store_and_one_data_volume() -> None:
