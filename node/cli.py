@@ -643,3 +643,11 @@ def peers_echo(name: Annotated[str, typer.Argument()], config: ConfigOption = No
     finally:
         store.close()
     _echo(settings, name)
+
+
+@app.command()
+def conformance(config: ConfigOption = None) -> None:
+    """Print the DICOM Conformance Statement (Markdown; docs/conformance.md is this output)."""
+    from node.conformance import statement
+
+    sys.stdout.write(statement(_settings(config)))

@@ -7,6 +7,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from node.encode.common import (
     Provenance,
@@ -20,6 +25,10 @@ from node.encode.seg import EncodeError, build_probability_seg, build_seg, segme
 from node.encode.sr import SegmentFinding, build_sr
 from node.imaging.volume import Volume
 from node.settings import Pipeline, SegmentSpec
+
+# the SOP class of each result kind (highdicom's Segmentation, Comprehensive3DSR, SCImage)
+RESULT_SOP_CLASSES = {"seg": SegmentationStorage, "sr": Comprehensive3DSRStorage,
+                      "sc": SecondaryCaptureImageStorage}
 
 
 def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]],

@@ -118,6 +118,13 @@ def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
         raise ModelConfigError(f"{model}: parameter {key} is not valid JSON") from exc
 
 
+def model_names(repository: Path) -> list[str]:
+    """The models of a repository: folders with a config.pbtxt."""
+    if not repository.is_dir():
+        return []
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
 def load_model_spec(repository: Path, name: str) -> ModelSpec:
     """Read ``name``'s config.pbtxt and locate its newest numbered version."""
     model_dir = repository / name

@@ -255,6 +255,13 @@ class StorageHandlers:
         return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
 
 
+def storage_sop_classes() -> list[str]:
+    """The storage SOP classes the SCP accepts (each with every transfer syntax pynetdicom
+    knows): every one pynetdicom knows. Also the conformance statement's table."""
+    return [str(c.abstract_syntax) for c in AllStoragePresentationContexts
+            if c.abstract_syntax is not None]
+
+
 def build_storage_ae(settings: Settings, handlers: StorageHandlers,
                      current: Callable[[], Settings] | None = None) -> tuple[AE, list[Any]]:
     """An AE accepting every storage SOP class with every transfer syntax, plus Verification;
@@ -275,9 +282,8 @@ def build_storage_ae(settings: Settings, handlers: StorageHandlers,
     if not node.accept_unknown_callers and not (current or (lambda: settings))().peers:
         log.warning("no peers configured and accept_unknown_callers is false: every caller "
                     "will be rejected until peers are added")
-    for context in AllStoragePresentationContexts:
-        if context.abstract_syntax is not None:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for sop_class in storage_sop_classes():
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
     event_handlers = [
         (evt.EVT_C_STORE, handlers.on_store),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 from node.infer.backend import BackendUnavailable
-from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
+from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names
 from node.settings import Settings
 from node.store.durable import temporary_name
 from node.store.jobs import JobStore
@@ -70,12 +69,6 @@ def check_triton(settings: Settings) -> str | None:
     finally:
         backend.close()
     return None
-
-
-def model_names(repository: Path) -> list[str]:
-    if not repository.is_dir():
-        return []
-    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
 
 
 def models(settings: Settings) -> list[dict[str, Any]]:
