@@ -4,17 +4,20 @@ address."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from node.domain import CompletionReason, JobState, SeriesKey, SeriesState
+from node.domain import JobState, SeriesState
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
-from node.web import readiness
+from node.web import actions, readiness
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 
+T = TypeVar("T")
+R = TypeVar("R")
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
 
@@ -23,10 +26,12 @@ def _context(request: Request) -> WebContext:
     return context
 
 
-def _audit(request: Request, action: str, detail: str) -> None:
-    context = _context(request)
-    who, address = actor(request)
-    context.store.audit(who, action, detail, context.clock(), address=address)
+def _act(action: Callable[[WebContext, T, tuple[str, str]], R], request: Request,
+         subject: T) -> R:
+    try:
+        return action(_context(request), subject, actor(request))
+    except actions.ActionRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
 
 
 # -- overview ------------------------------------------------------------------------------
@@ -68,18 +73,8 @@ def list_series(request: Request, state: SeriesState | None = None,
 def complete_series(request: Request, series_uid: str) -> dict[str, Any]:
     """Complete a series still receiving now, without waiting for its quiet period (it is
     routed at once)."""
-    context = _context(request)
-    rows = context.store.query(
-        "SELECT revision FROM series WHERE series_uid=? AND state=? ORDER BY revision DESC",
-        series_uid, SeriesState.RECEIVING.value)
-    if not rows:
-        raise HTTPException(404, "no series with that UID is receiving")
-    key = SeriesKey(series_uid, int(str(rows[0][0])))
-    completed = context.store.complete_series(key, CompletionReason.OPERATOR, context.clock())
-    if not completed:
-        raise HTTPException(409, "the series completed meanwhile")
-    _audit(request, "series completed", f"series {series_uid} revision {key.revision}")
-    return {"series_instance_uid": series_uid, "revision": key.revision, "state": "complete"}
+    revision = _act(actions.complete_series, request, series_uid)
+    return {"series_instance_uid": series_uid, "revision": revision, "state": "complete"}
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -108,23 +103,14 @@ def list_jobs(request: Request, state: JobState | None = None, pipeline: str | N
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
 def retry_job(request: Request, job_id: int) -> dict[str, Any]:
     """Queue a failed or cancelled job again with fresh attempts."""
-    context = _context(request)
-    done = JobQueue(context.store).requeue([job_id], context.clock(),
-                                           (JobState.FAILED, JobState.CANCELLED))
-    if not done:
-        raise HTTPException(409, f"job {job_id} is unknown, or not failed or cancelled")
-    _audit(request, "requeue jobs", str(job_id))
+    _act(actions.retry_job, request, job_id)
     return {"id": job_id, "state": "queued"}
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(request: Request, job_id: int) -> dict[str, Any]:
     """Cancel a queued or running job (retry queues it again)."""
-    context = _context(request)
-    who, _ = actor(request)
-    if not JobQueue(context.store).cancel(job_id, f"cancelled by {who}", context.clock()):
-        raise HTTPException(409, f"job {job_id} is unknown, or has ended")
-    _audit(request, "job cancelled", str(job_id))
+    _act(actions.cancel_job, request, job_id)
     return {"id": job_id, "state": "cancelled"}
 
 
@@ -144,10 +130,7 @@ def list_results(request: Request, state: str | None = None,
 @router.post("/results/{item_id}/requeue", tags=["results"])
 def requeue_result(request: Request, item_id: int) -> dict[str, Any]:
     """Queue a dead-lettered result again for delivery."""
-    context = _context(request)
-    if not Outbox(context.store).requeue([item_id], context.clock()):
-        raise HTTPException(409, f"result {item_id} is unknown, or not a dead letter")
-    _audit(request, "requeue results", str(item_id))
+    _act(actions.requeue_result, request, item_id)
     return {"id": item_id, "state": "queued"}
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
 
 from node import __version__
-from node.web import api, dicomweb, health, metrics, peers
+from node.web import api, dashboard, dicomweb, health, metrics, peers
 from node.web.context import WebContext
 
 
@@ -17,6 +18,16 @@ def create_app(context: WebContext) -> FastAPI:
         "`Authorization: Bearer <node.http_token>` when a token is set.")
     app.state.context = context
     app.state.registry = metrics.registry_for(context)
-    for router in (health.router, metrics.router, api.router, peers.router, dicomweb.router):
+    for router in (health.router, metrics.router, api.router, peers.router, dicomweb.router,
+                   dashboard.public, dashboard.router):
         app.include_router(router)
+
+    @app.exception_handler(dashboard.SignInRequired)
+    async def sign_in(request: Request, exc: dashboard.SignInRequired) -> Response:
+        return RedirectResponse("/ui/login", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui", status_code=307)
+
     return app

@@ -14,15 +14,23 @@ from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 _bearer = HTTPBearer(auto_error=False, description="node.http_token")
+TOKEN_COOKIE = "ainode_token"  # noqa: S105 - a cookie's name; the dashboard's sign-in (HttpOnly, SameSite=Strict)
+
+
+async def is_authorised(request: Request) -> bool:
+    """No token configured, or the request carries it (bearer header, or the dashboard's
+    cookie)."""
+    token = request.app.state.context.settings.node.http_token
+    if token is None:
+        return True
+    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
+    given = (credentials.credentials if credentials is not None
+             else request.cookies.get(TOKEN_COOKIE, ""))
+    return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
 
 
 async def require_token(request: Request) -> None:
-    token = request.app.state.context.settings.node.http_token
-    if token is None:
-        return
-    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    if not await is_authorised(request):
         raise HTTPException(401, "a valid bearer token is required",
                             headers={"WWW-Authenticate": "Bearer"})
 

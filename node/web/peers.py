@@ -99,11 +99,18 @@ def reset_peer(request: Request, name: str) -> dict[str, Any]:
 @router.post("/{name}/echo")
 def echo_peer(request: Request, name: str) -> dict[str, Any]:
     """C-ECHO the peer (PS3.7 9.1.5): its DIMSE status and the round-trip time."""
-    context: WebContext = request.app.state.context
+    answer = echo_result(request.app.state.context, name)
+    if answer is None:
+        raise HTTPException(404, f"no peer named {name!r}")
+    return answer
+
+
+def echo_result(context: WebContext, name: str) -> dict[str, Any] | None:
+    """C-ECHO the peer in effect called ``name`` (``None``: there is none)."""
     settings = context.peers.settings()
     peer = settings.peer_by_name(name)
     if peer is None:
-        raise HTTPException(404, f"no peer named {name!r}")
+        return None
     started = time.perf_counter()
     try:
         status = echo(peer, settings.node.ae_title, timeout_s=10, node_tls=settings.node.tls)
