@@ -152,7 +152,8 @@ class Node:
         stow = StowReceiver(intake, settings.node.ae_title, settings.node.max_instance_mb,
                             on_end=lambda batch, released: assembler.association_ended(
                                 batch, released=released))
-        return WebServer(WebContext(settings, self.store, self.peers, stow, clock))
+        return WebServer(WebContext(settings, self.store, self.peers, stow, clock=clock,
+                                    intake=intake))
 
     def _wake_sender(self) -> None:
         if self.delivery is not None:

@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node import __version__, logs
-from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, Node, open_store
-from node.audit import OUTCOME_NAMES, record_start, record_stop
+from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, SPOOL_DIR, Node, open_store
+from node.audit import MINOR_FAILURE, OUTCOME_NAMES, record_start, record_stop
 from node.egress.dimse import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
@@ -651,3 +651,64 @@ def conformance(config: ConfigOption = None) -> None:
     from node.conformance import statement
 
     sys.stdout.write(statement(_settings(config)))
+
+
+@app.command("run")
+def run_studies(
+    studies: Annotated[list[str], typer.Argument(help="Study Instance UIDs.")],
+    source: Annotated[str, typer.Option("--from", help="The peer (PACS) to retrieve from.")],
+    config: ConfigOption = None,
+) -> None:
+    """Retrieve studies from a PACS (C-GET, C-MOVE or WADO-RS, by the peer's `retrieve`) and
+    route them as if pushed: a running node completes and processes them (audited)."""
+    from node.ingest.intake import Intake
+    from node.ingest.retrieve import RetrieveFailed, Retriever
+    from node.store.series import CompletionPolicy, SeriesAssembler
+    from node.store.spool import Spool
+
+    settings, store, directory = _directory(config)
+    failures = 0
+    try:
+        settings = directory.settings()
+        peer = _peer(settings, source)
+        assembler = SeriesAssembler(store, CompletionPolicy(
+            quiet_seconds=settings.series.quiet_seconds,
+            use_expected_count=settings.series.use_expected_count), time.time)
+        intake = Intake(Spool(settings.node.data_dir / SPOOL_DIR, fsync=settings.node.fsync),
+                        store.record_instance, assembler.instance_recorded, time.time,
+                        min_free_mb=settings.node.min_free_disk_mb, transport="retrieve")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[instances]} instance(s)"), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task(f"from {peer.name}", total=len(studies), instances=0)
+            counted = 0
+
+            def one_more() -> None:
+                nonlocal counted
+                counted += 1
+                progress.update(task, instances=counted)
+
+            retriever = Retriever(settings, intake, on_instance=one_more)
+            for study in studies:
+                try:
+                    result = retriever.study(peer, study)
+                except RetrieveFailed as exc:
+                    failures += 1
+                    progress.console.print(f"[red]{study}: {exc}[/red]", highlight=False)
+                    store.audit(_operator(), "study retrieve failed", f"from {peer.name}: {exc}",
+                                time.time(), objects=[("study", study)], outcome=MINOR_FAILURE)
+                else:
+                    failed = sum(result.failed.values())
+                    failures += bool(failed) or not result.stored
+                    progress.console.print(
+                        f"{study}: {result.stored} stored by {result.method}"
+                        + (f", {failed} failed {result.failed}" if failed else ""),
+                        highlight=False)
+                    store.audit(_operator(), "study retrieved",
+                                f"from {peer.name} by {result.method}: {result.stored} "
+                                "instance(s)", time.time(), objects=[("study", study)])
+                progress.advance(task)
+    finally:
+        store.close()
+    if failures:
+        raise typer.Exit(1)

@@ -194,6 +194,9 @@ class Peer(_Strict):
     tls: bool = Field(False, description="C-STORE / C-ECHO to this peer over DICOM TLS")
     tls_ca: Path | None = Field(
         None, description="the authority that signed the peer's certificate (else the system's)")
+    retrieve: Literal["get", "move", "wado"] | None = Field(
+        None, description="how studies are retrieved from it on demand (ainode run): C-GET, "
+        "C-MOVE to this node, or WADO-RS; default wado with dicomweb_url, else get")
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

@@ -66,9 +66,11 @@ def _client(calling_ae: str, timeout_s: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, peer: Peer, node_tls: TlsSection | None = None) -> Any:
+def associate(ae: AE, peer: Peer, node_tls: TlsSection | None = None, *,
+              ext_neg: list[Any] | None = None, evt_handlers: list[Any] | None = None) -> Any:
     """An association with ``peer`` (over TLS when ``peer.tls``, presenting ``node_tls``'s
-    certificate), or :class:`PeerRefused` / :class:`PeerUnavailable` saying why not."""
+    certificate), or :class:`PeerRefused` / :class:`PeerUnavailable` saying why not.
+    ``ext_neg``: e.g. SCP/SCU role selection (C-GET); ``evt_handlers``: the association's."""
     rejections: list[Any] = []
 
     def _keep_rejection(event: evt.Event) -> None:
@@ -78,7 +80,9 @@ def _associate(ae: AE, peer: Peer, node_tls: TlsSection | None = None) -> Any:
 
     tls_args = (tls.client_context(peer, node_tls), peer.host) if peer.tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_ACSE_RECV, _keep_rejection)])
+                         ext_neg=ext_neg or None,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, _keep_rejection),
+                                       *(evt_handlers or [])])
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
         if assoc.is_rejected:
@@ -105,7 +109,7 @@ def echo(peer: Peer, calling_ae: str, timeout_s: float = 10,
     """C-ECHO the peer; returns the DIMSE status. Raises :class:`PeerUnavailable`."""
     ae = _client(calling_ae, timeout_s)
     ae.add_requested_context(VERIFICATION)
-    assoc = _associate(ae, peer, node_tls)
+    assoc = associate(ae, peer, node_tls)
     try:
         response = assoc.send_c_echo()
     finally:
@@ -156,7 +160,7 @@ def send_files(
                 ae.add_requested_context(sop_class, transfer_syntax)
     if not readable:
         return SendReport(outcomes)
-    assoc = _associate(ae, peer, node_tls)
+    assoc = associate(ae, peer, node_tls)
     try:
         for path in readable:
             if not assoc.is_established:

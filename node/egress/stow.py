@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pydicom
 import requests
-from dicomweb_client.api import DICOMwebClient
 
+from node.dicomweb import client_for
 from node.settings import Peer
 
 
@@ -27,12 +27,7 @@ def stow(peer: Peer, paths: list[Path], timeout_s: float) -> dict[str, str]:
     retry. After a failure that concerns the destination rather than the object (down,
     unauthorised, overloaded) the remaining files are not tried in this pass."""
     with requests.Session() as session:
-        token, password = peer.secret("token"), peer.secret("password")
-        if token:
-            session.headers["Authorization"] = f"Bearer {token}"
-        elif peer.username:
-            session.auth = (peer.username, password or "")
-        client = DICOMwebClient(url=str(peer.dicomweb_url), session=session, timeout=timeout_s)
+        client = client_for(peer, session, timeout_s)
         outcomes: dict[str, str] = {}
         for index, path in enumerate(paths):
             try:

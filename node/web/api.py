@@ -8,8 +8,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 
+from node.audit import MINOR_FAILURE
 from node.domain import JobState, SeriesState
+from node.ingest.retrieve import RetrieveFailed, Retriever
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.web import actions, readiness
@@ -154,3 +157,35 @@ def audit_trail(request: Request, since: float = 0.0,
     return [{"at": line.at, "actor": line.actor, "address": line.address,
              "action": line.action, "outcome": line.outcome, "detail": line.detail}
             for line in _context(request).store.audit_lines(limit, since)]
+
+
+# -- on demand -----------------------------------------------------------------------------
+class RunRequest(BaseModel):
+    source: str = Field(alias="from", description="the peer (PACS) to retrieve from")
+
+
+@router.post("/studies/{study_uid}/run", tags=["studies"])
+def run_study(request: Request, study_uid: str, body: RunRequest) -> dict[str, Any]:
+    """Retrieve a study from a configured PACS (C-GET, C-MOVE to this node, or WADO-RS, by
+    the peer's ``retrieve``) and route it as if it had been pushed. Answers when the
+    retrieve is over: what was stored and what failed."""
+    context = _context(request)
+    settings = context.peers.settings()
+    peer = settings.peer_by_name(body.source)
+    if peer is None:
+        raise HTTPException(404, f"no peer named {body.source!r}")
+    if context.intake is None:
+        raise HTTPException(404, "this node keeps no instances (no intake)")
+    who, address = actor(request)
+    try:
+        result = Retriever(settings, context.intake).study(peer, study_uid)
+    except RetrieveFailed as exc:
+        context.store.audit(who, "study retrieve failed", f"from {peer.name}: {exc}",
+                            context.clock(), address=address, objects=[("study", study_uid)],
+                            outcome=MINOR_FAILURE)
+        raise HTTPException(502, str(exc)) from exc
+    context.store.audit(who, "study retrieved", f"from {peer.name} by {result.method}: "
+                        f"{result.stored} instance(s)", context.clock(), address=address,
+                        objects=[("study", study_uid)])
+    return {"study_instance_uid": study_uid, "from": peer.name, "method": result.method,
+            "stored": result.stored, "failed": result.failed, "seconds": result.seconds}

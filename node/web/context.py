@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from node.ingest.intake import Intake
 from node.ingest.stow import StowReceiver
 from node.peers import PeerDirectory
 from node.settings import Settings
@@ -18,4 +19,5 @@ class WebContext:
     store: JobStore
     peers: PeerDirectory
     stow: StowReceiver | None = None
+    intake: Intake | None = None  # retrieved studies (on demand) are kept through it
     clock: Callable[[], float] = field(default=time.time)

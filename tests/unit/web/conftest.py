@@ -47,7 +47,8 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., tuple[TestClient, WebC
                         clock=lambda: 0.0, min_free_mb=settings.node.min_free_disk_mb,
                         transport="stow")
         stow = StowReceiver(intake, "AINODE", 100)
-        context = WebContext(settings, store, PeerDirectory(settings, store), stow)
+        context = WebContext(settings, store, PeerDirectory(settings, store), stow,
+                             intake=intake)
         return TestClient(create_app(context)), context
 
     yield make
