@@ -84,6 +84,7 @@ class PeerDirectory:
         self._signature: tuple[object, ...] | None = None
         self._entries: list[PeerEntry] = [PeerEntry(p, "file") for p in settings.peers]
         self._settings = settings
+        self._last_warning = -1e9
 
     # -- reading ---------------------------------------------------------------------------
     def _changes(self) -> tuple[tuple[object, ...], list[tuple[Any, ...]]]:
@@ -118,15 +119,27 @@ class PeerDirectory:
         self._settings = self._file.model_copy(update={"peers": [e.peer for e in self._entries]})
         self._signature = signature
 
-    def settings(self) -> Settings:
-        """The configuration with the peers in effect now."""
-        with self._lock:
+    def _refresh_or_keep(self) -> None:
+        """Refresh; while the store cannot be read, keep the peers last read (an association
+        is still answered, from what was known, rather than failing with the store)."""
+        try:
             self._refresh()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_warning > 60:
+                self._last_warning = now
+                log.warning("peers changed live cannot be read now (%s); using those read "
+                            "before", exc.__class__.__name__)
+
+    def settings(self) -> Settings:
+        """The configuration with the peers in effect now (never raises)."""
+        with self._lock:
+            self._refresh_or_keep()
             return self._settings
 
     def entries(self) -> list[PeerEntry]:
         with self._lock:
-            self._refresh()
+            self._refresh_or_keep()
             return list(self._entries)
 
     # -- changing --------------------------------------------------------------------------

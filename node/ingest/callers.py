@@ -84,7 +84,12 @@ class CallerCheckingAE(AE):
         if self.caller_policy is None or not isinstance(association, Association):
             return list(self._require_calling_aet)
         requestor = association.requestor
-        refused = self.caller_policy.refusal(str(requestor.ae_title), str(requestor.address))
+        try:
+            refused = self.caller_policy.refusal(str(requestor.ae_title),
+                                                 str(requestor.address))
+        except Exception:  # answered, never left hanging: refused when it cannot be decided
+            log.exception("caller check failed; association refused")
+            return NOBODY
         return NOBODY if refused else []
 
     @require_calling_aet.setter
