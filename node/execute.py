@@ -42,6 +42,9 @@ from node.store.spool import path_component
 PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
 
 
+NOTICE_KIND = "notify"  # the outbox kind of a notification
+
+
 @dataclass(frozen=True, slots=True)
 class ResultObject:
     """One result file a job wrote (a SEG, SR or SC), before it is addressed to peers."""
@@ -61,10 +64,11 @@ class JobResult:
 
 
 def addressed(objects: list[ResultObject], pipeline: Pipeline, settings: Settings,
-              calling_ae: str | None) -> list[ResultToSend]:
+              calling_ae: str | None, urgent: bool = False) -> list[ResultToSend]:
     """Each object for each of the pipeline's destinations (and the calling AE's peer with
     ``reply_to_sender``) that wants its kind (``peers[].results``), with the peers in effect
-    when the job completes (``settings``: peers changed live included). A destination no
+    when the job completes (``settings``: peers changed live included), and the report (SR,
+    else the first object) for each notification that wants it. A destination no
     longer among the peers is still addressed: the sender records why it cannot go."""
     destinations = list(pipeline.destinations)
     if pipeline.reply_to_sender:
@@ -78,6 +82,13 @@ def addressed(objects: list[ResultObject], pipeline: Pipeline, settings: Setting
             if peer is None or peer.results is None or item.kind in peer.results:
                 deliveries.append(ResultToSend(destination, item.path, item.sop_instance_uid,
                                                item.kind, item.priority))
+    # notifications (settings.notify): urgent results, or every one; each names the report
+    announced = next((o for o in objects if o.kind == "sr"), objects[0] if objects else None)
+    for target in settings.notify:
+        if announced is not None and (urgent or target.every_result):
+            deliveries.append(ResultToSend(target.destination, announced.path,
+                                           announced.sop_instance_uid, NOTICE_KIND,
+                                           announced.priority))
     return deliveries
 
 

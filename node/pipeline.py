@@ -244,7 +244,8 @@ class Orchestrator:
             return []
         attributes = self._store.series_attributes(job.series)
         return addressed(result.objects, pipeline, settings,
-                         attributes.calling_ae if attributes else None)
+                         attributes.calling_ae if attributes else None,
+                         bool(result.summary.get("urgent")))
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -27,6 +27,10 @@ from node.retry import RetryPolicy
 
 ENV_PREFIX = "AINODE__"
 ENV_SEPARATOR = "__"
+
+
+NOTIFY_PREFIX = "notify:"  # outbox destinations of notifications, beside peers' names
+_SecretsT = TypeVar("_SecretsT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -202,30 +206,84 @@ class Peer(_Strict):
 
     @model_validator(mode="after")
     def _resolve_secrets(self) -> Peer:
-        for field_name in ("password", "token"):
-            file: Path | None = getattr(self, f"{field_name}_file")
-            variable: str | None = getattr(self, f"{field_name}_env")
-            given = [getattr(self, field_name) is not None, file is not None, bool(variable)]
-            if sum(given) > 1:
-                raise ValueError(
-                    f"set one of {field_name}, {field_name}_file, {field_name}_env"
-                )
-            if file is not None:
-                try:
-                    secret = file.read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ValueError(f"{field_name}_file {file}: {exc.strerror}") from exc
-            elif variable:
-                if variable not in os.environ:
-                    raise ValueError(f"{field_name}_env: {variable} is not set")
-                secret = os.environ[variable]
-            else:
-                continue
-            object.__setattr__(self, field_name, SecretStr(secret))
-        return self
+        return _resolve_secrets(self, ("password", "token"))
 
     def secret(self, field_name: str) -> str | None:
         """The plain value of ``password`` or ``token`` (for the HTTP client only)."""
+        value: SecretStr | None = getattr(self, field_name)
+        return value.get_secret_value() if value is not None else None
+
+
+def _resolve_secrets(model: _SecretsT, names: tuple[str, ...]) -> _SecretsT:
+    """Each secret ``NAME`` given as itself, or read from ``NAME_file`` or the variable
+    ``NAME_env`` names (one of the three), stored as the secret."""
+    for field_name in names:
+        file: Path | None = getattr(model, f"{field_name}_file")
+        variable: str | None = getattr(model, f"{field_name}_env")
+        given = [getattr(model, field_name) is not None, file is not None, bool(variable)]
+        if sum(given) > 1:
+            raise ValueError(f"set one of {field_name}, {field_name}_file, {field_name}_env")
+        if file is not None:
+            try:
+                secret = file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{field_name}_file {file}: {exc.strerror}") from exc
+        elif variable:
+            if variable not in os.environ:
+                raise ValueError(f"{field_name}_env: {variable} is not set")
+            secret = os.environ[variable]
+        else:
+            continue
+        object.__setattr__(model, field_name, SecretStr(secret))
+    return model
+
+
+class Notification(_Strict):
+    """Where urgent results (or every result, ``every_result``) are announced, durably
+    through the outbox like results: a JSON ``webhook`` (signed with HMAC-SHA256 when a
+    ``secret`` is set), a FHIR R4 server (``fhir``: its base URL; a DiagnosticReport with
+    the findings as Observations, bearer ``token`` optional) or a RIS over HL7 v2.5 MLLP
+    (``hl7``: host:port; ORU^R01)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    webhook: str | None = None
+    fhir: str | None = None
+    hl7: str | None = None
+    every_result: bool = Field(False, description="also routine results (default: urgent)")
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    sending_facility: str = Field("", description="HL7 MSH-4")
+    receiving_application: str = Field("RIS", description="HL7 MSH-5")
+    receiving_facility: str = Field("", description="HL7 MSH-6")
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> Notification:
+        channels = [c for c in ("webhook", "fhir", "hl7") if getattr(self, c)]
+        if len(channels) != 1:
+            raise ValueError("give exactly one of webhook, fhir, hl7")
+        if self.hl7 is not None:
+            host, _, port = self.hl7.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"hl7: give host:port, not {self.hl7!r}")
+        for url in (self.webhook, self.fhir):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: give an http:// or https:// URL")
+        return _resolve_secrets(self, ("secret", "token"))
+
+    @property
+    def channel(self) -> str:
+        return "webhook" if self.webhook else "fhir" if self.fhir else "hl7"
+
+    @property
+    def destination(self) -> str:
+        """Its name in the outbox."""
+        return NOTIFY_PREFIX + self.name
+
+    def secret_value(self, field_name: str) -> str | None:
         value: SecretStr | None = getattr(self, field_name)
         return value.get_secret_value() if value is not None else None
 
@@ -442,11 +500,17 @@ class Settings(_Strict):
     store: StoreSection = StoreSection()
     audit: AuditSection = AuditSection()
     retention: RetentionSection = RetentionSection()
+    notify: list[Notification] = []
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:
         _require_unique("peer", [p.name for p in self.peers])
+        _require_unique("notify", [n.name for n in self.notify])
         return self
+
+    def notification(self, destination: str) -> Notification | None:
+        """The notification whose outbox destination is ``destination``."""
+        return next((n for n in self.notify if n.destination == destination), None)
 
     @model_validator(mode="after")
     def _pipelines_are_consistent(self) -> Settings:

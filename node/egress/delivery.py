@@ -15,12 +15,14 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from node import metrics
 from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
+from node.egress.notify import Notifier
 from node.loops import Loop
 from node.settings import Peer, Settings
 from node.store.outbox import Outbox, OutboxItem
@@ -62,22 +64,38 @@ class Delivery:
         self._outbox = outbox
         self._clock = clock
         self._loop = Loop("egress", self.deliver_ready, settings.egress.interval_s)
+        self._notifier = Notifier(outbox.store, settings.node.ae_title)
         self.wake = self._loop.wake
 
     def deliver_ready(self) -> int:
         """One pass over ready items; returns how many were sent."""
         sent = 0
+        settings = self._current()
         for destination, items in self._outbox.ready(self._clock()).items():
-            try:
-                peer = self._current().peer(destination)
-            except KeyError:
+            target = self._target(settings, destination)
+            if target is None:
                 for item in items:
                     self._outbox.dead(
-                        item.id, f"no peer named {destination!r} any more", self._clock()
-                    )
+                        item.id, f"no peer or notification named {destination!r} any more",
+                        self._clock())
                 continue
-            sent += self._deliver(peer, items)
+            sent += self._deliver(target, items)
         return sent
+
+    def _target(self, settings: Settings, destination: str) -> _Target | None:
+        notification = settings.notification(destination)
+        if notification is not None:
+            url = notification.webhook or notification.fhir
+            where = url or f"HL7 {notification.hl7}"
+            address = _url_host(url) if url else str(notification.hl7).rpartition(":")[0]
+            return _Target(notification.name, where, address, notification.name,
+                           lambda items: self._notifier.send(notification, items,
+                                                             settings.egress.timeout_s))
+        peer = settings.peer_by_name(destination)
+        if peer is None:
+            return None
+        return _Target(peer.name, _where(peer), _address(peer), peer.ae_title or peer.name,
+                       lambda items: self._outcomes(peer, items))
 
     def _outcomes(self, peer: Peer, items: list[OutboxItem]) -> dict[str, str]:
         paths = [Path(i.path) for i in items]
@@ -95,10 +113,10 @@ class Delivery:
             return {i.path: f"unavailable: {exc}" for i in items}
         return {str(path): status for path, status in report.outcomes.items()}
 
-    def _deliver(self, peer: Peer, items: list[OutboxItem]) -> int:
+    def _deliver(self, peer: _Target, items: list[OutboxItem]) -> int:
         try:
             with metrics.STAGE_SECONDS.labels("send").time():
-                outcomes = self._outcomes(peer, items)
+                outcomes = peer.send(items)
         except Exception as exc:  # a defect or a surprise: every item still ends in a state
             log.exception("delivery to %s failed unexpectedly", peer.name)
             reason = f"not sent: internal error ({exc.__class__.__name__})"
@@ -113,9 +131,8 @@ class Delivery:
         if sent:
             log.info("delivered %d result object(s) to %s", len(sent), peer.name)
             self._audit("node", "results sent", f"{len(sent)} object(s) to {peer.name} "
-                        f"({_where(peer)})", address=_address(peer),
-                        objects=[("peer", peer.ae_title or peer.name),
-                                 *self._objects(sent)])
+                        f"({peer.where})", address=peer.address,
+                        objects=[("peer", peer.identity), *self._objects(sent)])
         return len(sent)
 
     def _objects(self, item_ids: list[int]) -> list[tuple[str, str]]:
@@ -125,7 +142,7 @@ class Delivery:
             log.error("result sources not found (%s)", exc.__class__.__name__)
             return []
 
-    def _record(self, peer: Peer, item: OutboxItem, outcome: str) -> int:
+    def _record(self, peer: _Target, item: OutboxItem, outcome: str) -> int:
         verdict = classify(outcome)
         now = self._clock()
         policy = self._settings.egress.retry_policy
@@ -141,9 +158,8 @@ class Delivery:
             self._outbox.dead(item.id, outcome, now)
             self._audit("node", "delivery given up",
                         f"result {item.sop_instance_uid} to {peer.name}: {outcome}",
-                        address=_address(peer), outcome=SERIOUS_FAILURE,
-                        objects=[("peer", peer.ae_title or peer.name),
-                                 *self._objects([item.id])])
+                        address=peer.address, outcome=SERIOUS_FAILURE,
+                        objects=[("peer", peer.identity), *self._objects([item.id])])
             return 0
         delay = policy.delay(item.attempts + 1)
         log.warning("result %s to %s: %s; retry in %.0f s", item.sop_instance_uid, peer.name,
@@ -166,11 +182,26 @@ class Delivery:
         return self._loop.ensure_running()
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where outbox items go: a peer (C-STORE, STOW-RS) or a notification channel."""
+
+    name: str
+    where: str
+    address: str
+    identity: str  # the audit message's participant: an AE title or a name
+    send: Callable[[list[OutboxItem]], dict[str, str]]
+
+
+def _url_host(url: str) -> str:
+    return urlsplit(url).hostname or "" if url else ""
+
+
 def _where(peer: Peer) -> str:
     return peer.dicomweb_url or f"{peer.ae_title}@{peer.host}:{peer.port}"
 
 
 def _address(peer: Peer) -> str:
     if peer.dicomweb_url:
-        return urlsplit(peer.dicomweb_url).hostname or ""
+        return _url_host(peer.dicomweb_url)
     return peer.host or ""

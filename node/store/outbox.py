@@ -28,6 +28,7 @@ class OutboxItem:
     priority: int
     first_failed_at: float | None = None
     kind: str = ""
+    job_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,10 @@ class Outbox:
     def __init__(self, store: JobStore) -> None:
         self._store = store
 
+    @property
+    def store(self) -> JobStore:
+        return self._store
+
     def put(self, job_id: int, item: ResultToSend, now: float) -> None:
         with self._store.transaction() as db:
             put(db, job_id, item, now)
@@ -83,7 +88,7 @@ class Outbox:
         with self._store.transaction() as db:
             rows = db.execute(
                 "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
-                " first_failed_at, kind FROM outbox WHERE state=? AND not_before<=?"
+                " first_failed_at, kind, job_id FROM outbox WHERE state=? AND not_before<=?"
                 " AND (lease_until IS NULL OR lease_until<?)"
                 " ORDER BY priority DESC, id LIMIT ?" + self._store.database.skip_locked,
                 (QUEUED, now, now, limit),
