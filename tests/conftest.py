@@ -117,6 +117,11 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def http_port(self) -> int:
+        """The web role's port, as the node's configuration file says."""
+        return int(yaml.safe_load(self.config_path.read_text())["node"]["http_port"])
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.data_dir / "jobs.sqlite3") as db:
             return db.execute(sql, args).fetchall()

@@ -149,6 +149,10 @@ class StowReceiver:
         self._called_ae = called_ae
         self._max_bytes = max_instance_mb * 1024 * 1024
 
+    def disk_refusal(self) -> Refusal | None:
+        """A refusal when free disk is below ``node.min_free_disk_mb`` (the whole request)."""
+        return self._intake.disk_refusal()
+
     @property
     def tmp_dir(self) -> Path:
         """Where request bodies are written: the spool's file system (parts are adopted)."""

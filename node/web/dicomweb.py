@@ -26,11 +26,20 @@ async def _store(request: Request, study_uid: str | None) -> JSONResponse:
     context: WebContext = request.app.state.context
     if context.stow is None:
         raise HTTPException(404, "STOW-RS is not served by this node")
+    refusal = context.stow.disk_refusal()
+    if refusal is not None:  # before a byte of the body is written
+        log.warning("STOW-RS request refused (507): %s", refusal.reason)
+        return JSONResponse({"error": refusal.reason}, status_code=507)
     body = temporary_name(context.stow.tmp_dir / "stow-request", context.stow.tmp_dir)
     try:
-        with open(body, "wb") as handle:
-            async for chunk in request.stream():
-                handle.write(chunk)
+        try:
+            with open(body, "wb") as handle:
+                async for chunk in request.stream():
+                    handle.write(chunk)
+        except OSError as exc:  # the disk filled while the body arrived
+            log.error("STOW-RS request refused (507): %s", exc.strerror)
+            return JSONResponse({"error": f"the request could not be kept ({exc.strerror})"},
+                                status_code=507)
         batch = -next(_requests) - os.getpid() * 1_000_000  # never an association's id
         try:
             result = await run_in_threadpool(  # fsync and the job store: off the loop

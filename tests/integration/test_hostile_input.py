@@ -6,9 +6,12 @@ every run."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from tests.conftest import (
     require,
     send_raw,
     storescu,
+    wait_port,
 )
 
 # pydicom warns about the invalid values this module makes on purpose
@@ -217,3 +221,50 @@ def test_generated_datasets_get_a_status_and_nothing_acknowledged_is_lost(
     sent.send(f"generated {sorted(elements)}", path)
     sent.check_nothing_lost()
     assert node.alive
+
+
+def _stow(node: NodeProcess, body: bytes, content_type: str) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}/dicomweb/studies",
+                                     data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_stow_rs_mutated_files_and_broken_bodies_get_reasons_and_nothing_is_lost(
+        node: NodeProcess, tmp_path: Path) -> None:
+    """The same mutations by STOW-RS, in one request: every part is stored or has a failure
+    reason, what was stored is kept byte for byte; broken multipart bodies get 400 or 415,
+    never a 500; the node keeps serving both protocols."""
+    wait_port(node.http_port, timeout=60, proc=node.proc)
+    rng = random.Random(SEED)
+    parts = [mutated for source in (files()[0] for files in SOURCES)
+             for _, mutated in _mutations(rng, source.read_bytes())]
+    parts.append(_as_file(_deep_sequence(100, 0), tmp_path / "deep.dcm").read_bytes())
+    boundary = "hostile-boundary-7f3a"
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    status, answer = _stow(node, body, content_type)
+    assert status in (200, 202, 409), (status, answer)
+    stored = answer.get("00081199", {}).get("Value", [])
+    failed = answer.get("00081198", {}).get("Value", [])
+    assert len(stored) + len(failed) == len(parts) == 37
+    assert failed and all(f["00081197"]["Value"][0] in (0xA700, 0xA900, 0xC210) for f in failed)
+    kept = {str(pydicom.dcmread(p, stop_before_pixels=True, force=True).SOPInstanceUID):
+            p.read_bytes() for p in node.stored_files()}
+    for item in stored:
+        uid = item["00081155"]["Value"][0]
+        assert uid in kept and kept[uid] in parts, f"stored {uid} not kept as sent"
+    for broken, kind in ((body[: len(body) // 2], content_type),  # no closing boundary
+                         (b"\x00" * 1000, content_type),  # no boundary at all
+                         (body, "multipart/related; boundary=other"),  # another boundary
+                         (body, "application/dicom")):  # not multipart
+        code, reason = _stow(node, broken, kind)
+        assert code in (400, 415) and reason["error"], (code, reason)
+    assert list((node.data_dir / "spool" / ".tmp").iterdir()) == []
+    assert "Traceback" not in node.log()
+    _still_serves(node)

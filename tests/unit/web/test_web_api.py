@@ -54,11 +54,16 @@ def test_without_a_token_the_server_stays_on_loopback(tmp_path: Path) -> None:
 
 
 def test_readiness_names_what_fails(make_client: Any) -> None:
-    client, _ = make_client(min_free_disk_mb=1_000_000_000)  # a floor no disk reaches
+    client, context = make_client(min_free_disk_mb=1_000_000_000)  # a floor no disk reaches
     answer = client.get("/readyz")
     assert answer.status_code == 503
     assert set(answer.json()["failed"]) == {"disk"}
     assert "below node.min_free_disk_mb" in answer.json()["failed"]["disk"]
+    body, content_type = multipart(ct_files()[0].read_bytes())
+    refused = client.post("/dicomweb/studies", content=body,
+                          headers={"Content-Type": content_type})
+    assert refused.status_code == 507 and "disk space below" in refused.json()["error"]
+    assert not list((context.settings.node.data_dir / "spool" / ".tmp").iterdir())
 
 
 def test_stow_rs_stores_indexes_and_reports_each_instance(make_client: Any) -> None:
