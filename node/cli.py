@@ -257,10 +257,20 @@ def status(
     config: ConfigOption = None,
     limit: Annotated[int, typer.Option(help="How many series to list.")] = 20,
 ) -> None:
-    """Series receiving / complete, and counts, read from the job store."""
+    """What the dashboard shows: overview (throughput, queue, disk, backend), series, jobs and
+    undelivered results, read from the job store."""
+    from node.web import readiness
+
     settings = _settings(config)
     store = _open_existing_store(settings)
     try:
+        now = time.time()
+        received = [int(str(store.query("SELECT COUNT(*) FROM instances WHERE received_at>=?",
+                                        now - seconds)[0][0])) for seconds in (3600, 86400)]
+        checks = {"job store": readiness.check_store(store),
+                  "spool": readiness.check_spool(settings),
+                  "disk": readiness.check_disk(settings),
+                  "triton": readiness.check_triton(settings)}
         totals = store.totals()
         series = store.list_series(limit)
         queue = JobQueue(store)
@@ -271,6 +281,20 @@ def status(
         undelivered = [i for i in outbox.items(limit) if i[4] != "sent"]
     finally:
         store.close()
+    free = readiness.free_bytes(settings)
+    overview = Table("received (1 h)", "received (24 h)", "jobs queued/running", "jobs failed",
+                     "dead letters", "disk free", "backend", title="overview")
+    overview.add_row(str(received[0]), str(received[1]),
+                     str(job_counts["queued"] + job_counts["running"]), str(job_counts["failed"]),
+                     str(sum(c.get("dead", 0) for c in deliveries.values())),
+                     f"{free / 2**30:.1f} GB (floor {settings.node.min_free_disk_mb} MB)",
+                     settings.inference.backend + (
+                         "" if settings.inference.backend != "triton"
+                         else (": ready" if checks["triton"] is None else ": NOT READY")))
+    console.print(overview)
+    for name, why in checks.items():
+        if why is not None:
+            errors.print(f"[red]not ready: {name}: {why}[/red]", highlight=False)
     console.print(
         f"instances {totals['instances']}  series receiving {totals['series_receiving']}  "
         f"complete {totals['series_complete']}  duplicates {totals['duplicates']}"

@@ -38,6 +38,11 @@ def test_status_shows_superseded_jobs_and_undelivered_results_by_id(tmp_path: Pa
     assert "superseded by revision 2" in result.output
     assert f"result {item_id}: PACS seg 9.9: dead after 1 attempt(s): refused" in result.output
     assert "superseded 0" in result.output  # the per-destination counts name every state
+    overview = result.output.split("overview", 1)[1].split("\n")
+    cells = [c.strip() for c in next(line for line in overview if "embedded" in line).split("│")]
+    # received in the last hour / day (the test's instances are from 1970), queue, failed,
+    # dead letters, disk, backend
+    assert cells[1:6] == ["0", "0", "0", "0", "1"] and cells[7] == "embedded", cells
 
 
 def test_audit_prints_the_lines_since_a_time_newest_first(tmp_path: Path) -> None:
