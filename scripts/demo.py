@@ -144,8 +144,9 @@ def main() -> int:
     config = yaml.safe_load((ROOT / "config" / "node.yaml").read_text())
     node_port = free_port(config["node"]["dicom_port"])
     http_port, pacs_port = free_port(18042), free_port(14242)
+    node_http_port = free_port(config["node"]["http_port"])
     config["node"].update(dicom_port=node_port, bind="127.0.0.1", data_dir=str(demo / "data"),
-                          min_free_disk_mb=256)
+                          min_free_disk_mb=256, http_port=node_http_port)
     config["series"]["quiet_seconds"] = 2
     config["inference"]["model_repository"] = str(ROOT / "model_repository")
     for peer in config["peers"]:
@@ -156,7 +157,8 @@ def main() -> int:
     use_orthanc = ORTHANC.exists()
     pacs = (f"Orthanc on {pacs_port} (http {http_port})" if use_orthanc
             else "none (Orthanc is not installed: results stay in the outbox)")
-    print(f"node on 127.0.0.1:{node_port}; PACS: {pacs}", flush=True)
+    print(f"node on 127.0.0.1:{node_port} (dashboard http://127.0.0.1:{node_http_port}/ui);"
+          f" PACS: {pacs}", flush=True)
     node = subprocess.Popen([str(BIN / "ainode"), "serve", "--config", str(config_path)],
                             env=ENV)
     try:
