@@ -8,7 +8,9 @@ peer of the same name until ``ainode peers reset NAME``; peers the file adds lat
 edits to peers never changed live, apply at the next start as before.
 
 Secrets are not kept in the job store: a live peer names them with ``password_env`` /
-``password_file`` / ``token_env`` / ``token_file``.
+``token_env``, a variable whose name starts with ``AINODE_PEER_``; files (``*_file``,
+``tls_ca``) are named only in the configuration file, so a caller of the API cannot have the
+node read one of its files or variables and send it to a peer of the caller's choosing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from node.store.jobs import JobStore
 log = logging.getLogger(__name__)
 
 PLAIN_SECRETS = ("password", "token")
+FILE_FIELDS = ("password_file", "token_file", "tls_ca")
+ENV_FIELDS = ("password_env", "token_env")
+LIVE_SECRET_PREFIX = "AINODE_PEER_"  # noqa: S105 - a prefix of variable names
 
 
 class PeerChangeRefused(ValueError):
@@ -58,15 +63,26 @@ def validate_peer(definition: Mapping[str, Any], name: str | None = None) -> Pee
     """A peer from an API body, or :class:`PeerChangeRefused` naming each bad key."""
     if name is not None and definition.get("name", name) != name:
         raise PeerChangeRefused(f"peers.{name}.name: the body names {definition['name']!r}")
+    label = name or definition.get("name") or "?"
     plain = [key for key in PLAIN_SECRETS if definition.get(key)]
     if plain:
         raise PeerChangeRefused(
-            f"peers.{name or definition.get('name')}.{plain[0]}: secrets are not kept in the "
-            f"job store; give {plain[0]}_env (a variable's name) or {plain[0]}_file")
+            f"peers.{label}.{plain[0]}: secrets are not kept in the job store; give "
+            f"{plain[0]}_env, the name of a variable {LIVE_SECRET_PREFIX}... set for the node")
+    # a live change may not point the node's own files or variables at a peer it names (a
+    # password_file of /etc/shadow sent to a DICOMweb URL of the caller's choosing)
+    for key in FILE_FIELDS:
+        if definition.get(key):
+            raise PeerChangeRefused(f"peers.{label}.{key}: files are named in the configuration "
+                                    "file only, not in a live change")
+    for key in ENV_FIELDS:
+        variable = definition.get(key)
+        if variable and not str(variable).startswith(LIVE_SECRET_PREFIX):
+            raise PeerChangeRefused(f"peers.{label}.{key}: a live peer's secret comes from a "
+                                    f"variable whose name starts with {LIVE_SECRET_PREFIX}")
     try:
         return Peer.model_validate({**definition, **({"name": name} if name else {})})
     except ValidationError as exc:
-        label = name or definition.get("name") or "?"
         raise PeerChangeRefused("; ".join(
             f"peers.{label}.{'.'.join(str(p) for p in item['loc']) or '(peer)'}: {item['msg']}"
             for item in exc.errors())) from exc

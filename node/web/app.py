@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from node import __version__
 from node.web import api, dashboard, dicomweb, health, metrics, peers
+from node.web.auth import require_token
 from node.web.context import WebContext
 
 
 def create_app(context: WebContext) -> FastAPI:
     app = FastAPI(
-        title="ainode", version=__version__,
+        title="ainode", version=__version__, docs_url=None, openapi_url=None,
         description="PACS-integrated AI inference node: health, metrics, admin API, peers "
         "(AE titles) managed live, STOW-RS in. Everything but /healthz and /readyz needs "
         "`Authorization: Bearer <node.http_token>` when a token is set.")
@@ -25,6 +27,15 @@ def create_app(context: WebContext) -> FastAPI:
     @app.exception_handler(dashboard.SignInRequired)
     async def sign_in(request: Request, exc: dashboard.SignInRequired) -> Response:
         return RedirectResponse("/ui/login", status_code=303)
+
+    # the API's description, behind the token like the API itself
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_token)])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ainode API")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -32,7 +32,8 @@ def test_with_a_token_everything_but_the_probes_needs_it(make_client: Any) -> No
     client, _ = make_client(http_token=TOKEN)
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
-    for path in ("/api/status", "/metrics", "/api/peers", "/api/jobs"):
+    for path in ("/api/status", "/metrics", "/api/peers", "/api/jobs", "/openapi.json",
+                 "/docs"):
         missing = client.get(path)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -161,6 +162,12 @@ def test_peers_are_managed_live_validated_and_audited(make_client: Any) -> None:
     assert bad_ae.status_code == 422 and "peers.MR2.ae_title" in bad_ae.json()["detail"]
     secret = client.put("/api/peers/MR2", json={**new, "password": "pw", "username": "u"})
     assert secret.status_code == 422 and "password_env" in secret.json()["detail"]
+    for unsafe in ({"password_file": "/etc/shadow"}, {"tls_ca": "/etc/ssl/private/key.pem"},
+                   {"token_env": "AINODE__STORE__URL"}):
+        refused = client.put("/api/peers/MR2", json={**new, "dicomweb_url": "http://x/",
+                                                     **unsafe})
+        assert refused.status_code == 422, unsafe
+        assert f"peers.MR2.{next(iter(unsafe))}" in refused.json()["detail"]
     changed = client.put("/api/peers/MR2", json={**new, "port": 11112})
     assert changed.status_code == 200 and changed.json()["port"] == 11112
 
