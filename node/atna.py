@@ -54,6 +54,7 @@ APPLICATION_ACTIVITY = _Code("110100", "Application Activity")
 INSTANCES_ACCESSED = _Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = _Code("110104", "DICOM Instances Transferred")
 STUDY_DELETED = _Code("110105", "DICOM Study Deleted")
+EXPORT = _Code("110106", "Export")
 SECURITY_ALERT = _Code("110113", "Security Alert")
 APPLICATION_START = _Code("110120", "Application Start")
 APPLICATION_STOP = _Code("110121", "Application Stop")
@@ -97,6 +98,8 @@ _EVENTS: dict[str, _Event] = {
     "deleted": _Event(STUDY_DELETED, "D", None, None, APPLICATION),
     "requeue jobs": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
     "requeue results": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
+    "research export": _Event(EXPORT, "R", None, None, SOURCE),
+    "re-identification": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
 }
 
 

@@ -736,3 +736,68 @@ def run_studies(
         store.close()
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_studies(
+    studies: Annotated[list[str], typer.Argument(help="Study Instance UIDs the node keeps.")],
+    to: Annotated[str, typer.Option("--to", help="A research[] entry of the configuration.")],
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Instead of the entry's profile: basic, longitudinal, device.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """De-identify studies (PS3.15 Annex E, keyed pseudonyms) to a research destination: a
+    folder, or a DICOM / DICOMweb peer. Audited. Exits 1 when a study is refused or fails."""
+    from node.research.export import DestinationFailed, Exporter, ExportError
+
+    settings = _settings(config)
+    store = _open_existing_store(settings)
+    try:
+        exporter = Exporter(settings, store, time.time)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(f"to {to}", total=len(studies))
+            report = exporter.export(to, studies, profile, actor=_operator(),
+                                     on_progress=lambda _: progress.advance(task))
+    except ExportError as exc:
+        errors.print(f"[red]export not started: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    except DestinationFailed as exc:
+        errors.print(f"[red]export to {to} failed: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    for study, pseudonym in report.exported.items():
+        console.print(f"{study} -> {pseudonym}", highlight=False)
+    for study, reason in report.refused.items():
+        errors.print(f"[red]{study}: refused: {reason}[/red]", highlight=False)
+    for what, reason in report.failed.items():
+        errors.print(f"[red]{what}: {reason}[/red]", highlight=False)
+    for note in report.left_out:
+        console.print(f"left out: {note}", highlight=False)
+    console.print(f"{report.files} file(s) exported to {to}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reidentify(
+    name: Annotated[str, typer.Argument(help="The research[] entry (its crosswalk).")],
+    pseudonym: Annotated[str, typer.Argument(help="A pseudonym of that export.")],
+    config: ConfigOption = None,
+) -> None:
+    """Look up what a pseudonym stands for, from the crosswalk of a research entry with
+    `crosswalk: true` (authorised re-identification; audited)."""
+    from node.research.export import Exporter
+
+    settings = _settings(config)
+    store = _open_existing_store(settings)
+    try:
+        found = Exporter(settings, store, time.time).reidentify(name, pseudonym, _operator())
+    finally:
+        store.close()
+    if not found:
+        errors.print(f"no crosswalk entry for that pseudonym in {name!r} (is crosswalk on?)")
+        raise typer.Exit(1)
+    for kind, original in found:
+        console.print(f"{kind}: {original}", highlight=False)

@@ -33,7 +33,7 @@ from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
 from node.segments import effective_segments
-from node.settings import Pipeline, Settings
+from node.settings import RESEARCH_PREFIX, Pipeline, Settings
 from node.store.durable import write_atomically
 from node.store.outbox import ResultToSend
 from node.store.spool import path_component
@@ -43,6 +43,7 @@ PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFaile
 
 
 NOTICE_KIND = "notify"  # the outbox kind of a notification
+RESEARCH_KIND = "research"  # the outbox kind of a research export (one per series)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,15 @@ class JobResult:
 
     summary: dict[str, Any]
     objects: list[ResultObject] = field(default_factory=list)
+
+
+def research_exports(pipeline: Pipeline, series_uid: str) -> list[ResultToSend]:
+    """The pipeline's ``research`` output: the series, once its job is done, to the research
+    destination it names (an outbox item whose UID is the series')."""
+    if "research" not in pipeline.outputs or pipeline.research is None:
+        return []
+    return [ResultToSend(RESEARCH_PREFIX + pipeline.research, series_uid, series_uid,
+                         RESEARCH_KIND, 0)]
 
 
 def addressed(objects: list[ResultObject], pipeline: Pipeline, settings: Settings,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from node import metrics
 from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import Job, SeriesKey
-from node.execute import PERMANENT_ERRORS, JobResult, addressed
+from node.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.loops import Loop
@@ -236,16 +236,17 @@ class Orchestrator:
 
     def _addressed(self, job: Job, result: JobResult) -> list[ResultToSend]:
         """The job's objects for the destinations in effect now (peers changed live)."""
-        if not result.objects:
-            return []
         settings = self._current()
         pipeline = next((p for p in settings.pipelines if p.name == job.pipeline), None)
         if pipeline is None:  # the executor refuses a job whose pipeline is gone
             return []
+        exports = research_exports(pipeline, job.series.series_instance_uid)
+        if not result.objects:
+            return exports
         attributes = self._store.series_attributes(job.series)
         return addressed(result.objects, pipeline, settings,
                          attributes.calling_ae if attributes else None,
-                         bool(result.summary.get("urgent")))
+                         bool(result.summary.get("urgent"))) + exports
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)

@@ -50,7 +50,7 @@ def missing_codes(settings: Settings) -> list[str]:
         except ModelConfigError as exc:
             problems.append(f"pipelines.{index} ({pipeline.name}): {exc}")
             continue
-        if spec.is_classifier and set(pipeline.outputs) - {"sr"}:
+        if spec.is_classifier and set(pipeline.outputs) - {"sr", "research"}:
             problems.append(
                 f"pipelines.{index} ({pipeline.name}): model {spec.name} is a classification"
                 f" model: it has no image to segment or draw, so its outputs can only be [sr]")

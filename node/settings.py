@@ -30,6 +30,36 @@ ENV_SEPARATOR = "__"
 
 
 NOTIFY_PREFIX = "notify:"  # outbox destinations of notifications, beside peers' names
+RESEARCH_PREFIX = "research:"  # outbox destinations of research exports
+DEID_KEY_ENV = "AINODE_DEID_KEY"  # the de-identification key when research[].key_file is unset
+
+# PS3.15 E.3 options, by their names in research[].options, with their CID 7050 codes
+DEID_OPTIONS = {
+    "clean_structured_content": ("113104", "Clean Structured Content Option"),
+    "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "retain_longitudinal_full_dates": (
+        "113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_longitudinal_modified_dates": (
+        "113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "retain_device_identity": ("113109", "Retain Device Identity Option"),
+    "retain_uids": ("113110", "Retain UIDs Option"),
+    "retain_safe_private": ("113111", "Retain Safe Private Option"),
+    "retain_institution_identity": ("113112", "Retain Institution Identity Option"),
+}
+DeidOption = Literal[
+    "clean_structured_content", "clean_descriptors", "retain_longitudinal_full_dates",
+    "retain_longitudinal_modified_dates", "retain_patient_characteristics",
+    "retain_device_identity", "retain_uids", "retain_safe_private",
+    "retain_institution_identity"]
+# named profiles (research[].profile, ``ainode export --profile``): the options each adds
+DEID_PROFILES: dict[str, tuple[str, ...]] = {
+    "basic": (),
+    "longitudinal": ("retain_longitudinal_modified_dates", "retain_patient_characteristics",
+                     "clean_descriptors", "clean_structured_content"),
+    "device": ("retain_longitudinal_modified_dates", "retain_patient_characteristics",
+               "retain_device_identity", "clean_descriptors", "clean_structured_content"),
+}
 _SecretsT = TypeVar("_SecretsT", bound=BaseModel)
 
 
@@ -288,6 +318,62 @@ class Notification(_Strict):
         return value.get_secret_value() if value is not None else None
 
 
+class Research(_Strict):
+    """A research destination (PS3.15 Annex E de-identification on the way out): a folder
+    (``path``) or a configured DICOM / DICOMweb peer (``peer``). ``profile`` names a set of
+    options (``basic``, ``longitudinal``, ``device``), ``options`` adds more. UIDs, the patient
+    and dates get pseudonyms keyed by the project's secret: the file ``key_file`` names, else
+    the variable ``AINODE_DEID_KEY`` — never this file. ``crosswalk`` keeps pseudonym ->
+    original in the job store for authorised re-identification (off by default)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path | None = None
+    peer: str | None = None
+    profile: str = "basic"
+    options: list[DeidOption] = []
+    include_results: bool = Field(False, description="the study's SEG and SR go along")
+    key_file: Path | None = None
+    crosswalk: bool = False
+    keep_private: list[str] = Field(
+        [], description="private attributes kept: 'GGGG,CREATOR,EE' (element within the block)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Research:
+        if (self.path is None) == (self.peer is None):
+            raise ValueError("give exactly one of path, peer")
+        if self.profile not in DEID_PROFILES:
+            raise ValueError(f"profile: {self.profile!r} is not one of "
+                             f"{', '.join(DEID_PROFILES)}")
+        chosen = self.all_options(self.profile)
+        if {"retain_longitudinal_full_dates", "retain_longitudinal_modified_dates"} <= set(chosen):
+            raise ValueError("options: full dates and modified dates exclude each other")
+        if self.include_results and "clean_structured_content" not in chosen:
+            raise ValueError("include_results needs the option clean_structured_content (the "
+                             "SR's findings are structured content)")
+        for entry in self.keep_private:
+            group, creator, element = ([*entry.split(",", 2), "", ""])[:3]
+            if not (len(group) == 4 and _is_hex(group) and int(group, 16) % 2 == 1 and creator
+                    and len(element) == 2 and _is_hex(element)):
+                raise ValueError(f"keep_private: {entry!r} is not 'GGGG,CREATOR,EE' with an odd"
+                                 " group")
+        return self
+
+    def all_options(self, profile: str | None = None) -> tuple[str, ...]:
+        """The options in effect: the profile's (``profile`` overrides this entry's) and
+        ``options``, each once."""
+        named = DEID_PROFILES[profile or self.profile]
+        return tuple(dict.fromkeys([*named, *self.options]))
+
+    @property
+    def destination(self) -> str:
+        """Its name in the outbox (a pipeline's ``research`` output)."""
+        return RESEARCH_PREFIX + self.name
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 class InferenceSection(_Strict):
     """Where models run: in-process (onnxruntime) or on a Triton Inference Server."""
 
@@ -401,7 +487,9 @@ class Pipeline(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: MatchRule = MatchRule()
     model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    outputs: list[Literal["seg", "sr", "sc"]] = ["seg", "sr"]
+    outputs: list[Literal["seg", "sr", "sc", "research"]] = ["seg", "sr"]
+    research: str | None = Field(
+        None, description="the research[] entry the output kind research exports the series to")
     destinations: list[str] = []
     reply_to_sender: bool = Field(False, description="also send results to the calling AE")
     segments: dict[str, SegmentSpec] = Field(
@@ -501,12 +589,19 @@ class Settings(_Strict):
     audit: AuditSection = AuditSection()
     retention: RetentionSection = RetentionSection()
     notify: list[Notification] = []
+    research: list[Research] = []
 
     @model_validator(mode="after")
     def _unique_peer_names(self) -> Settings:
         _require_unique("peer", [p.name for p in self.peers])
         _require_unique("notify", [n.name for n in self.notify])
+        _require_unique("research", [r.name for r in self.research])
         return self
+
+    def research_destination(self, name: str) -> Research | None:
+        """The research entry called ``name``, or whose outbox destination is ``name``."""
+        name = name.removeprefix(RESEARCH_PREFIX)
+        return next((r for r in self.research if r.name == name), None)
 
     def notification(self, destination: str) -> Notification | None:
         """The notification whose outbox destination is ``destination``."""
@@ -522,6 +617,15 @@ class Settings(_Strict):
                 raise ValueError(
                     f"pipelines.{index}.destinations: unknown peer(s) {', '.join(unknown)}"
                 )
+            if ("research" in pipeline.outputs) != (pipeline.research is not None):
+                raise ValueError(f"pipelines.{index}: the output research and research: NAME "
+                                 "go together")
+            if pipeline.research and self.research_destination(pipeline.research) is None:
+                raise ValueError(f"pipelines.{index}.research: no research entry named "
+                                 f"{pipeline.research!r}")
+        for index, research in enumerate(self.research):
+            if research.peer is not None and research.peer not in known:
+                raise ValueError(f"research.{index}.peer: unknown peer {research.peer!r}")
         return self
 
     def peer(self, name: str) -> Peer:

@@ -24,7 +24,7 @@ from node.audit import SERIOUS_FAILURE, Audit, no_audit
 from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
 from node.egress.notify import Notifier
 from node.loops import Loop
-from node.settings import Peer, Settings
+from node.settings import RESEARCH_PREFIX, Peer, Settings
 from node.store.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ class Delivery:
             return _Target(notification.name, where, address, notification.name,
                            lambda items: self._notifier.send(notification, items,
                                                              settings.egress.timeout_s))
+        if destination.startswith(RESEARCH_PREFIX):
+            research = settings.research_destination(destination)
+            if research is None:
+                return None
+            where = str(research.path) if research.path else f"research peer {research.peer}"
+            return _Target(research.name, where, "", research.name,
+                           lambda items: self._export(settings, research.name, items))
         peer = settings.peer_by_name(destination)
         if peer is None:
             return None
@@ -112,6 +119,35 @@ class Delivery:
         except PeerUnavailable as exc:
             return {i.path: f"unavailable: {exc}" for i in items}
         return {str(path): status for path, status in report.outcomes.items()}
+
+    def _export(self, settings: Settings, name: str, items: list[OutboxItem]
+                ) -> dict[str, str]:
+        """A pipeline's research output: each item names a series, exported with its study's
+        identity (the study is looked up) and its results when the entry includes them."""
+        from node.research.export import DestinationFailed, Exporter, ExportError
+
+        exporter = Exporter(settings, self._outbox.store, self._clock)
+        outcomes: dict[str, str] = {}
+        for item in items:
+            series_uid = item.sop_instance_uid
+            rows = self._outbox.store.query(
+                "SELECT study_uid FROM series WHERE series_uid=? ORDER BY revision DESC LIMIT 1",
+                series_uid)
+            if not rows:
+                outcomes[item.path] = "refused: the series is no longer kept"
+                continue
+            try:
+                report = exporter.export(name, [str(rows[0][0])], series_uid=series_uid)
+            except ExportError as exc:
+                outcomes[item.path] = f"refused: {exc}"
+                continue
+            except DestinationFailed as exc:
+                outcomes[item.path] = str(exc)
+                continue
+            problems = {**report.refused, **report.failed}
+            outcomes[item.path] = ("0x0000" if not problems else
+                                   "refused: " + "; ".join(problems.values())[:300])
+        return outcomes
 
     def _deliver(self, peer: _Target, items: list[OutboxItem]) -> int:
         try:

@@ -6,7 +6,7 @@ version is newer than :data:`VERSION`. Version 1 is the first release's schema (
 before versioning has its tables already and gains the columns added since); version 2 adds
 what several receivers and senders on one store need; version 3 structured audit lines (for
 DICOM audit messages), their forwarding state, the configuration digests and retention;
-version 4 the peers changed while the node runs.
+version 4 the peers changed while the node runs; version 5 the research exports' crosswalk.
 """
 
 from __future__ import annotations
@@ -167,8 +167,22 @@ def _script(script: str) -> Callable[[Database, Connection], None]:
     return apply
 
 
+# research exports' pseudonyms, kept only where research[].crosswalk is on (authorised
+# re-identification): one row per (project, kind, pseudonym)
+_V5 = """
+CREATE TABLE IF NOT EXISTS deid_crosswalk (
+    project TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pseudonym TEXT NOT NULL,
+    original TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    PRIMARY KEY (project, kind, pseudonym)
+)
+"""
+
+
 MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (
-    _version_1, _script(_V2), _script(_V3), _script(_V4))
+    _version_1, _script(_V2), _script(_V3), _script(_V4), _script(_V5))
 VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,268 @@
+"""Research export: the node's studies (and their AI results) de-identified to a research
+destination (``research[]``): a folder, or a configured DICOM (C-STORE) or DICOMweb (STOW-RS)
+peer. Used by ``ainode export`` and by a pipeline's ``research`` output (an outbox item).
+
+Nothing is written before the key is loaded and every file of a study has been read: a
+study with an image whose Burned In Annotation is YES is refused whole, with the reason.
+Each file is de-identified with the same pseudonyms (:mod:`node.research.deidentify`), so a
+SEG's and an SR's references resolve to the exported images; the node's Secondary Captures
+(the overlay burned in) stay behind. The same key gives byte-identical files. Every export
+is audited; the crosswalk (pseudonym -> original) is kept only when the entry asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from node.research.deidentify import (
+    BurnedInAnnotation,
+    Profile,
+    deidentify,
+    patient_key,
+    refuse_burned_in,
+)
+from node.research.pseudonym import KeyMissing, Pseudonyms, load_key
+from node.settings import DEID_KEY_ENV, Research, Settings
+from node.store.durable import write_atomically
+from node.store.jobs import JobStore
+from node.store.spool import path_component
+
+log = logging.getLogger(__name__)
+
+RESULT_KINDS = ("seg", "sr")  # the node's results that go along; its SC has text burned in
+
+
+class ExportError(Exception):
+    """The export cannot start (no key, unknown destination): nothing was written."""
+
+
+class DestinationFailed(Exception):
+    """The destination did not take the files (``reason``: transient or refused)."""
+
+
+@dataclass
+class ExportReport:
+    """What one export did, per original study UID."""
+
+    destination: str
+    exported: dict[str, str] = field(default_factory=dict)  # study -> its pseudonym
+    refused: dict[str, str] = field(default_factory=dict)  # study -> why
+    failed: dict[str, str] = field(default_factory=dict)  # file or study -> why
+    left_out: list[str] = field(default_factory=list)  # e.g. the node's SC
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and not self.failed
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    kind: str  # image, seg, sr, sc
+
+
+def study_sources(store: JobStore, data_dir: Path, study_uid: str, include_results: bool,
+                  series_uid: str | None = None) -> list[_Source]:
+    """The study's kept instances (one series when ``series_uid``) and, with
+    ``include_results``, the node's newest results for each of its series."""
+    rows = store.query("SELECT path, series_uid FROM instances WHERE study_uid=? ORDER BY path",
+                       study_uid)
+    if series_uid is not None:
+        rows = [r for r in rows if r[1] == series_uid]
+    sources = [_Source(Path(str(r[0])), "image") for r in rows]
+    if include_results:
+        for series in sorted({str(r[1]) for r in rows}):
+            sources.extend(_results(data_dir, series))
+    return sources
+
+
+def _results(data_dir: Path, series_uid: str) -> list[_Source]:
+    folder = data_dir / "results" / path_component(series_uid)
+    revisions = sorted((p for p in folder.glob("*") if p.name.isdigit()),
+                       key=lambda p: int(p.name))
+    if not revisions:
+        return []
+    return [_Source(path, path.stem) for path in sorted(revisions[-1].glob("*/*.dcm"))
+            if path.stem in ("seg", "sr", "sc")]
+
+
+class Exporter:
+    def __init__(self, settings: Settings, store: JobStore, clock: Callable[[], float],
+                 environ: dict[str, str] | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._environ = environ
+
+    def export(self, name: str, study_uids: list[str], profile: str | None = None,
+               actor: str = "node", series_uid: str | None = None,
+               on_progress: Callable[[str], None] | None = None) -> ExportReport:
+        """Export ``study_uids`` (one series of the first when ``series_uid``) to the research
+        entry ``name``; raises :class:`ExportError` before writing anything when it cannot
+        start, :class:`DestinationFailed` when a peer did not take the files."""
+        research = self._settings.research_destination(name)
+        if research is None:
+            known = ", ".join(r.name for r in self._settings.research) or "none"
+            raise ExportError(f"no research entry named {name!r} (known: {known})")
+        try:
+            options = research.all_options(profile)
+        except KeyError as exc:
+            raise ExportError(f"no profile named {profile!r}") from exc
+        try:
+            key = load_key(research.key_file, self._environ, DEID_KEY_ENV)
+        except KeyMissing as exc:
+            raise ExportError(str(exc)) from exc
+        if research.include_results and "clean_structured_content" not in options:
+            raise ExportError("include_results needs the option clean_structured_content")
+        pseudonyms = Pseudonyms(key)
+        deid = Profile(options, tuple(research.keep_private))
+        report = ExportReport(research.name)
+        with tempfile.TemporaryDirectory(prefix="export-", dir=self._staging_root()) as staging:
+            written: list[Path] = []
+            for study_uid in study_uids:
+                files = self._study(research, study_uid, series_uid, deid, pseudonyms,
+                                    Path(staging), report)
+                written.extend(files)
+                if on_progress is not None:
+                    on_progress(study_uid)
+            if research.path is None and written:
+                self._send(research, written)
+        self._audit(research, report, actor)
+        return report
+
+    def _staging_root(self) -> Path:
+        root = self._settings.node.data_dir / "research"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _study(self, research: Research, study_uid: str, series_uid: str | None,
+               profile: Profile, pseudonyms: Pseudonyms, staging: Path,
+               report: ExportReport) -> list[Path]:
+        sources = study_sources(self._store, self._settings.node.data_dir, study_uid,
+                                research.include_results, series_uid)
+        if not any(s.kind == "image" for s in sources):
+            report.failed[study_uid] = "the node keeps no instances of this study"
+            return []
+        datasets: list[tuple[_Source, Dataset]] = []
+        dataset: Dataset
+        for source in sources:
+            try:
+                dataset = pydicom.dcmread(source.path)
+            except (OSError, InvalidDicomError, ValueError) as exc:
+                report.failed[source.path.name] = f"not readable: {exc.__class__.__name__}"
+                continue
+            if source.kind == "image":
+                try:
+                    refuse_burned_in(dataset)
+                except BurnedInAnnotation as exc:
+                    report.refused[study_uid] = f"{source.path.name}: {exc}"
+                    return []  # the whole study stays behind, nothing written
+            elif source.kind not in RESULT_KINDS:
+                report.left_out.append(f"{source.kind} result of study {study_uid}: the "
+                                       "overlay and its text are burned into the pixels")
+                continue
+            datasets.append((source, dataset))
+        root = research.path if research.path is not None else staging
+        originals = _originals(pseudonyms, study_uid, [d for _, d in datasets])
+        written = []
+        for source, dataset in datasets:
+            try:
+                target = self._write(root, deidentify(dataset, profile, pseudonyms))
+            except Exception as exc:  # one file's defect never stops the others
+                log.warning("research export: %s not exported (%s)", source.kind,
+                            exc.__class__.__name__)
+                report.failed[source.path.name] = f"not exported: {exc.__class__.__name__}"
+                continue
+            written.append(target)
+            report.files += 1
+        if written:
+            report.exported[study_uid] = pseudonyms.uid(study_uid)
+            self._crosswalk(research, originals)
+        return written
+
+    @staticmethod
+    def _write(root: Path, dataset: Dataset) -> Path:
+        """``root/STUDY/SERIES/SOP.dcm`` under the pseudonyms, written atomically."""
+        target = (root / str(dataset.StudyInstanceUID) / str(dataset.SeriesInstanceUID)
+                  / f"{dataset.SOPInstanceUID}.dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda handle: dataset.save_as(handle, enforce_file_format=True))
+        return target
+
+    def _send(self, research: Research, paths: list[Path]) -> None:
+        peer = self._settings.peer_by_name(research.peer or "")
+        if peer is None:
+            raise DestinationFailed(f"refused: no peer named {research.peer!r}")
+        timeout_s = self._settings.egress.timeout_s
+        if peer.dicomweb_url:
+            from node.egress.stow import stow
+
+            outcomes = stow(peer, paths, timeout_s)
+        else:
+            from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
+
+            try:
+                report = send_files(paths, peer, self._settings.node.ae_title,
+                                    timeout_s=timeout_s, node_tls=self._settings.node.tls)
+            except PeerRefused as exc:
+                raise DestinationFailed(f"refused: {exc}") from exc
+            except PeerUnavailable as exc:
+                raise DestinationFailed(f"unavailable: {exc}") from exc
+            outcomes = {str(path): status for path, status in report.outcomes.items()}
+        failed = {path: outcome for path, outcome in outcomes.items()
+                  if not outcome.startswith(("0x0000", "0xB"))}
+        missing = len(paths) - len(outcomes)
+        if failed or missing:
+            first = next(iter(failed.values()), "no outcome")
+            raise DestinationFailed(f"{len(failed) + missing} of {len(paths)} file(s) not "
+                                    f"taken by {peer.name}: {first}")
+
+    def _crosswalk(self, research: Research, rows: set[tuple[str, str, str]]) -> None:
+        if not research.crosswalk:
+            return
+        now = self._clock()
+        with self._store.transaction() as db:
+            for kind, pseudonym, original_value in sorted(rows):
+                db.execute("INSERT INTO deid_crosswalk (project, kind, pseudonym, original,"
+                           " created_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           (research.name, kind, pseudonym, original_value, now))
+
+    def _audit(self, research: Research, report: ExportReport, actor: str) -> None:
+        where = str(research.path) if research.path is not None else f"peer {research.peer}"
+        detail = (f"{len(report.exported)} study(ies), {report.files} file(s) to research "
+                  f"{research.name} ({where}); {len(report.refused)} refused, "
+                  f"{len(report.failed)} failed")
+        studies = [*report.exported, *report.refused]
+        self._store.audit(actor, "research export", detail, self._clock(),
+                          objects=[("study", uid) for uid in studies],
+                          outcome=0 if report.ok else 4)
+
+    def reidentify(self, name: str, pseudonym: str, actor: str) -> list[tuple[str, str]]:
+        """(kind, original) for a pseudonym of research entry ``name``; audited."""
+        rows = self._store.query("SELECT kind, original FROM deid_crosswalk WHERE project=?"
+                                 " AND pseudonym=? ORDER BY kind", name, pseudonym)
+        self._store.audit(actor, "re-identification",
+                          f"research {name}: {len(rows)} original(s) looked up", self._clock(),
+                          outcome=0 if rows else 4)
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def _originals(pseudonyms: Pseudonyms, study_uid: str, datasets: list[Dataset]
+               ) -> set[tuple[str, str, str]]:
+    """(kind, pseudonym, original) of the study, its patient(s) and series."""
+    rows = {("study", pseudonyms.uid(study_uid), study_uid)}
+    for dataset in datasets:
+        rows.add(("patient", pseudonyms.patient(patient_key(dataset)),
+                  str(dataset.get("PatientID", "") or "")))
+        series = str(dataset.get("SeriesInstanceUID", ""))
+        rows.add(("series", pseudonyms.uid(series), series))
+    return rows
