@@ -14,7 +14,7 @@ YES is refused: text burned into the pixels is not removed (no Clean Pixel Data 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pydicom import Dataset, Sequence
@@ -30,12 +30,8 @@ _TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 DUMMY = "ANONYMIZED"
-# attributes whose values, wherever else they are repeated in kept text, identify the patient
-_IDENTIFYING = (
-    0x00100010, 0x00100020, 0x00101000, 0x00101001, 0x00100030, 0x00101040, 0x00102154,
-    0x00080050, 0x00080080, 0x00080081, 0x00080090, 0x00081050, 0x00081060, 0x00081070,
-    0x00080092, 0x00080094, 0x00081010, 0x00181000, 0x00101060, 0x00101005, 0x00321032,
-)
+_SCRUBBED_VRS = _TEXT_VRS | {"DA", "DT", "AE"}  # values looked for in kept text
+REDACTED = "***"
 _CODES = {"basic": ("113100", "Basic Application Confidentiality Profile")}
 
 
@@ -132,19 +128,29 @@ def _method_codes(options: Iterable[str]) -> Sequence:
 
 
 def _identifying_values(dataset: Dataset, actions: dict[int, str]) -> list[str]:
-    """The patient's identifying strings the profile does not keep, longest first."""
+    """The values, at any depth, of the listed attributes the profile neither keeps nor
+    cleans (a name's parts too), longest first: kept text must not repeat them."""
     values: set[str] = set()
-    for tag in _IDENTIFYING:
-        if actions.get(tag) == table.KEEP or tag not in dataset:
+    for element in _elements(dataset):
+        if actions.get(int(element.tag)) in (None, table.KEEP, table.CLEAN) or \
+                element.VR not in _SCRUBBED_VRS or element.value in (None, ""):
             continue
-        element = dataset[tag]
         texts = element.value if element.VM > 1 else [element.value]
         for text in texts:
-            text = str(text or "").strip()
+            text = str(text).strip()
             values.add(text)
-            if element.VR == "PN":  # a name's parts too; other values only as a whole
-                values.update(re.split(r"[\^=\s,]+", text))
-    return sorted((v for v in values if len(v) >= 3), key=len, reverse=True)
+            if element.VR == "PN":
+                values.update(part for part in re.split(r"[\^=\s,]+", text) if len(part) >= 3)
+    return sorted((v for v in values if len(v) >= 4 or (v.isalpha() and len(v) >= 3)),
+                  key=len, reverse=True)
+
+
+def _elements(dataset: Dataset) -> Iterator[DataElement]:
+    for element in dataset:
+        yield element
+        if element.VR == "SQ":
+            for item in element.value:
+                yield from _elements(item)
 
 
 @dataclass
@@ -200,7 +206,12 @@ class _Walker:
                 for item in element.value:
                     self.walk(item)
         elif action == table.EMPTY:
-            element.value = Sequence() if element.VR == "SQ" else None
+            if element.VR != "SQ":
+                element.value = None
+            elif table.removed_when_a_sequence(int(element.tag)):
+                del dataset[element.tag]
+            else:
+                element.value = Sequence()
         elif action == table.UID:
             self._uid(element)
         elif action == table.DUMMY:
@@ -263,7 +274,7 @@ class _Walker:
         if self._scrub is None or element.value is None:
             return
         scrub = self._scrub
-        element.value = self._map(element.value, lambda v: scrub.sub("", str(v)).strip())
+        element.value = self._map(element.value, lambda v: scrub.sub(REDACTED, str(v)))
 
     @staticmethod
     def _map(value: object, change: Callable[[str], str]) -> object:

@@ -195,6 +195,7 @@ class Exporter:
         target = (root / str(dataset.StudyInstanceUID) / str(dataset.SeriesInstanceUID)
                   / f"{dataset.SOPInstanceUID}.dcm")
         target.parent.mkdir(parents=True, exist_ok=True)
+        _even_fragments(dataset)
         write_atomically(target, lambda handle: dataset.save_as(handle, enforce_file_format=True))
         return target
 
@@ -254,6 +255,32 @@ class Exporter:
                           f"research {name}: {len(rows)} original(s) looked up", self._clock(),
                           outcome=0 if rows else 4)
         return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def _even_fragments(dataset: Dataset) -> None:
+    """Compressed pixel data whose last fragment has an odd length (against PS3.5 A.4; two
+    of the shared files) gets its padding byte inside that fragment: written as it is, the
+    writer's padding would land after the fragment and break the encapsulation."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not syntax.is_encapsulated or "PixelData" not in dataset:
+        return
+    value = bytes(dataset.PixelData)
+    if len(value) % 2 == 0:
+        return
+    items, position = [], 0  # the Basic Offset Table, then the fragments (PS3.5 A.4)
+    while position + 8 <= len(value) and value[position:position + 4] == _ITEM:
+        length = int.from_bytes(value[position + 4:position + 8], "little")
+        items.append(value[position + 8:position + 8 + length])
+        position += 8 + length
+    if position != len(value):
+        return  # not items through to the end: left as it is
+    dataset.PixelData = b"".join(
+        _ITEM + (len(item) + len(item) % 2).to_bytes(4, "little") + item + b"\0" * (len(item) % 2)
+        for item in items)
+
+
+_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian
 
 
 def _originals(pseudonyms: Pseudonyms, study_uid: str, datasets: list[Dataset]

@@ -3,8 +3,10 @@
 The basic profile's column comes from dicom-anonymizer's copy of the table (the edition named
 by :data:`EDITION`); the options' columns from :mod:`node.research.options`. A compound code
 of the table is resolved here to one action, the one that keeps the object conformant with
-the least kept: ``X/Z``, ``X/Z/D`` and ``Z/D`` -> ``Z``; ``X/D`` -> ``D``; ``X/Z/U*`` -> ``U``
-(a sequence: its UIDs replaced). An option's ``K`` wins over its ``C``, either over the
+the least kept: ``X/Z`` and ``Z/D`` -> ``Z`` (a sequence: ``X``, as an empty sequence is
+wrong wherever one is optional); ``X/D`` and ``X/Z/D`` -> ``D`` (Device Serial Number, say,
+is Type 1 in enhanced objects; a sequence keeps its items, processed in turn); ``X/Z/U*`` ->
+``U`` (a sequence: its UIDs replaced). An option's ``K`` wins over its ``C``, either over the
 basic profile.
 """
 
@@ -24,7 +26,7 @@ _CATEGORIES = {
     "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D",
     "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*",
 }
-_RESOLVED = {"X/Z": "Z", "X/Z/D": "Z", "Z/D": "Z", "X/D": "D", "X/Z/U*": "U"}
+_RESOLVED = {"X/Z": "Z", "X/Z/D": "D", "Z/D": "Z", "X/D": "D", "X/Z/U*": "U"}
 
 KEEP, CLEAN, REMOVE, EMPTY, DUMMY, UID = "K", "C", "X", "Z", "D", "U"
 
@@ -53,6 +55,11 @@ def actions(options: tuple[str, ...]) -> dict[int, str]:
                 optional[tag] = code
     resolved.update(optional)
     return resolved
+
+
+def removed_when_a_sequence(tag: int) -> bool:
+    """``X/Z`` on a sequence: removed rather than emptied."""
+    return basic_profile().get(tag) == "X/Z"
 
 
 def repeating_group_action(tag: int) -> str | None:
