@@ -20,8 +20,10 @@ from node.encode.sr import PROCEDURES
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names
 from node.ingest.dimse import SUCCESS, storage_sop_classes
 from node.ingest.intake import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
-from node.settings import NodeSection, Settings
+from node.research.table import EDITION
+from node.settings import DEID_OPTIONS, NodeSection, Settings
 
+_EDITION = EDITION.removeprefix("dicomfields_")
 RESULT_TRANSFER_SYNTAX = UID("1.2.840.10008.1.2.1")  # what highdicom writes for SEG, SR, SC
 
 
@@ -192,6 +194,20 @@ def statement(settings: Settings) -> str:
         "### 3.4 Coded terms of the installed models",
         "",
         *_table(["Model", "Label", "Category", "Type", "Version"], _codes(settings)),
+        "",
+        "### 3.5 De-identified copies (research export, PS3.15 Annex E)",
+        "",
+        "`ainode export` and a pipeline's `research` output write copies of received instances"
+        " and of the node's SEG and SR under the Basic Application Level Confidentiality "
+        "Profile with the options of the destination's profile (Table E.1-1 of DICOM "
+        f"{_EDITION}): keyed pseudonyms for UIDs and the patient, dates emptied or moved by a "
+        "per-patient offset, private attributes removed unless allow-listed, curves and "
+        "overlays removed; pixel data and transfer syntax unchanged. Patient Identity Removed "
+        "YES, De-identification Method (Code Sequence, CID 7050) and Longitudinal Temporal "
+        "Information Modified are set. Instances with Burned In Annotation YES are refused.",
+        "",
+        *_table(["Option", "Code (DCM)"], sorted(
+            (meaning, code) for code, meaning in DEID_OPTIONS.values())),
         "",
         "## 4 Character sets",
         "",

@@ -116,3 +116,36 @@ def test_every_test_docs_reliability_names_exists() -> None:
     for file, test in named:
         assert file in sources, file
         assert f"def {test}(" in sources[file], f"{file}::{test}"
+
+
+def _research_section() -> str:
+    return README.read_text().split("## Research export (de-identified)", 1)[1].split("\n## ")[0]
+
+
+def test_the_readme_research_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """The research snippet as written: a folder destination with its profile and options,
+    and a pipeline whose output kind research names it."""
+    from node.settings import load_settings
+
+    snippet = _research_section().split("<!-- research-config -->", 1)[1]
+    snippet = snippet.split("```yaml", 1)[1].split("```", 1)[0]
+    config = tmp_path / "node.yaml"
+    config.write_text(snippet)
+    settings = load_settings(config, environ={})
+    entry = settings.research[0]
+    assert entry.name == "lung-cohort" and entry.include_results and entry.crosswalk
+    assert "retain_institution_identity" in entry.all_options()
+    assert "clean_structured_content" in entry.all_options()
+    assert settings.pipelines[0].research == entry.name
+    assert "research" in settings.pipelines[0].outputs
+
+
+def test_the_readme_profiles_table_is_the_code() -> None:
+    from node.settings import DEID_PROFILES
+
+    table = _research_section().split("<!-- research-profiles -->", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[2:]]
+    documented = {name.strip().strip("`"): tuple(
+        o.strip() for o in options.split(",") if o.strip() not in ("", "none"))
+        for name, options in rows}
+    assert documented == DEID_PROFILES
