@@ -315,16 +315,20 @@ WHOLE_BODY = "wholeBody_ct_segmentation"
 
 
 @pytest.mark.slow
-def test_whole_body_bundle_low_resolution_imports_and_runs_like_the_bundle(
-    ct_volume: Volume, tmp_path: Path,
-) -> None:
+def test_whole_body_bundle_low_resolution_imports_and_runs_like_the_bundle(tmp_path: Path
+                                                                          ) -> None:
     """The 105-label SegResNet bundle in its 3 mm mode (``--override
     displayable_configs#highres=false``: its own switch, which also picks
     ``models/model_lowres.pt``), labels the built-in table lacks coded in a --codes file (local
     ``99AINODE`` codes here: a site would use SNOMED CT). NormalizeIntensity(nonzero),
     ScaleIntensity(-1, 1), gaussian blending with replicate padding, and argmax before a
-    nearest-neighbour Invertd: the node's label map equals the bundle's own inference."""
+    nearest-neighbour Invertd: the node's label map equals the bundle's own inference. On
+    60 of the CT's 134 slices (lung bases to kidneys' upper poles, 177 mm), which keeps the
+    comparison and a third of the time of two CPU runs of the network."""
     from node.bundles.codes import known_codes
+
+    files = ct_files()[40:100]
+    ct_volume = load_series(files)
 
     bundle = with_weights(WHOLE_BODY, tmp_path / "bundles", weights="model_lowres.pt")
     channels = json.loads((bundle / "configs" / "metadata.json").read_text())[
@@ -358,7 +362,7 @@ def test_whole_body_bundle_low_resolution_imports_and_runs_like_the_bundle(
     labels = run_model(ct_volume, spec, EmbeddedBackend())
     dicom_dir = tmp_path / "ct"
     dicom_dir.mkdir()
-    for path in ct_files():
+    for path in files:
         (dicom_dir / path.name).symlink_to(path)
     array, affine = run_bundle_inference(bundle, dicom_dir, tmp_path / "out",
                                          {"displayable_configs#highres": False})

@@ -5,7 +5,7 @@ acknowledged instance is in the spool, element for element as sent; every job en
 or failed with a reason, or superseded by a newer revision; and the PACS (a real Orthanc)
 holds exactly one copy of each result.
 
-8 trials under CI (``CI`` set: ``make test`` there; two per phase), 3 otherwise, and as many
+4 trials under CI (``CI`` set: ``make test`` there; one per phase), 3 otherwise, and as many
 as ``FAULT_TRIALS`` says when set (docs/reliability.md quotes a run of 20); the seed makes each
 trial's kill point the same on every run."""
 
@@ -38,7 +38,7 @@ from tests.radiographs import radiograph
 pytestmark = pytest.mark.integration
 
 SEED = 1129
-TRIALS = int(os.environ.get("FAULT_TRIALS") or (8 if os.environ.get("CI") else 3))
+TRIALS = int(os.environ.get("FAULT_TRIALS") or (4 if os.environ.get("CI") else 3))
 # a job ends done, failed (with its reason) or superseded (a film sent again after the kill
 # opened a new revision of its series, whose job replaces it)
 ENDED = ("done", "failed", "superseded")
