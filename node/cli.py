@@ -264,13 +264,7 @@ def status(
     settings = _settings(config)
     store = _open_existing_store(settings)
     try:
-        now = time.time()
-        received = [int(str(store.query("SELECT COUNT(*) FROM instances WHERE received_at>=?",
-                                        now - seconds)[0][0])) for seconds in (3600, 86400)]
-        checks = {"job store": readiness.check_store(store),
-                  "spool": readiness.check_spool(settings),
-                  "disk": readiness.check_disk(settings),
-                  "triton": readiness.check_triton(settings)}
+        seen = readiness.overview(settings, store, time.time())
         totals = store.totals()
         series = store.list_series(limit)
         queue = JobQueue(store)
@@ -281,18 +275,17 @@ def status(
         undelivered = [i for i in outbox.items(limit) if i[4] != "sent"]
     finally:
         store.close()
-    free = readiness.free_bytes(settings)
     overview = Table("received (1 h)", "received (24 h)", "jobs queued/running", "jobs failed",
                      "dead letters", "disk free", "backend", title="overview")
-    overview.add_row(str(received[0]), str(received[1]),
+    overview.add_row(str(seen.received_hour), str(seen.received_day),
                      str(job_counts["queued"] + job_counts["running"]), str(job_counts["failed"]),
                      str(sum(c.get("dead", 0) for c in deliveries.values())),
-                     f"{free / 2**30:.1f} GB (floor {settings.node.min_free_disk_mb} MB)",
-                     settings.inference.backend + (
-                         "" if settings.inference.backend != "triton"
-                         else (": ready" if checks["triton"] is None else ": NOT READY")))
+                     f"{readiness.bytes_text(seen.free_bytes)} "
+                     f"(floor {readiness.bytes_text(seen.floor_bytes)})",
+                     seen.backend + ("" if seen.backend != "triton"
+                                     else ": ready" if seen.backend_ready else ": NOT READY"))
     console.print(overview)
-    for name, why in checks.items():
+    for name, why in seen.checks.items():
         if why is not None:
             errors.print(f"[red]not ready: {name}: {why}[/red]", highlight=False)
     console.print(

@@ -56,14 +56,6 @@ def _when(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if count < 1024 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
-
-
 def _context(request: Request) -> WebContext:
     context: WebContext = request.app.state.context
     return context
@@ -107,31 +99,20 @@ async def login(request: Request) -> Response:
 @router.get("")
 def overview(request: Request) -> HTMLResponse:
     context = _context(request)
-    store, settings = context.store, context.settings
-    now = time.time()
-
-    def received_since(seconds: float) -> int:
-        return int(str(store.query("SELECT COUNT(*) FROM instances WHERE received_at>=?",
-                                   now - seconds)[0][0]))
-
-    checks = {"job store": readiness.check_store(store),
-              "spool": readiness.check_spool(settings), "disk": readiness.check_disk(settings)}
-    backend_state, backend_ok = "in-process", True
-    if settings.inference.backend == "triton":
-        checks["triton"] = readiness.check_triton(settings)
-        backend_ok = checks["triton"] is None
-        backend_state = "ready" if backend_ok else "not ready"
+    store = context.store
+    seen = readiness.overview(context.settings, store, time.time())
+    backend_state = ("in-process" if seen.backend != "triton"
+                     else "ready" if seen.backend_ready else "not ready")
     results = Outbox(store).by_destination()
-    free = readiness.free_bytes(settings)
-    floor = settings.node.min_free_disk_mb * 1024 * 1024
     return _page(request, "overview.html", "Overview", "/ui",
-                 received_hour=received_since(3600), received_day=received_since(86400),
+                 received_hour=seen.received_hour, received_day=seen.received_day,
                  totals=store.totals(), jobs=JobQueue(store).counts(), results=results,
                  result_states=outbox.STATES,
                  dead=sum(c.get(outbox.DEAD, 0) for c in results.values()),
-                 disk_free=_size(free), disk_floor=_size(floor), disk_low=free < floor,
-                 backend=settings.inference.backend, backend_state=backend_state,
-                 backend_ok=backend_ok, readiness=checks)
+                 disk_free=readiness.bytes_text(seen.free_bytes),
+                 disk_floor=readiness.bytes_text(seen.floor_bytes), disk_low=seen.disk_low,
+                 backend=seen.backend, backend_state=backend_state,
+                 backend_ok=seen.backend_ready, readiness=seen.checks)
 
 
 @router.get("/series")

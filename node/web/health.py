@@ -3,8 +3,6 @@ without authentication, for load balancers, Kubernetes probes and the container 
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -24,14 +22,7 @@ def readyz(request: Request) -> JSONResponse:
     """Job store reachable, spool writable, disk above ``node.min_free_disk_mb``, Triton ready
     (when it is the backend). 503 names each check that failed."""
     context: WebContext = request.app.state.context
-    checks: dict[str, Any] = {
-        "store": readiness.check_store(context.store),
-        "spool": readiness.check_spool(context.settings),
-        "disk": readiness.check_disk(context.settings),
-        "triton": readiness.check_triton(context.settings),
-    }
+    checks = readiness.checks(context.settings, context.store)
     failed = {name: why for name, why in checks.items() if why is not None}
-    body = {"ready": not failed, "failed": failed,
-            "checked": [name for name in checks
-                        if name != "triton" or context.settings.inference.backend == "triton"]}
+    body = {"ready": not failed, "failed": failed, "checked": list(checks)}
     return JSONResponse(body, status_code=503 if failed else 200)

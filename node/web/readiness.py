@@ -1,8 +1,10 @@
-"""What ``/readyz`` and the models list check: the job store, the spool, the disk, Triton."""
+"""What ``/readyz``, the dashboard's overview, ``ainode status`` and the models list check:
+the job store, the spool, the disk, Triton; and the overview they show."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from node.infer.backend import BackendUnavailable
@@ -69,6 +71,54 @@ def check_triton(settings: Settings) -> str | None:
     finally:
         backend.close()
     return None
+
+
+def checks(settings: Settings, store: JobStore) -> dict[str, str | None]:
+    """Each check by name, ``None`` when it passed; Triton only when it is the backend."""
+    found = {"store": check_store(store), "spool": check_spool(settings),
+             "disk": check_disk(settings)}
+    if settings.inference.backend == "triton":
+        found["triton"] = check_triton(settings)
+    return found
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the dashboard's overview and ``ainode status`` show first."""
+
+    received_hour: int
+    received_day: int
+    free_bytes: int
+    floor_bytes: int
+    backend: str
+    checks: dict[str, str | None]
+
+    @property
+    def backend_ready(self) -> bool:
+        return self.checks.get("triton") is None
+
+    @property
+    def disk_low(self) -> bool:
+        return self.free_bytes < self.floor_bytes
+
+
+def overview(settings: Settings, store: JobStore, now: float) -> Overview:
+    def received_since(seconds: float) -> int:
+        return int(str(store.query("SELECT COUNT(*) FROM instances WHERE received_at>=?",
+                                   now - seconds)[0][0]))
+
+    return Overview(received_since(3600), received_since(86400), free_bytes(settings),
+                    settings.node.min_free_disk_mb * 1024 * 1024, settings.inference.backend,
+                    checks(settings, store))
+
+
+def bytes_text(count: float) -> str:
+    """Bytes as a person reads them (``1.5 GB``)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
 
 
 def models(settings: Settings) -> list[dict[str, Any]]:
