@@ -375,15 +375,17 @@ class JobStore:
             ).fetchall()
         return [SeriesKey(uid, rev) for uid, rev in rows]
 
-    def list_series(self, limit: int = 100) -> list[SeriesSummary]:
-        """Most recently active revisions first."""
+    def list_series(self, limit: int = 100, state: SeriesState | None = None
+                    ) -> list[SeriesSummary]:
+        """Most recently active revisions first (only those in ``state`` when given)."""
+        where, parameters = ("WHERE state=? ", (state.value,)) if state is not None else ("", ())
         with self.reading() as db:
             rows = db.execute(
                 "SELECT series_uid, revision, study_uid, modality, calling_ae, state,"
                 " instance_count, duplicate_count, expected_count, first_at, last_at,"
-                " completed_at, completion_reason, route_state, route_detail FROM series"
-                " ORDER BY last_at DESC LIMIT ?",
-                (limit,),
+                " completed_at, completion_reason, route_state, route_detail FROM series "
+                + where + "ORDER BY last_at DESC LIMIT ?",
+                (*parameters, limit),
             ).fetchall()
         return [
             SeriesSummary(

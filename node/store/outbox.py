@@ -168,11 +168,14 @@ class Outbox:
             counts.setdefault(destination, dict.fromkeys(STATES, 0))[state] = count
         return counts
 
-    def items(self, limit: int = 100) -> list[tuple[int, str, str, str, str, int, str | None]]:
-        """(id, destination, kind, SOP Instance UID, state, attempts, error), newest first."""
+    def items(self, limit: int = 100, state: str | None = None
+              ) -> list[tuple[int, str, str, str, str, int, str | None]]:
+        """(id, destination, kind, SOP Instance UID, state, attempts, error), newest first;
+        only those in ``state`` when given."""
+        where, parameters = ("WHERE state=? ", (state,)) if state is not None else ("", ())
         with self._store.reading() as db:
             return db.execute(
-                "SELECT id, destination, kind, sop_instance_uid, state, attempts, error FROM outbox"
-                " ORDER BY id DESC LIMIT ?",
-                (limit,),
+                "SELECT id, destination, kind, sop_instance_uid, state, attempts, error"
+                " FROM outbox " + where + "ORDER BY id DESC LIMIT ?",
+                (*parameters, limit),
             ).fetchall()

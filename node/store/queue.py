@@ -221,12 +221,19 @@ class JobQueue:
                 " WHERE id=? AND state IN (?, ?)",
                 (JobState.CANCELLED, reason, now, job_id, QUEUED, RUNNING)).rowcount)
 
-    def jobs(self, limit: int = 100) -> list[JobSummary]:
+    def jobs(self, limit: int = 100, state: JobState | None = None,
+             pipeline: str | None = None) -> list[JobSummary]:
+        """Newest first; only those in ``state`` and of ``pipeline`` when given."""
+        conditions = [(f"{column}=?", value) for column, value in
+                      (("state", state.value if state else None), ("pipeline", pipeline))
+                      if value is not None]
+        where = ("WHERE " + " AND ".join(c for c, _ in conditions) + " ") if conditions else ""
         with self._store.reading() as db:
             rows = db.execute(
                 "SELECT id, series_uid, revision, pipeline, model, state, attempts, error,"
-                " result, updated_at, superseded_by FROM jobs ORDER BY id DESC LIMIT ?",
-                (limit,),
+                " result, updated_at, superseded_by FROM jobs " + where
+                + "ORDER BY id DESC LIMIT ?",
+                (*(v for _, v in conditions), limit),
             ).fetchall()
         return [
             JobSummary(

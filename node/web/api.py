@@ -60,7 +60,7 @@ def status(request: Request) -> dict[str, Any]:
 def list_series(request: Request, state: SeriesState | None = None,
                 limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Series newest first, receiving and complete, with how they were routed."""
-    rows = _context(request).store.list_series(limit)
+    rows = _context(request).store.list_series(limit, state)
     return [{
         "series_instance_uid": s.series_instance_uid, "revision": s.revision,
         "study_instance_uid": s.study_instance_uid, "modality": s.modality,
@@ -69,7 +69,7 @@ def list_series(request: Request, state: SeriesState | None = None,
         "first_received_at": s.first_received_at, "last_received_at": s.last_received_at,
         "completed_at": s.completed_at, "completion_reason": s.completion_reason,
         "route_state": s.route_state, "route_detail": s.route_detail,
-    } for s in rows if state is None or s.state == state]
+    } for s in rows]
 
 
 @router.post("/series/{series_uid}/complete", tags=["series"])
@@ -97,10 +97,7 @@ def _job(summary: Any) -> dict[str, Any]:
 def list_jobs(request: Request, state: JobState | None = None, pipeline: str | None = None,
               limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Jobs newest first with per-stage seconds; filter by state and pipeline."""
-    jobs = JobQueue(_context(request).store).jobs(limit if state is None else 10_000)
-    chosen = [j for j in jobs if (state is None or j.state == state)
-              and (pipeline is None or j.pipeline == pipeline)]
-    return [_job(j) for j in chosen[:limit]]
+    return [_job(j) for j in JobQueue(_context(request).store).jobs(limit, state, pipeline)]
 
 
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
@@ -123,11 +120,9 @@ def list_results(request: Request, state: str | None = None,
                  limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Result objects for delivery, newest first; ``state=dead`` lists dead letters with
     their reason."""
-    items = Outbox(_context(request).store).items(limit if state is None else 10_000)
-    rows = [{"id": i, "destination": d, "kind": k, "sop_instance_uid": u, "state": s,
-             "attempts": a, "error": e} for i, d, k, u, s, a, e in items
-            if state is None or s == state]
-    return rows[:limit]
+    items = Outbox(_context(request).store).items(limit, state)
+    return [{"id": i, "destination": d, "kind": k, "sop_instance_uid": u, "state": s,
+             "attempts": a, "error": e} for i, d, k, u, s, a, e in items]
 
 
 @router.post("/results/{item_id}/requeue", tags=["results"])

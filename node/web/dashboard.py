@@ -130,8 +130,8 @@ def jobs_page(request: Request) -> HTMLResponse:
 @router.get("/failures")
 def failures_page(request: Request) -> HTMLResponse:
     store = _context(request).store
-    failed = [j for j in JobQueue(store).jobs(10_000) if j.state == JobState.FAILED]
-    dead = [i for i in Outbox(store).items(10_000) if i[4] == outbox.DEAD]
+    failed = JobQueue(store).jobs(500, JobState.FAILED)
+    dead = Outbox(store).items(500, outbox.DEAD)
     return _page(request, "failures.html", "Failures", "/ui/failures", failed=failed[:200],
                  dead=dead[:200])
 

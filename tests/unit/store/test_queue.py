@@ -188,3 +188,35 @@ def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
         db.execute("INSERT INTO child VALUES (42)")  # fails only at COMMIT
     outcome = store.record_instance(_ref("1"), now=1)  # the next C-STORE is indexed
     assert outcome.instance_count == 1
+
+
+def test_listing_by_state_reaches_past_the_newest_rows(new_store: NewStore) -> None:
+    """A state filter is applied before the limit: an older receiving series, an older failed
+    job and an older dead letter are found behind newer rows of other states."""
+    from node.domain import CompletionReason, SeriesState
+
+    store = new_store()
+    store.record_instance(_ref("1.9.1", "9.1"), now=1)  # stays receiving
+    newer = store.record_instance(_ref("1.9.2", "9.2"), now=2).series
+    store.complete_series(newer, CompletionReason.QUIET, now=3)
+    assert [s.state for s in store.list_series(1)] == [SeriesState.COMPLETE]
+    (receiving,) = store.list_series(1, SeriesState.RECEIVING)
+    assert receiving.series_instance_uid == "9.1"
+
+    q = JobQueue(store)
+    q.enqueue(SeriesKey("9.1", 1), [("p", "m")], now=4)
+    old = q.claim(now=4, lease_s=60)
+    assert old is not None
+    q.fail(old, "model missing", now=5)
+    q.enqueue(SeriesKey("9.2", 1), [("p", "m"), ("other", "m")], now=6)
+    assert q.jobs(1)[0].state == JobState.QUEUED
+    assert [j.id for j in q.jobs(1, JobState.FAILED)] == [old.id]
+    assert [j.pipeline for j in q.jobs(5, JobState.QUEUED, "other")] == ["other"]
+
+    outbox = Outbox(store)
+    outbox.put(old.id, ResultToSend("PACS", "/r/a.dcm", "5.1", "seg", 0), now=6)
+    (item,) = outbox.items(1)
+    outbox.dead(item[0], "refused: 0xA900", now=7)
+    outbox.put(old.id, ResultToSend("PACS", "/r/b.dcm", "5.2", "sr", 0), now=8)
+    assert outbox.items(1)[0][4] == "queued"
+    assert [i[3] for i in outbox.items(1, "dead")] == ["5.1"]
