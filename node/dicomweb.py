@@ -11,7 +11,7 @@ from node.settings import Peer
 
 def client_for(peer: Peer, session: requests.Session, timeout_s: float) -> DICOMwebClient:
     """A client on ``session`` (the caller closes it) authenticated as the peer says."""
-    token, password = peer.secret("token"), peer.secret("password")
+    token, password = peer.secret_value("token"), peer.secret_value("password")
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
     elif peer.username:

@@ -197,7 +197,17 @@ class StoreSection(_Strict):
         return url
 
 
-class Peer(_Strict):
+class _WithSecrets(_Strict):
+    """A model whose secrets (``SecretStr`` fields) are read with :meth:`secret_value`."""
+
+    def secret_value(self, field_name: str) -> str | None:
+        """The secret's text (given, or read from its file or variable; for the client that
+        sends it only), or ``None``."""
+        value: SecretStr | None = getattr(self, field_name)
+        return value.get_secret_value() if value is not None else None
+
+
+class Peer(_WithSecrets):
     """A known application entity: may send to us, and may receive results.
 
     Results go by C-STORE, or by STOW-RS when ``dicomweb_url`` is set (HTTP basic auth with
@@ -238,11 +248,6 @@ class Peer(_Strict):
     def _resolve_secrets(self) -> Peer:
         return _resolve_secrets(self, ("password", "token"))
 
-    def secret(self, field_name: str) -> str | None:
-        """The plain value of ``password`` or ``token`` (for the HTTP client only)."""
-        value: SecretStr | None = getattr(self, field_name)
-        return value.get_secret_value() if value is not None else None
-
 
 def _resolve_secrets(model: _SecretsT, names: tuple[str, ...]) -> _SecretsT:
     """Each secret ``NAME`` given as itself, or read from ``NAME_file`` or the variable
@@ -268,7 +273,7 @@ def _resolve_secrets(model: _SecretsT, names: tuple[str, ...]) -> _SecretsT:
     return model
 
 
-class Notification(_Strict):
+class Notification(_WithSecrets):
     """Where urgent results (or every result, ``every_result``) are announced, durably
     through the outbox like results: a JSON ``webhook`` (signed with HMAC-SHA256 when a
     ``secret`` is set), a FHIR R4 server (``fhir``: its base URL; a DiagnosticReport with
@@ -312,10 +317,6 @@ class Notification(_Strict):
     def destination(self) -> str:
         """Its name in the outbox."""
         return NOTIFY_PREFIX + self.name
-
-    def secret_value(self, field_name: str) -> str | None:
-        value: SecretStr | None = getattr(self, field_name)
-        return value.get_secret_value() if value is not None else None
 
 
 class Research(_Strict):

@@ -103,8 +103,8 @@ def test_secrets_are_never_printed_and_can_come_from_files(tmp_path: Path) -> No
         f"     password_file: {secret_file}}}\n"
         "  - {name: PLAIN, ae_title: P, host: h, port: 3, username: u, password: pa55word}\n")
     settings = load_settings(config, environ={})
-    assert settings.peer("BASIC").secret("password") == "from-a-file"
-    assert settings.peer("WEB").secret("token") == "tok3n-in-yaml"
+    assert settings.peer("BASIC").secret_value("password") == "from-a-file"
+    assert settings.peer("WEB").secret_value("token") == "tok3n-in-yaml"
     printed = dump_settings(settings) + repr(settings) + str(settings.peer("PLAIN"))
     assert not {"from-a-file", "tok3n-in-yaml", "pa55word"} & set(printed.split())
     assert "from-a-file" not in printed and "tok3n" not in printed and "pa55" not in printed
@@ -135,7 +135,7 @@ def test_a_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
         load_settings(config, environ={})
     monkeypatch.setenv("PACS_TOKEN", "t0ken-from-env")
     settings = load_settings(config, environ={})
-    assert settings.peer("A").secret("token") == "t0ken-from-env"
+    assert settings.peer("A").secret_value("token") == "t0ken-from-env"
     assert "t0ken" not in repr(settings)
 
 
