@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 from ingest import make_copies, peak_rss_mb, process_tree  # bench/ingest.py
-from ports import free_port, wait_port  # bench/ports.py
+from ports import free_port, serving  # bench/ports.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,16 +63,10 @@ def orthanc(work: Path) -> Iterator[tuple[int, int]]:
         "HttpPort": http_port, "DicomPort": pacs_port, "DicomAet": "ORTHANC",
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "DicomAlwaysAllowStore": True}))
-    with open(work / "orthanc.log", "wb") as log:
-        pacs = subprocess.Popen(["/usr/sbin/Orthanc", str(work / "orthanc.json")], stdout=log,
-                                stderr=subprocess.STDOUT, env=ENV)
-    try:
-        wait_port(pacs_port, 30)
-        wait_port(http_port, 30)
+    with open(work / "orthanc.log", "wb") as log, serving(
+            ["/usr/sbin/Orthanc", str(work / "orthanc.json")], [pacs_port, http_port], ENV, log,
+            timeout_s=30, stop_timeout_s=30):
         yield pacs_port, http_port
-    finally:
-        pacs.terminate()
-        pacs.wait(timeout=30)
 
 
 def results_per_study(http_port: int) -> dict[str, dict[str, int]]:
@@ -113,11 +107,9 @@ def one_run(work: Path, batches: list[list[Path]], studies: int, workers: int,
         if store_url:
             config["store"] = {"url": store_url}
         (work / "node.yaml").write_text(yaml.safe_dump(config))
-        node = subprocess.Popen([str(Path(sys.executable).parent / "ainode"), "serve",
-                                 "--config", str(work / "node.yaml"), "--log-level", "warning"],
-                                env=ENV)
-        try:
-            wait_port(node_port, 60)
+        with serving([str(Path(sys.executable).parent / "ainode"), "serve", "--config",
+                      str(work / "node.yaml"), "--log-level", "warning"], [node_port], ENV,
+                     log=None) as node:
             started = time.time()
             senders = [subprocess.Popen(
                 ["/usr/bin/storescu", "-v", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
@@ -155,9 +147,6 @@ def one_run(work: Path, batches: list[list[Path]], studies: int, workers: int,
                 "SELECT COALESCE(SUM(s.instance_count), 0) FROM series s WHERE EXISTS (SELECT 1"
                 " FROM jobs j WHERE j.series_uid = s.series_uid AND j.state = 'done')")
             failed = _query(store_url, db_file, "SELECT error FROM jobs WHERE state='failed'")
-        finally:
-            node.terminate()
-            node.wait(timeout=120)
         per_study = results_per_study(http_port)
     duplicates = sum(max(0, count - 1) for kinds in per_study.values()
                      for count in kinds.values())

@@ -4,8 +4,12 @@ and by the tests as ``bench.ports``)."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -34,3 +38,19 @@ def listening_sockets(port: int) -> int:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 count += 1
     return count
+
+
+@contextmanager
+def serving(command: list[str], ports: list[int], env: Mapping[str, str],
+            log: IO[bytes] | int | None = subprocess.DEVNULL, timeout_s: float = 60,
+            stop_timeout_s: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (ainode serve, Orthanc) started, listening on each of ``ports``, and
+    terminated on leaving. ``log``: where its output goes (``None``: this process's)."""
+    proc = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for port in ports:
+            wait_port(port, timeout_s)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=stop_timeout_s)

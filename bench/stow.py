@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from ports import free_port, wait_port  # bench/ports.py
+from ports import free_port, serving  # bench/ports.py
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = ROOT.parent / "shared" / "data" / "ct-abdomen"
@@ -67,16 +67,11 @@ def ainode(work: Path) -> Iterator[tuple[int, int]]:
         "peers": [{"name": "MODALITY", "ae_title": "STORESCU", "host": "127.0.0.1",
                    "port": 11113}],
         "series": {"quiet_seconds": 60}}))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ainode"), "serve", "--config",
-                             str(config), "--log-level", "warning"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, 60)
-        wait_port(http_port, 60)
-        yield port, http_port
+        with serving([str(Path(sys.executable).parent / "ainode"), "serve", "--config",
+                      str(config), "--log-level", "warning"], [port, http_port], ENV):
+            yield port, http_port
     finally:
-        proc.terminate()
-        proc.wait()
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -90,14 +85,10 @@ def orthanc(work: Path) -> Iterator[int]:
         "HttpPort": http_port, "DicomPort": free_port(), "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False, "Plugins": [DICOMWEB_PLUGIN],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}))
-    proc = subprocess.Popen([ORTHANC, str(config)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     try:
-        wait_port(http_port, 30)
-        yield http_port
+        with serving([ORTHANC, str(config)], [http_port], ENV, timeout_s=30):
+            yield http_port
     finally:
-        proc.terminate()
-        proc.wait()
         shutil.rmtree(storage, ignore_errors=True)
 
 
