@@ -105,7 +105,8 @@ class Exporter:
 
     def export(self, name: str, study_uids: list[str], profile: str | None = None,
                actor: str = "node", series_uid: str | None = None,
-               on_progress: Callable[[str], None] | None = None) -> ExportReport:
+               on_progress: Callable[[str], None] | None = None,
+               address: str = "") -> ExportReport:
         """Export ``study_uids`` (one series of the first when ``series_uid``) to the research
         entry ``name``; raises :class:`ExportError` before writing anything when it cannot
         start, :class:`DestinationFailed` when a peer did not take the files."""
@@ -136,7 +137,7 @@ class Exporter:
                     on_progress(study_uid)
             if research.path is None and written:
                 self._send(research, written)
-        self._audit(research, report, actor)
+        self._audit(research, report, actor, address)
         return report
 
     def _staging_root(self) -> Path:
@@ -237,13 +238,14 @@ class Exporter:
                            " created_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                            (research.name, kind, pseudonym, original_value, now))
 
-    def _audit(self, research: Research, report: ExportReport, actor: str) -> None:
+    def _audit(self, research: Research, report: ExportReport, actor: str, address: str
+               ) -> None:
         where = str(research.path) if research.path is not None else f"peer {research.peer}"
         detail = (f"{len(report.exported)} study(ies), {report.files} file(s) to research "
                   f"{research.name} ({where}); {len(report.refused)} refused, "
                   f"{len(report.failed)} failed")
         studies = [*report.exported, *report.refused]
-        self._store.audit(actor, "research export", detail, self._clock(),
+        self._store.audit(actor, "research export", detail, self._clock(), address=address,
                           objects=[("study", uid) for uid in studies],
                           outcome=0 if report.ok else 4)
 

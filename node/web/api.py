@@ -184,3 +184,38 @@ def run_study(request: Request, study_uid: str, body: RunRequest) -> dict[str, A
                         objects=[("study", study_uid)])
     return {"study_instance_uid": study_uid, "from": peer.name, "method": result.method,
             "stored": result.stored, "failed": result.failed, "seconds": result.seconds}
+
+
+# -- research export -----------------------------------------------------------------------
+class ExportRequest(BaseModel):
+    to: str = Field(description="the research[] entry")
+    profile: str | None = Field(None, description="instead of the entry's profile")
+
+
+@router.post("/studies/{study_uid}/export", tags=["studies"])
+def export_study(request: Request, study_uid: str, body: ExportRequest) -> dict[str, Any]:
+    """De-identify a study the node keeps (PS3.15 Annex E, keyed pseudonyms) to a research
+    destination, as ``ainode export`` does (audited with the caller). 404: no such entry or
+    study; 409: the export cannot start (no key); 422: the study was refused (burned-in
+    annotation); 502: the research peer did not take it."""
+    from node.research.export import DestinationFailed, Exporter, ExportError
+
+    context = _context(request)
+    settings = context.peers.settings()
+    if settings.research_destination(body.to) is None:
+        raise HTTPException(404, f"no research entry named {body.to!r}")
+    who, address = actor(request)
+    try:
+        report = Exporter(settings, context.store, context.clock).export(
+            body.to, [study_uid], body.profile, actor=who, address=address)
+    except ExportError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except DestinationFailed as exc:
+        raise HTTPException(502, str(exc)) from exc
+    if study_uid in report.refused:
+        raise HTTPException(422, report.refused[study_uid])
+    if study_uid in report.failed:
+        raise HTTPException(404, report.failed[study_uid])
+    return {"study_instance_uid": study_uid, "to": body.to,
+            "pseudonym": report.exported.get(study_uid), "files": report.files,
+            "failed": report.failed, "left_out": report.left_out}

@@ -22,8 +22,10 @@ from node.web.context import WebContext
 TOKEN = "s3cret-token-for-tests"
 
 
-def settings_for(tmp_path: Path, **node: Any) -> Settings:
+def settings_for(tmp_path: Path, research: list[dict[str, Any]] | None = None,
+                 **node: Any) -> Settings:
     return Settings.model_validate({
+        "research": research or [],
         "node": {"data_dir": str(tmp_path / "var"), "min_free_disk_mb": 1, **node},
         "peers": [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242},
                   {"name": "CT", "ae_title": "CTSCAN", "host": "127.0.0.1", "port": 104}],
@@ -36,8 +38,9 @@ def settings_for(tmp_path: Path, **node: Any) -> Settings:
 def make_client(tmp_path: Path) -> Iterator[Callable[..., tuple[TestClient, WebContext]]]:
     stores: list[JobStore] = []
 
-    def make(**node: Any) -> tuple[TestClient, WebContext]:
-        settings = settings_for(tmp_path, **node)
+    def make(research: list[dict[str, Any]] | None = None, **node: Any
+             ) -> tuple[TestClient, WebContext]:
+        settings = settings_for(tmp_path, research, **node)
         settings.node.data_dir.mkdir(parents=True, exist_ok=True)
         store = JobStore(settings.node.data_dir / "jobs.sqlite3")
         stores.append(store)
