@@ -192,9 +192,11 @@ class Exporter:
 
     @staticmethod
     def _write(root: Path, dataset: Dataset) -> Path:
-        """``root/STUDY/SERIES/SOP.dcm`` under the pseudonyms, written atomically."""
-        target = (root / str(dataset.StudyInstanceUID) / str(dataset.SeriesInstanceUID)
-                  / f"{dataset.SOPInstanceUID}.dcm")
+        """``root/STUDY/SERIES/SOP.dcm`` under the pseudonyms (UIDs kept by retain_uids as
+        safe names only), written atomically."""
+        target = (root / path_component(str(dataset.StudyInstanceUID))
+                  / path_component(str(dataset.SeriesInstanceUID))
+                  / f"{path_component(str(dataset.SOPInstanceUID))}.dcm")
         target.parent.mkdir(parents=True, exist_ok=True)
         _even_fragments(dataset)
         write_atomically(target, lambda handle: dataset.save_as(handle, enforce_file_format=True))
