@@ -138,7 +138,8 @@ class Node:
             self._web = self._web_server(policy, clock)
 
     def _web_server(self, policy: CompletionPolicy, clock: Callable[[], float]) -> Any:
-        """The HTTP server; its STOW-RS input keeps instances as the receiver does."""
+        """The HTTP server; its STOW-RS input and on-demand retrieves keep instances as the
+        receiver does (counted by transport)."""
         from node.ingest.intake import Intake
         from node.ingest.stow import StowReceiver
         from node.web.context import WebContext
@@ -147,13 +148,18 @@ class Node:
         settings = self.settings
         assembler = (self.assembler if "receiver" in self.roles
                      else SeriesAssembler(self.store, policy, clock))
-        intake = Intake(self.spool, self.store.record_instance, assembler.instance_recorded,
-                        clock, min_free_mb=settings.node.min_free_disk_mb, transport="stow")
-        stow = StowReceiver(intake, settings.node.ae_title, settings.node.max_instance_mb,
+        def intake(transport: str) -> Intake:
+            return Intake(self.spool, self.store.record_instance, assembler.instance_recorded,
+                          clock, min_free_mb=settings.node.min_free_disk_mb,
+                          transport=transport)
+
+        stow = StowReceiver(intake("stow"), settings.node.ae_title,
+                            settings.node.max_instance_mb,
                             on_end=lambda batch, released: assembler.association_ended(
                                 batch, released=released))
+        # studies retrieved on demand through the API count as retrieved, as `ainode run`'s
         return WebServer(WebContext(settings, self.store, self.peers, stow, clock=clock,
-                                    intake=intake))
+                                    intake=intake("retrieve")))
 
     def _wake_sender(self) -> None:
         if self.delivery is not None:

@@ -73,6 +73,11 @@ def test_studies_retrieved_by_get_move_and_wado_are_routed_as_if_pushed(
                                {"from": "PACS"})
         assert status == 200, answer
         assert (answer["method"], answer["stored"], answer["failed"]) == ("get", 3, {})
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics",
+                                    timeout=30) as response:
+            metrics = response.read().decode()
+        assert 'ainode_instances_received_total{transport="retrieve"} 3.0' in metrics
+        assert 'ainode_instances_received_total{transport="stow"}' not in metrics
 
         config = str(node.config_path)
         ainode = str(Path(sys.executable).parent / "ainode")
