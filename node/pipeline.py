@@ -213,7 +213,13 @@ class Orchestrator:
             self._retry_or_fail(job, exc)
         else:
             now = self._clock()
-            deliveries = self._addressed(job, result)
+            try:
+                deliveries = self._addressed(job, result)
+            except Exception as exc:  # the store unreadable: a retry with its reason
+                log.warning("job %d (%s): results not addressed (%s)", job.id, job.pipeline,
+                            exc.__class__.__name__)
+                self._retry_or_fail(job, exc)
+                return
 
             def queue_deliveries(db: Connection) -> None:
                 for item in deliveries:
