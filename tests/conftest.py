@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,30 @@ class NodeProcess:
 
     def stored_files(self) -> list[Path]:
         return sorted((self.data_dir / "spool").glob("*/*/*.dcm"))
+
+
+def http_call(port: int, path: str, body: Any = None, method: str | None = None,
+              token: str | None = None, content_type: str = "application/json",
+              timeout: float = 120) -> tuple[int, Any]:
+    """One request to the node's web role on loopback: (status, JSON or text). ``body``:
+    bytes as they are, anything else as JSON; POST when there is one, else GET."""
+    data = body if isinstance(body, bytes) else (
+        json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     method=method or ("POST" if data is not None else "GET"),
+                                     headers={"Content-Type": content_type})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload, status = response.read(), response.status
+    except urllib.error.HTTPError as error:
+        payload, status = error.read(), error.code
+    text = payload.decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
 
 
 def write_config(path: Path, port: int, data_dir: Path, **sections: Any) -> None:

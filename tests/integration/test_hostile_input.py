@@ -6,12 +6,9 @@ every run."""
 
 from __future__ import annotations
 
-import json
 import random
 import struct
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from tests.conftest import (
     STORESCU,
     NodeProcess,
     ct_files,
+    http_call,
     require,
     send_raw,
     storescu,
@@ -224,14 +222,7 @@ def test_generated_datasets_get_a_status_and_nothing_acknowledged_is_lost(
 
 
 def _stow(node: NodeProcess, body: bytes, content_type: str) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}/dicomweb/studies",
-                                     data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return http_call(node.http_port, "/dicomweb/studies", body, content_type=content_type)
 
 
 def test_stow_rs_mutated_files_and_broken_bodies_get_reasons_and_nothing_is_lost(

@@ -4,7 +4,6 @@ routed as if pushed (a radiograph's job runs)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +19,7 @@ from tests.conftest import (
     NodeProcess,
     ct_files,
     free_port,
+    http_call,
     start_orthanc,
     wait_for,
     wait_port,
@@ -30,14 +30,7 @@ pytestmark = pytest.mark.integration
 
 
 def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return http_call(port, path, body, timeout=300)
 
 
 def _study(path: Path) -> str:

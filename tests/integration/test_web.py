@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pydicom
@@ -20,6 +18,7 @@ from tests.conftest import (
     NodeProcess,
     ct_files,
     free_port,
+    http_call,
     require,
     start_orthanc,
     storescu,
@@ -34,24 +33,7 @@ STORESCP = "/usr/bin/storescp"
 
 def http(node: NodeProcess, path: str, body: Any = None, method: str | None = None,
          token: str | None = TOKEN) -> tuple[int, Any]:
-    port = node.overrides["http_port"]
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                     method=method or ("POST" if data is not None else "GET"))
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            payload = response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        payload, status = error.read(), error.code
-    text = payload.decode()
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
+    return http_call(node.overrides["http_port"], path, body, method, token, timeout=60)
 
 
 def echo(node: NodeProcess, calling: str) -> int:
