@@ -209,6 +209,25 @@ def storescu(node: NodeProcess, *files: Path | str, calling: str = "STORESCU",
     return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout)
 
 
+def storescu_acknowledged(node: NodeProcess, files: list[Path], timeout: float = 60
+                          ) -> Iterator[Path]:
+    """Real dcmtk storescu sending ``files``: yields each file as its success response
+    arrives (the caller may kill the node meanwhile: storescu then ends on its own)."""
+    current = None
+    with subprocess.Popen(
+        [STORESCU, "-v", "-aet", "STORESCU", "-aec", node.ae_title, "127.0.0.1",
+         str(node.port), *map(str, files)],
+        env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as sender:
+        assert sender.stdout is not None
+        for line in sender.stdout:
+            if line.startswith("I: Sending file: "):
+                current = Path(line.removeprefix("I: Sending file: ").strip())
+            elif "Received Store Response (Success)" in line and current is not None:
+                yield current
+        sender.wait(timeout=timeout)
+
+
 def ct_files() -> list[Path]:
     files = sorted(CT_DIR.glob("*.dcm"))
     assert len(files) == 134, "the shared CT has 134 slices"

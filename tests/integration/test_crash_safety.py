@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
 import pydicom
 import pytest
 
-from tests.conftest import DCMTK_ENV, STORESCU, ct_files, require, wait_for
+from tests.conftest import STORESCU, ct_files, require, storescu_acknowledged, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -16,32 +16,13 @@ def test_acknowledged_instances_survive_sigkill(node_factory) -> None:  # type: 
     require(STORESCU)
     node = node_factory(series={"quiet_seconds": 1}).start()
     files = ct_files()
-    lines: list[str] = []
-    acknowledged = 0
-    with subprocess.Popen(
-        [STORESCU, "-v", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1", str(node.port),
-         *map(str, files)],
-        env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    ) as sender:
-        assert sender.stdout is not None
-        for line in sender.stdout:
-            lines.append(line)
-            if "Received Store Response (Success)" in line:
-                acknowledged += 1
-                if acknowledged == 40:
-                    node.kill()  # SIGKILL, mid-association
-                    break
-        lines.extend(sender.stdout)
-        sender.wait(timeout=30)
+    acked_files: list[Path] = []
+    for sent in storescu_acknowledged(node, files, timeout=30):
+        acked_files.append(sent)
+        if len(acked_files) == 40:
+            node.kill()  # SIGKILL, mid-association
     assert not node.alive
 
-    acked_files = []
-    current = None
-    for line in lines:
-        if line.startswith("I: Sending file: "):
-            current = line.removeprefix("I: Sending file: ").strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked_files.append(current)
     assert len(acked_files) >= 40
     assert len(acked_files) < len(files), "the kill must interrupt the transfer"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,13 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import (
-    DCMTK_ENV,
     ROOT,
     STORESCU,
     ct_files,
     free_port,
     require,
     start_orthanc,
+    storescu_acknowledged,
     wait_for,
 )
 from tests.radiographs import radiograph
@@ -62,27 +61,16 @@ class Trial:
     def send(self, node: Any, kill_after: int | None = None) -> None:
         """storescu every file not acknowledged yet (as a PACS retries what failed); with
         ``kill_after``, SIGKILL the node after that many acknowledgements."""
-        current = None
         done = set(self.acknowledged.values())
         waiting = [f for f in self.files if f not in done]
         if not waiting:
             return
-        with subprocess.Popen(
-            [STORESCU, "-v", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1", str(node.port),
-             *map(str, waiting)],
-            env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ) as sender:
-            assert sender.stdout is not None
-            for line in sender.stdout:
-                if line.startswith("I: Sending file: "):
-                    current = Path(line.removeprefix("I: Sending file: ").strip())
-                elif "Received Store Response (Success)" in line and current is not None:
-                    uid = str(pydicom.dcmread(current, stop_before_pixels=True).SOPInstanceUID)
-                    self.acknowledged[uid] = current
-                    if kill_after is not None and len(self.acknowledged) >= kill_after:
-                        node.kill()
-                        kill_after = None
-            sender.wait(timeout=60)
+        for current in storescu_acknowledged(node, waiting):
+            uid = str(pydicom.dcmread(current, stop_before_pixels=True).SOPInstanceUID)
+            self.acknowledged[uid] = current
+            if kill_after is not None and len(self.acknowledged) >= kill_after:
+                node.kill()
+                kill_after = None
 
 
 def _kill_during(node: Any, trial: Trial) -> bool:
