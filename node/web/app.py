@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from node import __version__
 from node.web import api, dashboard, dicomweb, health, metrics, peers
 from node.web.auth import require_token
 from node.web.context import WebContext
+
+# Swagger UI's script and style, shipped by fastapi-offline: /docs works on a hospital network
+# without the internet (FastAPI's default loads them from a CDN)
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
+DOCS_STATIC = "/docs-static"
 
 
 def create_app(context: WebContext) -> FastAPI:
@@ -35,7 +44,13 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_token)])
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="ainode API")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="ainode API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium (Playwright, the system's chromium) against a real
 ``ainode serve``: sign in with the token, add a peer through the form and echo it (a real
-dcmtk storescp), retry a failed job and see it run again to done. Screenshots go to
+dcmtk storescp), retry a failed job and see it run again to done, read the API in Swagger UI
+served by the node itself. Screenshots go to
 $VIEWER_ARTIFACTS (a temporary directory otherwise)."""
 
 from __future__ import annotations
@@ -126,6 +127,16 @@ def test_dashboard_adds_and_echoes_a_peer_and_retries_a_failed_job(
             expect(done).to_have_attribute("data-state", "done")
             expect(done.locator("td").nth(8)).to_contain_text(" s")  # inference timed
             page.screenshot(path=str(artifacts / "dashboard-jobs.png"), full_page=True)
+
+            # the API's description in Swagger UI, with the sign-in's cookie and nothing
+            # from outside this node (a hospital network has no CDN)
+            outside: list[str] = []
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                base) else (outside.append(route.request.url), route.abort()))
+            page.goto(f"{base}/docs")
+            expect(page.locator('.opblock-summary-path[data-path="/api/series"]')
+                   ).to_be_visible()
+            assert not outside, outside
         finally:
             browser.close()
     assert node.query("SELECT attempts FROM jobs") == [(1,)]  # fresh attempts after retry

@@ -4,6 +4,7 @@ the admin API, peers managed live, STOW-RS in."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,16 @@ def test_openapi_lists_the_admin_api(make_client: Any) -> None:
     for path in ("/api/series", "/api/jobs/{job_id}/retry", "/api/jobs/{job_id}/cancel",
                  "/api/results/{item_id}/requeue", "/api/peers", "/api/peers/{name}/echo",
                  "/api/models", "/api/pipelines", "/api/audit", "/dicomweb/studies",
-                 "/healthz", "/readyz", "/metrics"):
+                 "/healthz", "/readyz", "/metrics", "/api/studies/{study_uid}/export"):
         assert path in paths, path
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Swagger UI from the node itself, not a CDN: every script and style it names is served
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.text)
+    assert len(assets) == 2 and all(a.startswith("/docs-static/") for a in assets), assets
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 100_000, asset
 
 
 def _readme_section(title: str) -> str:
