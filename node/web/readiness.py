@@ -38,7 +38,12 @@ def check_spool(settings: Settings) -> str | None:
 
 
 def free_bytes(settings: Settings) -> int:
-    return shutil.disk_usage(settings.node.data_dir).free
+    """Free space where the data directory is (or will be: its nearest existing parent, for
+    a node that has not run yet on a PostgreSQL store)."""
+    folder = settings.node.data_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def check_disk(settings: Settings) -> str | None:
