@@ -71,6 +71,9 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
+SEND_BUFFER_BYTES = 64 * 1024  # per accepted connection (the SCP's answers)
+
+
 @dataclass
 class _AssociationStats:
     calling_ae: str
@@ -329,6 +332,11 @@ class _StorageServer(ThreadedAssociationServer):
         # a header (or garbage that reads as one) and stops would hold this connection, its
         # threads and an association slot forever. A stall of network_timeout_s ends it.
         request.settimeout(self.network_timeout_s)
+        # The SCP only answers (C-STORE-RSP, C-ECHO-RSP: a few hundred bytes each), so a
+        # small send buffer costs nothing; it bounds how many answers a caller that never
+        # reads can leave queued before a send stalls and network_timeout_s ends the
+        # association (the kernel's default grows to megabytes: minutes of answers).
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         if isinstance(request, ssl.SSLSocket):
             try:
                 tls.handshake(request, self.handshake_timeout_s)
