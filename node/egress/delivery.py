@@ -130,14 +130,13 @@ class Delivery:
         outcomes: dict[str, str] = {}
         for item in items:
             series_uid = item.sop_instance_uid
-            rows = self._outbox.store.query(
-                "SELECT study_uid FROM series WHERE series_uid=? ORDER BY revision DESC LIMIT 1",
-                series_uid)
-            if not rows:
+            study = [uid for kind, uid in self._outbox.store.series_objects(series_uid)
+                     if kind == "study"]
+            if not study:
                 outcomes[item.path] = "refused: the series is no longer kept"
                 continue
             try:
-                report = exporter.export(name, [str(rows[0][0])], series_uid=series_uid)
+                report = exporter.export(name, study, series_uid=series_uid)
             except ExportError as exc:
                 outcomes[item.path] = f"refused: {exc}"
                 continue

@@ -179,6 +179,11 @@ class _Walker:
             else:
                 self._apply(dataset, element, action)
 
+    def _walk_items(self, element: DataElement) -> None:
+        """A sequence kept: each of its items processed in turn."""
+        for item in element.value:
+            self.walk(item)
+
     def _private_kept(self, dataset: Dataset, tag: BaseTag) -> bool:
         if tag.is_private_creator:
             creator = str(dataset[tag].value)
@@ -193,8 +198,7 @@ class _Walker:
     def _unlisted(self, element: DataElement) -> None:
         """Not in Table E.1-1: kept; its sequences recursed, its text scrubbed."""
         if element.VR == "SQ":
-            for item in element.value:
-                self.walk(item)
+            self._walk_items(element)
         elif element.VR in _TEXT_VRS:
             self._clean_text(element)
 
@@ -203,8 +207,7 @@ class _Walker:
             del dataset[element.tag]
         elif action == table.KEEP:
             if element.VR == "SQ":
-                for item in element.value:
-                    self.walk(item)
+                self._walk_items(element)
         elif action == table.EMPTY:
             if element.VR != "SQ":
                 element.value = None
@@ -221,8 +224,7 @@ class _Walker:
 
     def _uid(self, element: DataElement) -> None:
         if element.VR == "SQ":  # X/Z/U*: the references kept, their UIDs replaced
-            for item in element.value:
-                self.walk(item)
+            self._walk_items(element)
         elif element.VR == "UI":
             element.value = self._map(element.value, self.pseudonyms.uid)
         else:
@@ -231,8 +233,7 @@ class _Walker:
     def _dummy(self, element: DataElement) -> None:
         vr = element.VR
         if vr == "SQ":
-            for item in element.value:
-                self.walk(item)
+            self._walk_items(element)
         elif vr == "UI":
             element.value = self._map(element.value, self.pseudonyms.uid)
         elif vr == "DA":
@@ -255,8 +256,7 @@ class _Walker:
     def _clean(self, element: DataElement) -> None:
         vr = element.VR
         if vr == "SQ":
-            for item in element.value:
-                self.walk(item)
+            self._walk_items(element)
         elif vr == "DA":
             element.value = self._map(element.value, lambda v: shift_date(v, self._offset))
         elif vr == "DT":
