@@ -166,7 +166,10 @@ class Supervisor:
                 log.error("%s process did not stop in time: killed", role.name)
                 role.process.kill()
                 code = role.process.wait()
-            if code != 0:
+            if code == -signal.SIGTERM:  # ended by the stop signal itself: still starting,
+                # before its handler was installed; it stopped as asked (nothing was in flight)
+                log.info("%s process ended by the stop signal while starting", role.name)
+            elif code != 0:
                 log.error("%s process stopped with status %d", role.name, code)
                 status = 1
         log.info("all roles stopped")
