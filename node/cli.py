@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from node import __version__, logs
 from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, SPOOL_DIR, Node, open_store
@@ -51,8 +52,16 @@ peers_app = typer.Typer(
     "at its next association, no restart).", no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
 # Wide when piped (logs, scripts), so UIDs in tables are never cut.
-console = Console() if sys.stdout.isatty() else Console(width=220)
-errors = Console(stderr=True)
+class _MaskingConsole(Console):
+    """A console that never prints a URL's credentials (:func:`logs.mask_credentials`)."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*(logs.mask_credentials(o) if isinstance(o, str) else o
+                        for o in objects), **options)
+
+
+console = _MaskingConsole() if sys.stdout.isatty() else _MaskingConsole(width=220)
+errors = _MaskingConsole(stderr=True)
 
 DEFAULT_CONFIG = Path("config/node.yaml")
 ConfigOption = Annotated[
@@ -240,7 +249,7 @@ def send(
             raise typer.Exit(1) from exc
     table = Table("status", "files", title=f"sent {len(files)} file(s) to {to}")
     for status, count in sorted(report.summary.items()):
-        table.add_row(status, str(count))
+        _row(table, status, str(count))
     console.print(table)
     if report.failed:
         raise typer.Exit(1)
@@ -277,7 +286,7 @@ def status(
         store.close()
     overview = Table("received (1 h)", "received (24 h)", "jobs queued/running", "jobs failed",
                      "dead letters", "disk free", "backend", title="overview")
-    overview.add_row(str(seen.received_hour), str(seen.received_day),
+    _row(overview, str(seen.received_hour), str(seen.received_day),
                      str(job_counts["queued"] + job_counts["running"]), str(job_counts["failed"]),
                      str(sum(c.get("dead", 0) for c in deliveries.values())),
                      f"{readiness.bytes_text(seen.free_bytes)} "
@@ -305,7 +314,7 @@ def status(
         "routing",
     )
     for s in series:
-        table.add_row(
+        _row(table,
             s.series_instance_uid,
             str(s.revision),
             s.modality,
@@ -331,7 +340,7 @@ def status(
             )
             if job.superseded_by:
                 detail = f"superseded by revision {job.superseded_by}; {detail}"
-            job_table.add_row(
+            _row(job_table,
                 str(job.id),
                 job.series_instance_uid,
                 str(job.revision),
@@ -349,10 +358,17 @@ def status(
             + "  ".join(f"{state} {count}" for state, count in counts.items())
         )
     for item_id, destination, kind, uid, state, attempts, error in undelivered:
-        console.print(
+        console.print(Text(logs.printable(logs.mask_credentials(
             f"  result {item_id}: {destination} {kind} {uid}: {state} after {attempts}"
-            f" attempt(s){': ' + error if error else ''}"
-        )
+            f" attempt(s){': ' + error if error else ''}"))))
+
+
+def _row(table: Table, *values: object) -> None:
+    """A table row whose cells are shown as text: control characters escaped (a name cannot
+    move the cursor or fake a line), no rich markup, credentials in URLs masked."""
+    table.add_row(*(value if isinstance(value, Text) else
+                    Text(logs.printable(logs.mask_credentials(str(value))))
+                    for value in values))
 
 
 def parse_since(text: str, now: float) -> float:
@@ -386,7 +402,7 @@ def audit(
     table = Table("when", "who", "from", "what", "outcome", "detail",
                   title=f"audit trail since {_when(start)}")
     for line in lines:
-        table.add_row(_when(line.at), line.actor, line.address or "-", line.action,
+        _row(table, _when(line.at), line.actor, line.address or "-", line.action,
                       OUTCOME_NAMES.get(line.outcome, str(line.outcome)), line.detail)
     console.print(table)
 
@@ -469,10 +485,10 @@ def models_check(config: ConfigOption = None) -> None:
         try:
             spec = load_model_spec(settings.inference.model_repository, name)
             backend.check(spec)
-            table.add_row(name, spec.version, backend.name, "ready")
+            _row(table, name, spec.version, backend.name, "ready")
         except (ModelNotFound, ModelConfigError, BackendUnavailable) as exc:
             failed += 1
-            table.add_row(name, "-", backend.name, f"[red]{exc}[/red]")
+            _row(table, name, "-", backend.name, Text(logs.printable(str(exc)), style="red"))
     backend.close()
     console.print(table)
     if failed:
@@ -578,7 +594,7 @@ def peers_list(config: ConfigOption = None) -> None:
                   "changed")
     for entry in entries:
         peer = entry.peer
-        table.add_row(peer.name, peer.ae_title, peer.host, str(peer.port),
+        _row(table, peer.name, peer.ae_title, peer.host, str(peer.port),
                       peer.dicomweb_url or "-", ",".join(peer.results or []) or "all",
                       "yes" if peer.tls else "no", entry.source,
                       f"{_when(entry.updated_at)} by {entry.updated_by}"

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import pydicom
 from numpy.typing import NDArray
 from pydicom import Dataset
 
+from node import logs
 from node.domain import Job, SeriesKey
 from node.encode.common import Provenance, count_labels
 from node.encode.outputs import (
@@ -102,6 +104,17 @@ def addressed(objects: list[ResultObject], pipeline: Pipeline, settings: Setting
     return deliveries
 
 
+def _patient_header(paths: list[str]) -> Dataset | None:
+    """The first instance's patient and study attributes (for redaction), if readable."""
+    if not paths:
+        return None
+    try:
+        return pydicom.dcmread(paths[0], stop_before_pixels=True,
+                               specific_tags=list(logs.PATIENT_ATTRIBUTES))
+    except Exception:  # unreadable: the load reports it, redaction has nothing to add
+        return None
+
+
 def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
     """Where a job's files go. The series UID comes from received data: it is used only as a
     safe path component (a hash when it is not a well-formed UID), never as given."""
@@ -165,7 +178,12 @@ class JobExecutor:
         self._backend.close()
 
     def execute(self, job: Job, paths: list[str]) -> JobResult:
-        """Run ``job`` on the instances at ``paths``."""
+        """Run ``job`` on the instances at ``paths``; no log line of this job, a library's
+        warning or a traceback included, shows the patient's values (:func:`logs.redacting`)."""
+        with logs.redacting(_patient_header(paths)):
+            return self._execute(job, paths)
+
+    def _execute(self, job: Job, paths: list[str]) -> JobResult:
         from node.infer.runner import StageTimes, run_classifier, run_heatmap, run_model
 
         times = StageTimes()

@@ -1,34 +1,164 @@
 """Logging for every ``ainode`` process: one format, Python warnings routed through logging,
-and no patient data from other libraries' messages.
+no patient data from other libraries' messages, and no credentials from any URL.
 
 Our own modules log UIDs, AE titles and reasons, never names or IDs. Libraries are not so
 careful: highdicom's person-name warning quotes the patient's name, pydicom's value warnings
-quote the offending value. :class:`RedactQuotedValues` replaces every quoted value in records
-that do not come from ``node`` (warnings included, once :func:`configure` routes them through
-logging) with ``<redacted>``, keeping the rest of the message for diagnosis.
+quote the offending value, an exception may carry either. Two filters guard every line,
+tracebacks included:
+
+- :class:`RedactPatientValues` redacts, by *value*, what identifies the patient of the data
+  set being processed on this thread (:func:`redacting`): names and their components, IDs,
+  birth date, accession number, the study's UIDs; whatever characters they contain. Records
+  from outside ``node`` also lose every quoted value (a value we did not know to register).
+- :class:`MaskCredentials` replaces the user information of every URL and the values of
+  query parameters named like a key, token, secret, password or signature with ``***``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 REDACTED = "<redacted>"
+MASK = "***"
 NOISY = ("pynetdicom", "highdicom")
 
+# scheme://user:password@host -> scheme://***@host
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#@\s\"'<>]+@")
+# ?apikey=... &access_token=... ;signature=...
+_SECRET_PARAMETER = re.compile(
+    r"(?i)([?&;][^=&#\s\"'<>]*(?:key|token|secret|passw(?:or)?d|pwd|signature|sig|auth|"
+    r"credential)[^=&#\s\"'<>]*=)[^&#\s\"'<>]*")
 
-class RedactQuotedValues(logging.Filter):
-    """Redact quoted values in records from outside the ``node`` package."""
+# attributes (keywords) whose values identify the patient or the study (PS3.15 E.1-1)
+PATIENT_ATTRIBUTES = (
+    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthName",
+    "PatientMotherBirthName", "IssuerOfPatientID", "AccessionNumber", "StudyInstanceUID",
+    "StudyID", "PatientAddress", "PatientTelephoneNumbers", "OtherPatientNames",
+    "ReferringPhysicianName", "MedicalRecordLocator",
+)
+_MIN_REDACTED_LENGTH = 3  # shorter parts ("M", "Jr") would redact half of every message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked (user info, and query
+    parameters named like key/token/secret/password/signature)."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_PARAMETER.sub(lambda m: m.group(1) + MASK,
+                                 _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text))
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal or a log line: control characters (newline, ESC, ...)
+    written as escapes (``\\n``, ``\\x1b``), so a value cannot fake a line or move the
+    cursor."""
+    value = str(text)
+    if not _CONTROL.search(value) and value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() and unicodedata.category(ch) != "Cc"
+                   else ch.encode("unicode_escape").decode("ascii") for ch in value)
+
+
+# -- values of the data set being processed -------------------------------------------------
+_local = threading.local()
+
+
+def _values_of(dataset: Any) -> set[str]:
+    found: set[str] = set()
+    for keyword in PATIENT_ATTRIBUTES:
+        value = getattr(dataset, keyword, None) if dataset is not None else None
+        if value is None or value == "":
+            continue
+        if hasattr(value, "components") or isinstance(value, str | bytes) \
+                or not isinstance(value, Iterable):
+            items: list[Any] = [value]
+        else:  # multi-valued (OtherPatientIDs)
+            items = list(value)
+        for item in items:
+            text = str(item).strip()
+            if not text:
+                continue
+            found.add(text)
+            # a person name's components and its words: "SMITH^JACK" -> SMITH, JACK
+            found.update(part for part in re.split(r"[\^=\s\"',]+", text) if part)
+    return {v for v in found if len(v) >= _MIN_REDACTED_LENGTH}
+
+
+@contextlib.contextmanager
+def redacting(datasets: Any | Iterable[Any]) -> Iterator[None]:
+    """While inside, every log line of this thread (any logger, tracebacks included) has the
+    patient's values of ``datasets`` (one data set or several) replaced by ``<redacted>``."""
+    many = datasets if isinstance(datasets, list | tuple) else [datasets]
+    added: set[str] = set()
+    for dataset in many:
+        added |= _values_of(dataset)
+    previous: frozenset[str] = getattr(_local, "values", frozenset())
+    _local.values = previous | added
+    try:
+        yield
+    finally:
+        _local.values = previous
+
+
+def _redact_values(text: str, values: Iterable[str]) -> str:
+    # longest first, so "SMITH JACK" goes whole before "SMITH" alone
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def _rewrite(record: logging.LogRecord, change: Any) -> None:
+    """Apply ``change(text) -> text`` to the record's message and its traceback text."""
+    message = record.getMessage()
+    changed = change(message)
+    if changed != message:
+        record.msg, record.args = changed, ()
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = change(record.exc_text)
+    if record.stack_info:
+        record.stack_info = change(record.stack_info)
+
+
+class RedactPatientValues(logging.Filter):
+    """The patient's values registered by :func:`redacting` on this thread, from any logger;
+    and every quoted value in records from outside the ``node`` package."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "node" or record.name.startswith("node."):
-            return True
-        message = record.getMessage()
-        redacted = _QUOTED.sub(f'"{REDACTED}"', message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
+        values: frozenset[str] = getattr(_local, "values", frozenset())
+        foreign = not (record.name == "node" or record.name.startswith("node."))
+
+        def change(text: str) -> str:
+            if values:
+                text = _redact_values(text, values)
+            if foreign:
+                text = _QUOTED.sub(f'"{REDACTED}"', text)
+            return text
+
+        if values or foreign:
+            _rewrite(record, change)
+        return True
+
+
+RedactQuotedValues = RedactPatientValues  # its earlier name
+
+
+class MaskCredentials(logging.Filter):
+    """Credentials in URLs masked in every record (:func:`mask_credentials`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _rewrite(record, mask_credentials)
         return True
 
 
@@ -45,9 +175,12 @@ class QuietNetworkErrors(logging.Filter):
         return True
 
 
+FILTERS = (QuietNetworkErrors, RedactPatientValues, MaskCredentials)
+
+
 def configure(level: str = "info", role: str | None = None) -> None:
     """Log to stderr at ``level`` (each line naming the process's ``role``, when it runs one);
-    capture warnings; redact other libraries' quoted values."""
+    capture warnings; redact patient values and mask credentials in every line."""
     where = f"[{role}] " if role else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -56,7 +189,7 @@ def configure(level: str = "info", role: str | None = None) -> None:
     )
     logging.captureWarnings(True)
     for handler in logging.getLogger().handlers:
-        for kind in (QuietNetworkErrors, RedactQuotedValues):
+        for kind in FILTERS:
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())
     if level.lower() != "debug":  # asked for: protocol detail, still without patient data

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -23,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from node.logs import mask_credentials
 from node.retry import RetryPolicy
 
 ENV_PREFIX = "AINODE__"
@@ -79,6 +82,48 @@ def _check_ae_title(value: str) -> str:
     if "\\" in stripped or not stripped.isascii() or not stripped.isprintable():
         raise ValueError("an AE title is printable ASCII without backslash")
     return stripped
+
+
+PEER_NAME = r"^[A-Za-z0-9._-]{1,64}$"  # also a URL path segment and a file name
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _check_peer_name(value: str) -> str:
+    if set(value) <= {"."}:
+        raise ValueError("a name of dots only is not a name")
+    return value
+
+
+def _check_host(value: str, *, network: bool = False) -> str:
+    """A host name (RFC 1123 labels) or an IP address; with ``network`` also a network
+    (``10.1.2.0/24``)."""
+    host = value.strip()
+    try:
+        if network and "/" in host:
+            ipaddress.ip_network(host, strict=False)
+        else:
+            ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+        return host
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label)
+                                                for label in name.split(".")):
+        raise ValueError(f"{host!r} is not a host name or an IP address"
+                         + (" or network" if network else ""))
+    return host
+
+
+def check_http_url(value: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host, nothing else (no ``file:``,
+    ``javascript:``, control characters or spaces)."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("give an http:// or https:// URL with a host")
+    if any(not ch.isprintable() or ch.isspace() for ch in value):
+        raise ValueError("a URL has no spaces or control characters")
+    _check_host(parts.hostname)
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -216,7 +261,7 @@ class Peer(_WithSecrets):
     environment variable (``password_env``, ``token_env``: its name) instead of being written
     in the configuration."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=PEER_NAME)
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
@@ -243,6 +288,18 @@ class Peer(_WithSecrets):
         "C-MOVE to this node, or WADO-RS; default wado with dicomweb_url, else get")
 
     _ae = field_validator("ae_title")(_check_ae_title)
+    _name = field_validator("name")(_check_peer_name)
+    _host = field_validator("host")(_check_host)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        return [_check_host(h, network=True) for h in hosts]
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else check_http_url(url)
 
     @model_validator(mode="after")
     def _resolve_secrets(self) -> Peer:
@@ -700,4 +757,13 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
 
 def dump_settings(settings: Settings) -> str:
     """The effective configuration as YAML (what ``ainode config check`` prints)."""
-    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            return mask_credentials(value)
+        if isinstance(value, dict):
+            return {key: masked(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [masked(item) for item in value]
+        return value
+
+    return yaml.safe_dump(masked(settings.model_dump(mode="json")), sort_keys=False)

@@ -129,7 +129,7 @@ def test_a_secret_given_twice_or_unreadable_names_the_key(tmp_path: Path) -> Non
 
 def test_a_secret_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "node.yaml"
-    config.write_text("peers:\n  - {name: A, ae_title: A, host: h, port: 1, dicomweb_url: u,\n"
+    config.write_text("peers:\n  - {name: A, ae_title: A, host: h, port: 1, dicomweb_url: 'http://u',\n"
                       "     token_env: PACS_TOKEN}\n")
     with pytest.raises(ConfigError, match=r"peers\.0.*token_env: PACS_TOKEN is not set"):
         load_settings(config, environ={})
