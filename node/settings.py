@@ -173,6 +173,11 @@ class NodeSection(_Strict):
         description="health, metrics, admin API, dashboard, STOW-RS in; 0: no HTTP server")
     http_bind: str = Field(
         "127.0.0.1", description="the HTTP server's address; beyond loopback only with a token")
+    http_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values (names or addresses, *.domain) the HTTP server answers "
+        "beyond loopback and http_bind, so DNS rebinding cannot reach it; with a wildcard "
+        "http_bind and none given, any (the token guards it)")
     http_token: SecretStr | None = Field(
         None, description="Bearer token for everything but /healthz and /readyz (better given "
         "as AINODE__NODE__HTTP_TOKEN than written in the file)")

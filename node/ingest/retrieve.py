@@ -37,6 +37,7 @@ from node.dicomweb import client_for
 from node.egress.dimse import PeerUnavailable, associate
 from node.ingest.intake import CANNOT_UNDERSTAND, Intake, Refusal
 from node.settings import Peer, Settings
+from node.store.spool import well_formed_uid
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Retriever:
         self._on_instance = on_instance or (lambda: None)
 
     def study(self, peer: Peer, study_uid: str, timeout_s: float = 600) -> Retrieved:
+        if not well_formed_uid(study_uid):  # it goes into a WADO-RS URL or a C-GET identifier
+            raise RetrieveFailed("not a Study Instance UID (PS3.5 9.1: digits and dots)")
         method = method_for(peer)
         started = time.monotonic()
         result = Retrieved(method)

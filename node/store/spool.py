@@ -22,6 +22,11 @@ TMP_DIR_NAME = ".tmp"
 SUFFIX = ".dcm"
 
 
+def well_formed_uid(uid: str) -> bool:
+    """Whether ``uid`` is a UID as PS3.5 9.1 writes one (digits and dots, at most 64)."""
+    return len(uid) <= 64 and bool(_UID.match(uid))
+
+
 def path_component(uid: str) -> str:
     """A UID as a safe file name: itself when well-formed (PS3.5 9.1), else a hash of it.
 

@@ -15,6 +15,7 @@ from node.domain import JobState, SeriesState
 from node.ingest.retrieve import RetrieveFailed, Retriever
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.store.spool import well_formed_uid
 from node.web import actions, readiness
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
@@ -72,7 +73,7 @@ def list_series(request: Request, state: SeriesState | None = None,
     } for s in rows]
 
 
-@router.post("/series/{series_uid}/complete", tags=["series"])
+@router.post("/series/{series_uid:path}/complete", tags=["series"])
 def complete_series(request: Request, series_uid: str) -> dict[str, Any]:
     """Complete a series still receiving now, without waiting for its quiet period (it is
     routed at once)."""
@@ -154,16 +155,23 @@ def audit_trail(request: Request, since: float = 0.0,
             for line in _context(request).store.audit_lines(limit, since)]
 
 
+def _require_uid(uid: str) -> None:
+    if not well_formed_uid(uid):
+        raise HTTPException(422, "not a Study Instance UID (PS3.5 9.1: digits and dots, at "
+                                 "most 64 characters)")
+
+
 # -- on demand -----------------------------------------------------------------------------
 class RunRequest(BaseModel):
     source: str = Field(alias="from", description="the peer (PACS) to retrieve from")
 
 
-@router.post("/studies/{study_uid}/run", tags=["studies"])
+@router.post("/studies/{study_uid:path}/run", tags=["studies"])
 def run_study(request: Request, study_uid: str, body: RunRequest) -> dict[str, Any]:
     """Retrieve a study from a configured PACS (C-GET, C-MOVE to this node, or WADO-RS, by
     the peer's ``retrieve``) and route it as if it had been pushed. Answers when the
     retrieve is over: what was stored and what failed."""
+    _require_uid(study_uid)
     context = _context(request)
     settings = context.peers.settings()
     peer = settings.peer_by_name(body.source)
@@ -192,7 +200,7 @@ class ExportRequest(BaseModel):
     profile: str | None = Field(None, description="instead of the entry's profile")
 
 
-@router.post("/studies/{study_uid}/export", tags=["studies"])
+@router.post("/studies/{study_uid:path}/export", tags=["studies"])
 def export_study(request: Request, study_uid: str, body: ExportRequest) -> dict[str, Any]:
     """De-identify a study the node keeps (PS3.15 Annex E, keyed pseudonyms) to a research
     destination, as ``ainode export`` does (audited with the caller). 404: no such entry or
@@ -200,6 +208,7 @@ def export_study(request: Request, study_uid: str, body: ExportRequest) -> dict[
     annotation); 502: the research peer did not take it."""
     from node.research.export import DestinationFailed, Exporter, ExportError
 
+    _require_uid(study_uid)
     context = _context(request)
     settings = context.peers.settings()
     if settings.research_destination(body.to) is None:

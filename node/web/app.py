@@ -11,8 +11,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from node import __version__
-from node.web import api, dashboard, dicomweb, health, metrics, peers
-from node.web.auth import require_token
+from node.web import api, dashboard, dicomweb, guard, health, metrics, peers
+from node.web.auth import audited_failures, require_token
 from node.web.context import WebContext
 
 # Swagger UI's script and style, shipped by fastapi-offline: /docs works on a hospital network
@@ -29,6 +29,8 @@ def create_app(context: WebContext) -> FastAPI:
         "`Authorization: Bearer <node.http_token>` when a token is set.")
     app.state.context = context
     app.state.registry = metrics.registry_for(context)
+    app.state.auth_failures = audited_failures(context)
+    guard.install(app, context.settings.node)
     for router in (health.router, metrics.router, api.router, peers.router, dicomweb.router,
                    dashboard.public, dashboard.router):
         app.include_router(router)

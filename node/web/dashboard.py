@@ -3,9 +3,13 @@ a PACS administrator: overview, series, jobs with per-stage timings, failures wi
 buttons, peers with echo and an add / edit form. Actions go through the same code as the
 admin API and are audited the same way.
 
-With ``node.http_token`` set, a browser signs in once (``/ui/login``): the token is kept in
-an HttpOnly, SameSite=Strict cookie that :func:`node.web.auth.require_token` accepts, so the
-forms' POSTs cannot be forged from another site.
+With ``node.http_token`` set, a browser signs in once (``/ui/login``) and gets a session
+cookie (HttpOnly, SameSite=Strict; a random id and its HMAC, never the token). Every form
+carries the session's CSRF token and every POST is checked for it (403 without), besides the
+same-origin check of :mod:`node.web.guard`; forms are parsed by Starlette (python-multipart)
+with limits on fields and sizes. Status messages after an action are signed, so a link from
+elsewhere cannot show its own text (:mod:`node.web.session`). Every URL built from a name or
+UID encodes it as a path segment (the ``segment`` filter).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from node.domain import JobState
 from node.metrics import JOB_STAGES
@@ -29,11 +34,39 @@ from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.web import actions, readiness
 from node.web.actions import ActionRefused
-from node.web.auth import TOKEN_COOKIE, actor, is_authorised
+from node.web.auth import (
+    actor,
+    auth_failures,
+    client_address,
+    is_authorised,
+    refuse_if_locked,
+    token_matches,
+)
 from node.web.context import WebContext
 from node.web.peers import echo_result
+from node.web.session import (
+    CSRF_FIELD,
+    csrf_token,
+    current_session,
+    require_csrf,
+    set_session_cookie,
+    signed_flash,
+    start_session,
+    verified_flash,
+)
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+MAX_FORM_FIELDS = 20
+MAX_FIELD_BYTES = 2048
+
+
+def segment(value: object) -> str:
+    """``value`` as one URL path segment: every reserved character encoded (a UID of
+    ``../jobs/1/cancel?`` stays inside its segment)."""
+    return quote(str(value), safe="")
+
+
+templates.env.filters["segment"] = segment
 
 
 class SignInRequired(Exception):
@@ -63,21 +96,40 @@ def _context(request: Request) -> WebContext:
 
 def _page(request: Request, template: str, title: str, active: str,
           **values: Any) -> HTMLResponse:
-    flash = request.query_params.get("flash")
-    return templates.TemplateResponse(request, template, {
+    flash, flash_error = verified_flash(request)
+    fresh: str | None = None
+    if current_session(request) is None and _context(request).settings.node.http_token is None:
+        fresh = start_session(request)  # a session for this browser, whose token forms carry
+    response = templates.TemplateResponse(request, template, {
         "title": title, "active": active, "when": _when,
         "ae_title": _context(request).settings.node.ae_title, "flash": flash,
-        "flash_error": request.query_params.get("error") == "1", **values})
+        "flash_error": flash_error, "csrf": csrf_token(request), "csrf_field": CSRF_FIELD,
+        **values})
+    if fresh is not None:
+        set_session_cookie(request, response, fresh)
+    response.headers["cache-control"] = "no-store"
+    return response
 
 
-def _back(path: str, message: str, error: bool = False) -> RedirectResponse:
-    return RedirectResponse(f"{path}?flash={quote(message)}{'&error=1' if error else ''}",
-                            status_code=303)
+def _back(request: Request, path: str, message: str, error: bool = False) -> RedirectResponse:
+    query = {"flash": message, **({"error": "1"} if error else {}),
+             "sig": signed_flash(request, message, error)}
+    return RedirectResponse(f"{path}?{urlencode(query)}", status_code=303)
 
 
 async def _form(request: Request) -> dict[str, str]:
-    fields = parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True)
-    return {name: values[-1].strip() for name, values in fields.items()}
+    """The form's fields (URL-encoded or multipart, parsed by Starlette with limits)."""
+    async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS,
+                            max_part_size=MAX_FIELD_BYTES) as form:
+        return {name: str(value).strip() for name, value in form.items()
+                if isinstance(value, str)}
+
+
+async def _checked_form(request: Request) -> dict[str, str]:
+    """The form, after checking that it carries the session's CSRF token (403 without)."""
+    form = await _form(request)
+    require_csrf(request, form.get(CSRF_FIELD, ""))
+    return form
 
 
 # -- sign in -------------------------------------------------------------------------------
@@ -88,10 +140,20 @@ def login_page(request: Request) -> HTMLResponse:
 
 @public.post("/login")
 async def login(request: Request) -> Response:
+    """Sign in: the token is checked, never echoed; a wrong one is slowed and audited."""
+    if _context(request).settings.node.http_token is None:
+        return RedirectResponse("/ui", status_code=303)
+    refuse_if_locked(request)
     token = (await _form(request)).get("token", "")
+    address = client_address(request)
+    if not token_matches(request, token):
+        auth_failures(request).failed(address, "/ui/login")
+        refused = _page(request, "login.html", "Sign in", "", failed=True)
+        refused.status_code = 401
+        return refused
+    auth_failures(request).succeeded(address)
     response = RedirectResponse("/ui", status_code=303)
-    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    set_session_cookie(request, response, start_session(request))
     return response
 
 
@@ -144,42 +206,45 @@ def peers_page(request: Request, edit: str | None = None) -> HTMLResponse:
 
 
 # -- actions (the admin API's, audited alike) ----------------------------------------------
-def _act(request: Request, action: Callable[[WebContext, Any, tuple[str, str]], Any],
-         subject: object, back: str, done: str) -> RedirectResponse:
+async def _act(request: Request, action: Callable[[WebContext, Any, tuple[str, str]], Any],
+               subject: object, back: str, done: str) -> RedirectResponse:
+    await _checked_form(request)
     who, address = actor(request)
     try:
-        action(_context(request), subject, (f"{who} (dashboard)", address))
+        await run_in_threadpool(action, _context(request), subject,
+                                (f"{who} (dashboard)", address))
     except ActionRefused as exc:
-        return _back(back, str(exc), error=True)
-    return _back(back, done)
+        return _back(request, back, str(exc), error=True)
+    return _back(request, back, done)
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry_job(request: Request, job_id: int) -> RedirectResponse:
+async def retry_job(request: Request, job_id: int) -> RedirectResponse:
     back = "/ui/failures" if "failures" in request.headers.get("referer", "") else "/ui/jobs"
-    return _act(request, actions.retry_job, job_id, back, f"job {job_id} queued again")
+    return await _act(request, actions.retry_job, job_id, back, f"job {job_id} queued again")
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: int) -> RedirectResponse:
-    return _act(request, actions.cancel_job, job_id, "/ui/jobs", f"job {job_id} cancelled")
+async def cancel_job(request: Request, job_id: int) -> RedirectResponse:
+    return await _act(request, actions.cancel_job, job_id, "/ui/jobs",
+                      f"job {job_id} cancelled")
 
 
 @router.post("/results/{item_id}/requeue")
-def requeue_result(request: Request, item_id: int) -> RedirectResponse:
-    return _act(request, actions.requeue_result, item_id, "/ui/failures",
-                f"result {item_id} queued for delivery again")
+async def requeue_result(request: Request, item_id: int) -> RedirectResponse:
+    return await _act(request, actions.requeue_result, item_id, "/ui/failures",
+                      f"result {item_id} queued for delivery again")
 
 
-@router.post("/series/{series_uid}/complete")
-def complete_series(request: Request, series_uid: str) -> RedirectResponse:
-    return _act(request, actions.complete_series, series_uid, "/ui/series",
-                "series completed; it is routed now")
+@router.post("/series/{series_uid:path}/complete")
+async def complete_series(request: Request, series_uid: str) -> RedirectResponse:
+    return await _act(request, actions.complete_series, series_uid, "/ui/series",
+                      "series completed; it is routed now")
 
 
 @router.post("/peers")
 async def save_peer(request: Request) -> RedirectResponse:
-    form = await _form(request)
+    form = await _checked_form(request)
     definition: dict[str, Any] = {
         "name": form.get("name", ""), "ae_title": form.get("ae_title", ""),
         "host": form.get("host", ""), "port": form.get("port", ""),
@@ -192,20 +257,22 @@ async def save_peer(request: Request) -> RedirectResponse:
         definition["dicomweb_url"] = form["dicomweb_url"]
     who, address = actor(request)
     try:
-        peer, created = _context(request).peers.put(definition, f"{who} (dashboard)", address)
+        peer, created = await run_in_threadpool(
+            _context(request).peers.put, definition, f"{who} (dashboard)", address)
     except PeerChangeRefused as exc:
-        return _back("/ui/peers", str(exc), error=True)
-    return _back("/ui/peers", f"{'added' if created else 'saved'} {peer.name}: "
+        return _back(request, "/ui/peers", str(exc), error=True)
+    return _back(request, "/ui/peers", f"{'added' if created else 'saved'} {peer.name}: "
                  f"{peer.ae_title}@{peer.host}:{peer.port}")
 
 
 @router.post("/peers/{name}/echo")
-def echo_peer(request: Request, name: str) -> RedirectResponse:
-    answer = echo_result(_context(request), name)
+async def echo_peer(request: Request, name: str) -> RedirectResponse:
+    await _checked_form(request)
+    answer = await run_in_threadpool(echo_result, _context(request), name)
     if answer is None:
-        return _back("/ui/peers", f"no peer named {name}", error=True)
+        return _back(request, "/ui/peers", f"no peer named {name}", error=True)
     if answer["ok"]:
-        return _back("/ui/peers", f"C-ECHO {name}: {answer['status']} in "
+        return _back(request, "/ui/peers", f"C-ECHO {name}: {answer['status']} in "
                      f"{answer['round_trip_ms']} ms")
-    return _back("/ui/peers", f"C-ECHO {name} failed: {answer['error'] or answer['status']}",
-                 error=True)
+    return _back(request, "/ui/peers",
+                 f"C-ECHO {name} failed: {answer['error'] or answer['status']}", error=True)

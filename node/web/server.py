@@ -3,17 +3,66 @@ the role's process, stopped with the node."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from node.web.app import create_app
 from node.web.context import WebContext
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
+HEADER_TIMEOUT_S = 10.0  # a request's line and headers, from connection or previous answer
+MAX_CONNECTIONS = 256  # beyond: 503 at once (uvicorn's limit_concurrency)
+KEEP_ALIVE_S = 5
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers: a client
+    that connects and says nothing, or trickles its headers (slow loris), is closed
+    :data:`HEADER_TIMEOUT_S` after it connected or was last answered. (uvicorn's keep-alive
+    timer is reset by every byte that arrives, so it does not end a trickle.)"""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            log.debug("HTTP connection closed: no complete request headers within %.0f s",
+                      self.header_timeout_s)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's headers were complete
+            self._disarm_header_timer()
+
+    def on_response_complete(self) -> None:
+        self._arm_header_timer()  # the next request on this connection has as long
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
 
 
 class WebServer:
@@ -22,7 +71,9 @@ class WebServer:
         self.address = (node.http_bind, node.http_port)
         config = uvicorn.Config(create_app(context), host=node.http_bind, port=node.http_port,
                                 log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, http=HeaderTimeoutProtocol,
+                                limit_concurrency=MAX_CONNECTIONS,
+                                timeout_keep_alive=KEEP_ALIVE_S)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
         self._failure: BaseException | None = None

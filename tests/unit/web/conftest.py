@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,16 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., tuple[TestClient, WebC
         stow = StowReceiver(intake, "AINODE", 100)
         context = WebContext(settings, store, PeerDirectory(settings, store), stow,
                              intake=intake)
-        return TestClient(create_app(context)), context
+        # loopback, as a browser on this machine names the node (the Host check refuses others)
+        return TestClient(create_app(context), base_url="http://127.0.0.1"), context
 
     yield make
     for store in stores:
         store.close()
+
+
+def csrf_of(client: TestClient, page: str = "/ui/peers") -> str:
+    """The CSRF token the dashboard's forms carry for this client's session."""
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
+    assert found, "no CSRF token in the page's forms"
+    return found.group(1)

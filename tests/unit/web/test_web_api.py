@@ -33,11 +33,13 @@ def test_with_a_token_everything_but_the_probes_needs_it(make_client: Any) -> No
     client, _ = make_client(http_token=TOKEN)
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
-    for path in ("/api/status", "/metrics", "/api/peers", "/api/jobs", "/openapi.json",
-                 "/docs"):
+    paths = ("/api/status", "/metrics", "/api/peers", "/api/jobs", "/openapi.json", "/docs")
+    for index, path in enumerate(paths):
         missing = client.get(path)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
-        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        if index < 5:  # the sixth wrong token from one address is slowed (test_http_guard)
+            assert client.get(path, headers={"Authorization": "Bearer wrong"}
+                              ).status_code == 401
         assert client.get(path, headers=BEARER).status_code == 200, path
     body, content_type = multipart(ct_files()[0].read_bytes())
     assert client.post("/dicomweb/studies", content=body,
