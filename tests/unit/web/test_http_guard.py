@@ -138,7 +138,6 @@ def test_names_and_uids_are_encoded_as_path_segments(make_client: Any) -> None:
     _record(context, hostile)
     queue = JobQueue(context.store)
     queue.enqueue(SeriesKey("1.2.3", 1), [("ct", "ct_body_seg")], now=1)
-    job = queue.jobs(1)[0]
     page = client.get("/ui/series").text
     actions = re.findall(r'action="([^"]+)"', page)
     assert "/ui/series/..%2Fjobs%2F1%2Fcancel%3F/complete" in actions, actions
