@@ -10,6 +10,7 @@ still holds the job's lease (renewed by a heartbeat), so a job is never delivere
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import threading
@@ -27,6 +28,7 @@ from node.route import route
 from node.settings import Settings
 from node.store import outbox
 from node.store.database import Connection
+from node.store.durable import free_disk_bytes
 from node.store.jobs import JobStore
 from node.store.outbox import ResultToSend
 from node.store.queue import JobQueue, LeaseLost
@@ -35,6 +37,31 @@ from node.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
 log = logging.getLogger(__name__)
 
 ROUTE_ATTEMPTS = 5
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+class DiskBelowFloor(OSError):
+    """Free disk under ``node.min_free_disk_mb``: the job waits for space (an outage)."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A failure that is the machine's, not the job's: the inference backend unreachable, or
+    the disk full (ENOSPC/EDQUOT anywhere in the exception's chain, also after it crossed a
+    worker process as text). Retried over ``inference.retry_window_s`` without using
+    attempts."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, BackendUnavailable | DiskBelowFloor):
+            return True
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(seen) for text in DISK_FULL_TEXTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Router:
@@ -200,7 +227,22 @@ class Orchestrator:
                 self._held.pop(job.id, None)
         return job
 
+    def _disk_below_floor(self) -> DiskBelowFloor | None:
+        floor_mb = self._settings.node.min_free_disk_mb
+        try:
+            free = free_disk_bytes(self._settings.node.data_dir)
+        except OSError:
+            return None
+        if floor_mb and free < floor_mb * 1024 * 1024:
+            return DiskBelowFloor(errno.ENOSPC, f"free disk {free // (1024 * 1024)} MB below "
+                                  f"node.min_free_disk_mb ({floor_mb} MB)")
+        return None
+
     def _run(self, job: Job, executor: Executor) -> None:
+        full = self._disk_below_floor()
+        if full is not None:  # results could not be written: wait for space, not an attempt
+            self._retry_or_fail(job, full)
+            return
         try:
             result = executor.execute(job, self._store.instance_paths(job.series))
         except PERMANENT_ERRORS as exc:
@@ -265,12 +307,12 @@ class Orchestrator:
         policy = inference.retry_policy
         reason = f"{exc.__class__.__name__}: {exc}"[:300]
         now = self._clock()
-        if isinstance(exc, BackendUnavailable):  # an outage: retried over the window
+        if is_outage(exc):  # backend down or disk full: retried over the window
+            what = "backend unavailable" if isinstance(exc, BackendUnavailable) else "disk full"
             if policy.exhausted(job.first_failed_at, now):
-                log.error("job %d: backend unavailable for %.0f s, giving up: %s",
-                          job.id, policy.window_s, reason)
-                self._fail(job, f"backend unavailable for {policy.window_s:.0f} s: {reason}",
-                           now)
+                log.error("job %d: %s for %.0f s, giving up: %s",
+                          job.id, what, policy.window_s, reason)
+                self._fail(job, f"{what} for {policy.window_s:.0f} s: {reason}", now)
                 return
             delay = policy.delay(job.transient + 1)
             log.warning("job %d: %s; retrying in %.0f s", job.id, reason, delay)

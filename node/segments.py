@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
+from node.infer.repository import (
+    ModelConfigError,
+    ModelNotFound,
+    ModelSpec,
+    load_model_spec,
+    model_names,
+)
 from node.settings import Pipeline, SegmentSpec, Settings
 
 
@@ -36,10 +42,18 @@ def effective_segments(spec: ModelSpec, pipeline: Pipeline) -> dict[str, Segment
 def missing_codes(settings: Settings) -> list[str]:
     """One message per label a pipeline would encode without codes (or per model whose
     declared codes are invalid, an output a classification model cannot give, an urgency rule
-    naming what the model does not report). Models missing from the repository are reported by
-    ``ainode models check`` and fail their jobs with that reason; they are not listed here."""
+    naming what the model does not report). A model missing from the repository (a misspelt
+    name: every job would fail) is listed; one whose files are incomplete is reported by
+    ``ainode models check`` and fails its jobs with that reason."""
     problems: list[str] = []
+    repository = settings.inference.model_repository
+    present = model_names(repository)
     for index, pipeline in enumerate(settings.pipelines):
+        if pipeline.model not in present:
+            problems.append(
+                f"pipelines.{index} ({pipeline.name}): model {pipeline.model!r} is not in the "
+                f"model repository {repository} (it has: {', '.join(present) or 'none'})")
+            continue
         if not pipeline.outputs:
             continue
         try:

@@ -140,6 +140,14 @@ class TritonBackend:
         except Exception as exc:  # gRPC status or a refused HTTP connection alike
             raise BackendUnavailable(f"Triton at {self._url}: {exc}") from exc
 
+    def model_ready(self, name: str) -> bool:
+        """Whether Triton has ``name`` loaded and ready; :class:`BackendUnavailable` when it
+        cannot be reached."""
+        try:
+            return bool(self._client.is_model_ready(name))
+        except Exception as exc:
+            raise BackendUnavailable(f"Triton at {self._url}: {exc}") from exc
+
     def check(self, model: ModelSpec) -> None:
         """Server live and ready, model known and ready, metadata matching the repository."""
         from tritonclient.utils import InferenceServerException

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -71,3 +72,11 @@ def write_atomically(
     if fsync:
         fsync_dir(final.parent)
     return size
+
+
+def free_disk_bytes(folder: Path) -> int:
+    """Free space where ``folder`` is, or will be (its nearest existing parent)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free

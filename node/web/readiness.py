@@ -3,14 +3,13 @@ the job store, the spool, the disk, Triton; and the overview they show."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names
 from node.settings import Settings
-from node.store.durable import temporary_name
+from node.store.durable import free_disk_bytes, temporary_name
 from node.store.jobs import JobStore
 
 SPOOL_DIR = "spool"
@@ -40,10 +39,8 @@ def check_spool(settings: Settings) -> str | None:
 def free_bytes(settings: Settings) -> int:
     """Free space where the data directory is (or will be: its nearest existing parent, for
     a node that has not run yet on a PostgreSQL store)."""
-    folder = settings.node.data_dir.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return min(free_disk_bytes(settings.node.data_dir),
+               free_disk_bytes(settings.node.data_dir / SPOOL_DIR))
 
 
 def check_disk(settings: Settings) -> str | None:
@@ -71,6 +68,11 @@ def check_triton(settings: Settings) -> str | None:
     try:
         if not backend.server_ready():
             return f"Triton at {settings.inference.triton_url} is not ready"
+        missing = [name for name in sorted({p.model for p in settings.pipelines})
+                   if not backend.model_ready(name)]
+        if missing:
+            return (f"Triton at {settings.inference.triton_url} has no ready model "
+                    f"{', '.join(missing)} (named by pipelines)")
     except BackendUnavailable as exc:
         return str(exc)
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from typing import ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -17,27 +18,45 @@ from node.web.context import WebContext
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 HEADER_TIMEOUT_S = 10.0  # a request's line and headers, from connection or previous answer
-MAX_CONNECTIONS = 256  # beyond: 503 at once (uvicorn's limit_concurrency)
+WAITING_PER_ADDRESS = 32  # connections of one address still sending their headers
 KEEP_ALIVE_S = 5
 
 
 class HeaderTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's line and headers: a client
     that connects and says nothing, or trickles its headers (slow loris), is closed
-    :data:`HEADER_TIMEOUT_S` after it connected or was last answered. (uvicorn's keep-alive
-    timer is reset by every byte that arrives, so it does not end a trickle.)"""
+    :data:`HEADER_TIMEOUT_S` after it connected or was last answered (uvicorn's keep-alive
+    timer is reset by every byte that arrives, so it does not end a trickle). One address
+    keeps at most :data:`WAITING_PER_ADDRESS` such connections: a new one closes its oldest,
+    so a flood of them never keeps a client that sends its request at once waiting."""
 
     header_timeout_s = HEADER_TIMEOUT_S
     _header_timer: asyncio.TimerHandle | None = None
+    # per client address, its connections waiting for headers, oldest first (one event loop)
+    _waiting: ClassVar[dict[str, dict[HeaderTimeoutProtocol, None]]] = {}
+
+    def _address(self) -> str:
+        return str(self.client[0]) if self.client else ""
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+        waiting = self._waiting.setdefault(self._address(), {})
+        waiting[self] = None
+        if len(waiting) > WAITING_PER_ADDRESS:  # the oldest of this address makes way
+            oldest = next(iter(waiting))
+            oldest._disarm_header_timer()
+            oldest.transport.close()
 
     def _disarm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        waiting = self._waiting.get(self._address())
+        if waiting is not None:
+            waiting.pop(self, None)
+            if not waiting:
+                del self._waiting[self._address()]
 
     def _headers_late(self) -> None:
         self._header_timer = None
@@ -72,7 +91,6 @@ class WebServer:
         config = uvicorn.Config(create_app(context), host=node.http_bind, port=node.http_port,
                                 log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, http=HeaderTimeoutProtocol,
-                                limit_concurrency=MAX_CONNECTIONS,
                                 timeout_keep_alive=KEEP_ALIVE_S)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)

@@ -63,8 +63,10 @@ def test_dashboard_adds_and_echoes_a_peer_and_retries_a_failed_job(
 
     expect.set_options(timeout=30_000)  # conditions, waited for; generous on a busy machine
 
-    repository = tmp_path / "models"
-    repository.mkdir()  # cxr_mass_cls is missing at first: its job fails
+    repository = tmp_path / "models"  # cxr_mass_cls lacks its network at first: its job fails
+    (repository / "cxr_mass_cls" / "1").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "cxr_mass_cls" / "config.pbtxt",
+                repository / "cxr_mass_cls")
     http_port = free_port()
     node: NodeProcess = node_factory(
         node={"http_port": http_port},
@@ -117,7 +119,7 @@ def test_dashboard_adds_and_echoes_a_peer_and_retries_a_failed_job(
             expect(failed).to_contain_text("cxr_mass_cls")
             page.screenshot(path=str(artifacts / "dashboard-failures.png"), full_page=True)
             shutil.copytree(ROOT / "model_repository" / "cxr_mass_cls",
-                            repository / "cxr_mass_cls")
+                            repository / "cxr_mass_cls", dirs_exist_ok=True)
             failed.locator("text=Retry").click()
             expect(page.locator(".flash")).to_contain_text(f"job {job_id} queued again")
             assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("done",)],
