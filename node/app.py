@@ -195,7 +195,8 @@ class Node:
             for listener in listeners(self.settings):
                 self._servers.append(start_storage_server(
                     ae, (node.bind, listener.port), handlers,
-                    share_port=node.receiver_processes > 1, ssl_context=listener.ssl_context))
+                    share_port=node.receiver_processes > 1, ssl_context=listener.ssl_context,
+                    audit=self._handlers.audit))
                 log.info("listening as %s on %s:%d (%s)", node.ae_title, node.bind,
                          listener.port, listener.kind)
         if self.orchestrator is not None:

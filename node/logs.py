@@ -168,10 +168,18 @@ class QuietNetworkErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if record.name.startswith("pynetdicom") and isinstance(error, OSError):
+        if not record.name.startswith("pynetdicom"):
+            return True
+        if isinstance(error, OSError):
             record.msg, record.args = f"network error: {error.__class__.__name__}: {error}", ()
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        elif isinstance(error, ValueError) and "AE Title" in str(error):
+            # a request whose AE titles cannot be decoded (control characters): one line,
+            # escaped, not a traceback carrying the raw bytes
+            record.msg, record.args = f"association request refused: {printable(error)}", ()
+        else:
+            return True
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

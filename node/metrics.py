@@ -47,7 +47,8 @@ RESULTS = Counter(
 JOB_STAGES = ("load", "preprocess", "infer", "postprocess", "encode")
 
 # the reasons an association is rejected, as labels (a fixed set)
-REJECTION_REASONS = ("unknown_caller", "wrong_host", "other")
+REJECTION_REASONS = ("unknown_caller", "wrong_host", "other", "silent", "too_many_waiting",
+                     "bad_ae_title")
 
 
 def rejection_reason(why: str) -> str:

@@ -47,6 +47,7 @@ from node.dicomfile import (
 from node.domain import StoreOutcome
 from node.ingest import receive_path
 from node.ingest.callers import CallerCheckingAE, CallerPolicy, log_rejection
+from node.ingest.gate import PreAssociationGate
 from node.ingest.intake import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -72,6 +73,7 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 SEND_BUFFER_BYTES = 64 * 1024  # per accepted connection (the SCP's answers)
+PRE_ASSOCIATION_TIMEOUT_S = 5.0  # connect -> A-ASSOCIATE-RQ (at most node.acse_timeout_s)
 
 
 @dataclass
@@ -306,12 +308,14 @@ class _StorageServer(ThreadedAssociationServer):
     - a TLS handshake runs on the connection's own thread, within the ACSE timeout, instead of
       in the acceptor (where pynetdicom does it, so one client that connects and says nothing
       would hold every other connection back). A failed handshake is logged and closed;
-    - every accepted socket gets ``network_timeout_s`` (see ``process_request_thread``).
+    - every accepted socket gets ``network_timeout_s`` (see ``process_request_thread``);
+    - a connection gets an association thread (and counts against the association limit)
+      only once its A-ASSOCIATE-RQ has arrived (:class:`node.ingest.gate.PreAssociationGate`).
     """
 
     share_port = False
-    handshake_timeout_s = 30.0
     network_timeout_s = 60.0
+    gate: PreAssociationGate = PreAssociationGate(PRE_ASSOCIATION_TIMEOUT_S)
 
     def server_bind(self) -> None:
         if self.share_port:
@@ -337,9 +341,10 @@ class _StorageServer(ThreadedAssociationServer):
         # reads can leave queued before a send stalls and network_timeout_s ends the
         # association (the kernel's default grows to megabytes: minutes of answers).
         request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        address = str(client_address[0])
         if isinstance(request, ssl.SSLSocket):
             try:
-                tls.handshake(request, self.handshake_timeout_s)
+                tls.handshake(request, self.gate.timeout_s)
             except (ssl.SSLEOFError, ConnectionError):  # a port probe: closed, said nothing
                 log.debug("connection from %s closed before a TLS handshake", client_address[0])
                 self.shutdown_request(request)
@@ -349,6 +354,9 @@ class _StorageServer(ThreadedAssociationServer):
                             getattr(exc, "reason", None) or exc.__class__.__name__)
                 self.shutdown_request(request)
                 return
+        if not self.gate.admit(request, address):
+            self.shutdown_request(request)
+            return
         super().process_request_thread(request, client_address)
 
 
@@ -378,12 +386,14 @@ def listeners(settings: Settings) -> list[Listener]:
 
 def start_storage_server(
     ae: AE, address: tuple[str, int], evt_handlers: list[Any], *, share_port: bool,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | None = None, audit: Audit = no_audit,
 ) -> ThreadedAssociationServer:
     """Listen in the background (as ``AE.start_server(block=False)``), sharing the port with
     other receiver processes when ``share_port``, over TLS with ``ssl_context``."""
+    gate = PreAssociationGate(min(ae.acse_timeout or 30.0, PRE_ASSOCIATION_TIMEOUT_S),
+                              audit=audit)
     server_class = type("StorageServer", (_StorageServer,), {
-        "share_port": share_port, "handshake_timeout_s": ae.acse_timeout or 30.0,
+        "share_port": share_port, "gate": gate,
         "network_timeout_s": ae.network_timeout or 60.0})
     server = ae.make_server(address, evt_handlers=evt_handlers, server_class=server_class,
                             ssl_context=ssl_context)

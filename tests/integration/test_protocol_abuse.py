@@ -166,3 +166,73 @@ def test_a_client_that_stops_reading_responses_is_dropped(abused_node: NodeProce
         connection.close()
     _healthy(abused_node)
     assert "Traceback" not in abused_node.log()
+
+
+def _associate(port: int, calling: bytes = b"ECHOSCU") -> socket.socket:
+    """An association (Verification) held open and idle."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.settimeout(10)
+    connection.sendall(_echo_association_rq().replace(b"ECHOSCU".ljust(16),
+                                                      calling.ljust(16)))
+    assert connection.recv(1)[:1] == b"\x02", "A-ASSOCIATE-AC expected"
+    return connection
+
+
+def test_silent_sockets_and_idle_associations_do_not_keep_modalities_out(
+        node_factory: Any) -> None:
+    """Issue 24 §2: 20 connections that never send an A-ASSOCIATE-RQ and 4 idle associations
+    held open; with node.max_associations 5 a real storescu of the CT is accepted at once
+    (the silent ones never take a slot). Silent ones are closed within the pre-association
+    timeout, a closed one frees everything at once."""
+    node: NodeProcess = node_factory(node={"max_associations": 5, "acse_timeout_s": 30,
+                                           "network_timeout_s": 60}).start()
+    silent = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(20)]
+    idle: list[socket.socket] = []
+    try:
+        idle = [_associate(node.port) for _ in range(4)]
+        started = time.monotonic()
+        stored = storescu(node, *ct_files())
+        assert stored.returncode == 0, stored.stderr
+        assert "Local Limit Exceeded" not in stored.stderr
+        assert len(node.stored_files()) == len(ct_files())
+        for connection in silent:
+            connection.settimeout(max(0.1, 15 - (time.monotonic() - started)))
+        assert all(_closed_by_peer(c) for c in silent), "silent connections were kept open"
+    finally:
+        for connection in silent + idle:
+            connection.close()
+    assert node.alive and "Traceback" not in node.log()
+
+
+def test_an_idle_association_is_released_after_the_network_timeout(node_factory: Any
+                                                                   ) -> None:
+    node: NodeProcess = node_factory(node={"network_timeout_s": 3}).start()
+    connection = _associate(node.port)
+    try:
+        connection.settimeout(20)
+        assert _closed_by_peer(connection)
+    finally:
+        connection.close()
+    _healthy(node)
+
+
+@pytest.mark.parametrize("calling", [b"EVIL\nFAKE LINE", b"EVIL\x1b[2J", b"BACK\\SLASH"])
+def test_control_characters_in_an_ae_title_are_one_escaped_line_and_audited(
+        abused_node: NodeProcess, calling: bytes) -> None:
+    connection = socket.create_connection(("127.0.0.1", abused_node.port))
+    try:
+        connection.settimeout(10)
+        connection.sendall(_echo_association_rq().replace(b"ECHOSCU".ljust(16),
+                                                          calling.ljust(16)))
+        answer = connection.recv(10)
+    finally:
+        connection.close()
+    assert answer[:1] == b"\x03" and answer[7:10] == b"\x01\x01\x03", answer  # RJ, calling AE
+    log = abused_node.log()
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "control characters" in line]
+    assert len(lines) == 1, lines
+    assert "\x1b" not in log and "FAKE LINE" not in log.replace("\\nFAKE LINE", "")
+    assert wait_for(lambda: abused_node.query(
+        "SELECT COUNT(*) FROM audit WHERE action='association rejected'") == [(1,)], 10)
+    _healthy(abused_node)
