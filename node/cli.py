@@ -465,10 +465,40 @@ def requeue_jobs(ids: IdsArgument = None, all_: AllOption = False,
 
 
 @requeue_app.command("results")
-def requeue_results(ids: IdsArgument = None, all_: AllOption = False,
-                    config: ConfigOption = None) -> None:
-    """Queue dead-lettered results again for delivery (a running node sends them)."""
+def requeue_results(
+    ids: IdsArgument = None, all_: AllOption = False,
+    destination: Annotated[str | None, typer.Option(
+        help="Everything waiting for this peer or notification: dead letters queued again,"
+             " queued results sent now (a PACS back after an outage).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Queue dead-lettered results again for delivery (a running node sends them); with
+    --destination, also cut short the backoff of results still queued for it."""
+    if destination is not None:
+        if ids or all_:
+            errors.print("--destination takes no ids and no --all")
+            raise typer.Exit(2)
+        _retry_destination(destination, config)
+        return
     _requeue("results", ids, all_, config, lambda store, i, now: Outbox(store).requeue(i, now))
+
+
+def _retry_destination(destination: str, config: Path | None) -> None:
+    from node.web.actions import ActionRefused, retry_destination
+    from node.web.context import WebContext
+
+    settings = _settings(config)
+    store = _open_existing_store(settings)
+    try:
+        context = WebContext(settings, store, PeerDirectory(settings, store))
+        done = retry_destination(context, destination, (_operator(), ""))
+    except ActionRefused as exc:
+        errors.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    console.print(f"{destination}: {len(done['requeued'])} dead letter(s) queued again, "
+                  f"{len(done['now'])} waiting result(s) sent now", markup=False)
 
 
 @models_app.command("check")

@@ -576,6 +576,9 @@ class EgressSection(_Strict):
     )
     interval_s: float = Field(1, gt=0, description="how often the outbox is looked at")
     timeout_s: float = Field(60, gt=0)
+    probe_s: float = Field(
+        15, gt=0, description="while every result for a destination waits out its backoff, "
+        "one is tried this often; when one goes, the rest go at once")
 
     @property
     def retry_policy(self) -> RetryPolicy:

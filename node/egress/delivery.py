@@ -7,6 +7,10 @@ association rejection, HTTP 401/403/408/429/5xx, or anything unexpected -> retri
 exponential backoff until ``egress.retry_window_s`` (24 h by default) has passed since the
 first failure, then dead. Whatever happens with one destination, the others are served, and
 every item ends its pass in a recorded state.
+
+A destination that is back gets what waits for it promptly, whatever the backoff reached:
+while all its items wait, one is tried every ``egress.probe_s`` (urgent first), and as soon
+as one item for a destination is sent, every other item waiting for it is sent too.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Delivery:
         self._outbox = outbox
         self._clock = clock
         self._loop = Loop("egress", self.deliver_ready, settings.egress.interval_s)
+        self._probed: dict[str, float] = {}  # destination -> when one item was last tried
         self._notifier = Notifier(outbox.store, settings.node.ae_title)
         self.wake = self._loop.wake
 
@@ -71,6 +76,7 @@ class Delivery:
         """One pass over ready items; returns how many were sent."""
         sent = 0
         settings = self._current()
+        self._probe_waiting(settings.egress.probe_s)
         for destination, items in self._outbox.ready(self._clock()).items():
             target = self._target(settings, destination)
             if target is None:
@@ -79,8 +85,25 @@ class Delivery:
                         item.id, f"no peer or notification named {destination!r} any more",
                         self._clock())
                 continue
-            sent += self._deliver(target, items)
+            delivered = self._deliver(target, items)
+            self._probed[destination] = self._clock()
+            if delivered:
+                released = self._outbox.retry_now(destination=destination, now=self._clock())
+                if released:
+                    log.info("%s takes results again: %d waiting result(s) go now",
+                             destination, len(released))
+                    self._loop.wake.set()
+            sent += delivered
         return sent
+
+    def _probe_waiting(self, probe_s: float) -> None:
+        """For each destination whose items all wait out a backoff, make its first item
+        ready when none was tried for ``probe_s``."""
+        now = self._clock()
+        for destination, item_id in self._outbox.waiting(now).items():
+            if now - self._probed.get(destination, 0.0) >= probe_s:
+                self._probed[destination] = now
+                self._outbox.retry_now([item_id], now)
 
     def _target(self, settings: Settings, destination: str) -> _Target | None:
         notification = settings.notification(destination)

@@ -126,8 +126,55 @@ class Outbox:
     def dead(self, item_id: int, error: str, now: float) -> None:
         self._set(item_id, now, DEAD, error)
 
+    def waiting(self, now: float) -> dict[str, int]:
+        """Destinations whose queued items all wait out a backoff (none is ready or being
+        sent), each with the item to try first (urgent first, then oldest)."""
+        with self._store.reading() as db:
+            rows = db.execute(
+                "SELECT destination, id, priority FROM outbox o WHERE state=? AND not_before>?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.destination=o.destination"
+                " AND r.state=? AND (r.not_before<=? OR r.lease_until>=?))"
+                " ORDER BY priority DESC, id", (QUEUED, now, QUEUED, now, now)).fetchall()
+        first: dict[str, int] = {}
+        for destination, item_id, _ in rows:
+            first.setdefault(str(destination), int(item_id))
+        return first
+
+    def retry_now(self, item_ids: list[int] | None = None, now: float = 0.0,
+                  destination: str | None = None) -> list[int]:
+        """Queued items (those named, or every one for ``destination``, or all) made ready
+        now, their backoff cut short; dead letters are :meth:`requeue`'s. Returns their ids."""
+        clauses = ["state=?"]
+        parameters: list[object] = [QUEUED]
+        if item_ids is not None:
+            if not item_ids:
+                return []
+            clauses.append(f"id IN ({','.join('?' * len(item_ids))})")
+            parameters += item_ids
+        if destination is not None:
+            clauses.append("destination=?")
+            parameters.append(destination)
+        where = " AND ".join(clauses)
+        with self._store.transaction() as db:
+            rows = db.execute(f"SELECT id FROM outbox WHERE {where} AND not_before>?",
+                              (*parameters, now)).fetchall()
+            found = [int(row[0]) for row in rows]
+            db.executemany("UPDATE outbox SET not_before=?, updated_at=? WHERE id=? AND state=?",
+                           [(now, now, item_id, QUEUED) for item_id in found])
+            if found:
+                self._store.notify(db, "outbox")
+        return found
+
+    def dead_ids(self, destination: str) -> list[int]:
+        with self._store.reading() as db:
+            return [int(row[0]) for row in db.execute(
+                "SELECT id FROM outbox WHERE state=? AND destination=? ORDER BY id",
+                (DEAD, destination)).fetchall()]
+
     def requeue(self, item_ids: list[int] | None, now: float) -> list[int]:
         """Dead letters (those named, or all with ``None``) queued again, with a new window."""
+        if item_ids is not None and not item_ids:
+            return []
         with self._store.transaction() as db:
             self._store.notify(db, "outbox")
             return requeue_rows(

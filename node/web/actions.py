@@ -37,10 +37,28 @@ def cancel_job(context: WebContext, job_id: int, who: tuple[str, str]) -> None:
 
 
 def requeue_result(context: WebContext, item_id: int, who: tuple[str, str]) -> None:
-    """Queue a dead letter again for delivery."""
-    if not Outbox(context.store).requeue([item_id], context.clock()):
-        raise ActionRefused(409, f"result {item_id} is unknown, or not a dead letter")
+    """Send a result again now: a dead letter queued again, or a queued one waiting out its
+    backoff made ready."""
+    outbox = Outbox(context.store)
+    now = context.clock()
+    if not outbox.requeue([item_id], now) and not outbox.retry_now([item_id], now):
+        raise ActionRefused(409, f"result {item_id} is unknown, sent, or already being sent")
     _audit(context, who, "requeue results", str(item_id))
+
+
+def retry_destination(context: WebContext, destination: str, who: tuple[str, str]
+                      ) -> dict[str, list[int]]:
+    """Everything waiting for ``destination`` goes now: its dead letters queued again, its
+    queued results' backoff cut short (e.g. the PACS is back after an outage)."""
+    outbox = Outbox(context.store)
+    now = context.clock()
+    requeued = outbox.requeue(outbox.dead_ids(destination), now)
+    waiting = outbox.retry_now(None, now, destination=destination)
+    if not requeued and not waiting:
+        raise ActionRefused(409, f"nothing waits for {destination}")
+    _audit(context, who, "requeue results",
+           f"{destination}: {len(requeued)} dead letter(s) and {len(waiting)} waiting now")
+    return {"requeued": requeued, "now": waiting}
 
 
 def complete_series(context: WebContext, series_uid: str, who: tuple[str, str]) -> int:

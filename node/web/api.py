@@ -128,9 +128,19 @@ def list_results(request: Request, state: str | None = None,
 
 @router.post("/results/{item_id}/requeue", tags=["results"])
 def requeue_result(request: Request, item_id: int) -> dict[str, Any]:
-    """Queue a dead-lettered result again for delivery."""
+    """Send a result again now: a dead letter is queued again, a queued one waiting out its
+    backoff goes at once (409: sent, or unknown)."""
     _act(actions.requeue_result, request, item_id)
     return {"id": item_id, "state": "queued"}
+
+
+@router.post("/destinations/{destination:path}/retry", tags=["results"])
+def retry_destination(request: Request, destination: str) -> dict[str, Any]:
+    """Retry now everything waiting for a destination (a PACS back after an outage): its
+    dead letters queued again and its queued results' backoff cut short (409: nothing
+    waits)."""
+    done = _act(actions.retry_destination, request, destination)
+    return {"destination": destination, **done}
 
 
 # -- models, pipelines, audit --------------------------------------------------------------

@@ -236,6 +236,12 @@ async def requeue_result(request: Request, item_id: int) -> RedirectResponse:
                       f"result {item_id} queued for delivery again")
 
 
+@router.post("/destinations/{destination:path}/retry")
+async def retry_destination(request: Request, destination: str) -> RedirectResponse:
+    return await _act(request, actions.retry_destination, destination, "/ui",
+                      f"results for {destination} go now")
+
+
 @router.post("/series/{series_uid:path}/complete")
 async def complete_series(request: Request, series_uid: str) -> RedirectResponse:
     return await _act(request, actions.complete_series, series_uid, "/ui/series",

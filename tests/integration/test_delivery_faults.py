@@ -282,3 +282,40 @@ def test_stow_rs_5xx_is_retried_until_it_succeeds_and_4xx_is_refused_at_once(
             assert len(pacs.api("/instances")) == 1
         finally:
             front.close()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning",
+                            "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_after_an_11_minute_orthanc_outage_results_arrive_within_30_s(tmp_path: Path) -> None:
+    """Issue 24 §4 with a real PACS: Orthanc is down (nothing listens) for 11 minutes of the
+    sender's clock, its results back off to egress.max_retry_s (600 s); once Orthanc
+    listens again they are in Orthanc within 30 s of the clock (one probe per egress.probe_s,
+    then the rest at once), not when their backoff ends."""
+    http_port, dicom_port = free_port(), free_port()
+    settings = _settings(tmp_path, {"name": "PACS", "ae_title": "ORTHANC",
+                                    "host": "127.0.0.1", "port": dicom_port})
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    outbox, clock = Outbox(store), Clock()
+    files = ct_files()[:3]
+    for n, path in enumerate(files):
+        outbox.put(1, ResultToSend("PACS", str(path), f"1.2.3.{n}", "seg", 0), 0)
+    delivery = Delivery(settings, outbox, clock)
+    started = clock.now
+    try:
+        while clock.now - started < 660:  # the sender's loop, every 5 s of its clock
+            assert delivery.deliver_ready() == 0
+            clock.now += 5
+        waits = [not_before - clock.now for (not_before,) in
+                 store.query("SELECT not_before FROM outbox")]
+        assert max(waits) > 300, waits  # the backoff alone would keep them out for minutes
+        with start_orthanc(tmp_path, http_port, dicom_port, free_port()) as orthanc:
+            back = clock.now
+            sent = 0
+            while sent < len(files) and clock.now - back <= 600:
+                sent += delivery.deliver_ready()
+                clock.now += 1
+            assert sent == len(files)
+            assert clock.now - back <= 30, f"{clock.now - back:.0f} s after Orthanc was back"
+            assert len(orthanc.api("/instances")) == len(files)
+    finally:
+        store.close()
