@@ -8,20 +8,25 @@ Referenced SOP Sequence for what was stored, the Failed SOP Sequence with a Fail
 (the DIMSE status a C-STORE would have got) for what was not. HTTP 200 when all were stored,
 202 when some, 409 when none.
 
-The body is streamed to a file on the spool's file system and split there (``mmap``), so an
-instance of several hundred megabytes never sits in memory; each part's bytes are copied to
-their own spool temporary, which the spool then adopts.
+The body is split as it arrives by python-multipart's streaming parser (the one Starlette
+uses for forms; any multipart subtype): each part's bytes are written once, straight to their
+own spool temporary, which the spool then adopts, so memory stays flat whatever the size of
+an instance, and the answer comes as soon as the last part is kept. Refusals are counted per
+request and logged as one summary line (a body of 20 000 bad parts is one line, not 20 000).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import re
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
 
 from node.dicomfile import InstanceIdentity, UnreadableInstance, read_identity
 from node.ingest.intake import (
@@ -40,7 +45,7 @@ DICOM_MEDIA_TYPE = "application/dicom"
 STOW_CALLER = "DICOMWEB"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _TYPE = re.compile(r'type="?([^";]+)"?', re.IGNORECASE)
-_COPY_CHUNK = 8 * 1024 * 1024
+MAX_PART_HEADER_BYTES = 8 * 1024
 
 
 class BadRequest(ValueError):
@@ -104,39 +109,6 @@ def boundary_of(content_type: str) -> bytes:
     return found.group(1).strip().encode("latin-1")
 
 
-def split_parts(body: mmap.mmap | bytes, boundary: bytes
-                ) -> Iterator[tuple[dict[str, str], int, int]]:
-    """(headers, start, end) of each part of a multipart body (RFC 2046 5.1.1)."""
-    delimiter = b"--" + boundary
-    position = body.find(delimiter)
-    if position < 0:
-        raise BadRequest("the body has no part with the Content-Type's boundary")
-    while True:
-        position += len(delimiter)
-        if body[position:position + 2] == b"--":
-            return  # the close delimiter
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            raise BadRequest("a part ends before its headers")
-        if body[line_end:line_end + 4] == b"\r\n\r\n":
-            header_block, start = b"", line_end + 4
-        else:
-            headers_end = body.find(b"\r\n\r\n", line_end)
-            if headers_end < 0:
-                raise BadRequest("a part's headers do not end")
-            header_block, start = body[line_end + 2:headers_end], headers_end + 4
-        end = body.find(b"\r\n" + delimiter, start)
-        if end < 0:
-            raise BadRequest("the body ends without its closing boundary")
-        headers = {}
-        for line in bytes(header_block).decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip():
-                headers[name.strip().lower()] = value.strip()
-        yield headers, start, end
-        position = end + 2
-
-
 class StowReceiver:
     """Stores the instances of one STOW-RS request body (already on disk)."""
 
@@ -158,61 +130,31 @@ class StowReceiver:
         """Where request bodies are written: the spool's file system (parts are adopted)."""
         return self._intake.spool.tmp_dir
 
-    def store(self, body: Path, content_type: str, study_uid: str | None,
-              batch: int) -> StowResult:
-        """Store every part of ``body``; ``batch`` names the request for series bookkeeping."""
-        boundary = boundary_of(content_type)
-        result = StowResult()
-        if body.stat().st_size == 0:
-            raise BadRequest("the body is empty")
-        try:
-            with open(body, "rb") as handle, mmap.mmap(handle.fileno(), 0,
-                                                       access=mmap.ACCESS_READ) as mapped:
-                for headers, start, end in split_parts(mapped, boundary):
-                    identity, outcome = self._part(mapped, headers, start, end, study_uid,
-                                                   batch)
-                    if isinstance(outcome, Refusal):
-                        result.failed.append((identity, outcome))
-                    else:
-                        result.stored.append(outcome)
-        finally:
-            if self._on_end is not None:
-                try:
-                    self._on_end(batch, True)
-                except Exception:
-                    log.exception("series bookkeeping failed after a STOW-RS request")
-        if not result.stored and not result.failed:
-            raise BadRequest("the body has no instance")
-        return result
+    def request(self, content_type: str, study_uid: str | None, batch: int) -> StowRequest:
+        """A request's parts, fed as they arrive (:meth:`StowRequest.write`); ``batch`` names
+        the request for series bookkeeping. :class:`BadRequest` for a media type that is not
+        ``multipart/related`` of DICOM."""
+        return StowRequest(self, boundary_of(content_type), study_uid, batch)
 
-    def _part(self, body: mmap.mmap, headers: dict[str, str], start: int, end: int,
-              study_uid: str | None, batch: int
-              ) -> tuple[InstanceIdentity | None, InstanceIdentity | Refusal]:
-        media = headers.get("content-type", DICOM_MEDIA_TYPE).split(";", 1)[0].strip().lower()
-        if media != DICOM_MEDIA_TYPE:
-            return None, self._intake.refused(CANNOT_UNDERSTAND,
-                                              f"part is {media}, not {DICOM_MEDIA_TYPE}")
-        refusal = self._intake.disk_refusal()
-        if refusal is not None:
-            return None, refusal
-        if self._max_bytes and end - start > self._max_bytes:
-            return None, self._intake.refused(OUT_OF_RESOURCES,
-                                              "instance larger than node.max_instance_mb")
-        received = temporary_name(self.tmp_dir / "stow.dcm", self.tmp_dir)
+    def end(self, batch: int) -> None:
+        if self._on_end is not None:
+            try:
+                self._on_end(batch, True)
+            except Exception:
+                log.exception("series bookkeeping failed after a STOW-RS request")
+
+    def keep(self, received: Path, study_uid: str | None, batch: int
+             ) -> tuple[InstanceIdentity | None, InstanceIdentity | Refusal]:
+        """One part, written to ``received`` (a spool temporary): kept or refused."""
         try:
-            with open(received, "wb") as handle:
-                for offset in range(start, end, _COPY_CHUNK):
-                    handle.write(body[offset:min(end, offset + _COPY_CHUNK)])
             with open(received, "rb") as handle:
                 identity = read_identity(handle)
         except UnreadableInstance as exc:
             received.unlink(missing_ok=True)
-            log.warning("STOW-RS instance refused, 0xC210: %s", exc)
             return None, self._intake.refused(CANNOT_UNDERSTAND, str(exc))
         except OSError as exc:
             received.unlink(missing_ok=True)
-            log.error("STOW-RS instance refused, 0xA700: %s", exc.strerror)
-            return None, self._intake.refused(OUT_OF_RESOURCES, "write failed")
+            return None, self._intake.refused(OUT_OF_RESOURCES, f"write failed ({exc.strerror})")
         if study_uid is not None and identity.study_instance_uid != study_uid:
             received.unlink(missing_ok=True)
             return identity, self._intake.refused(
@@ -222,3 +164,150 @@ class StowReceiver:
             received.unlink(missing_ok=True)
             return identity, outcome
         return identity, identity
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def intake(self) -> Intake:
+        return self._intake
+
+
+class StowRequest:
+    """One STOW-RS body, split part by part as its bytes arrive (:meth:`write`), each part
+    written once to its spool temporary and kept when it ends; :meth:`finish` gives the
+    result. Not thread-safe: one request, one feeder."""
+
+    def __init__(self, receiver: StowReceiver, boundary: bytes, study_uid: str | None,
+                 batch: int) -> None:
+        self._receiver = receiver
+        self._study_uid = study_uid
+        self._batch = batch
+        self.result = StowResult()
+        self.refusals: Counter[int] = Counter()
+        self.first_refusal = ""
+        self._headers: dict[str, str] = {}
+        self._field = b""
+        self._value = b""
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._refusal: Refusal | None = None
+        self._ended = False
+        self._bytes = 0
+        self._parser = MultipartParser(boundary, callbacks={
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end, "on_end": self._end,
+        }, max_header_count=32, max_header_size=MAX_PART_HEADER_BYTES)
+
+    # -- feeding ---------------------------------------------------------------------------
+    def write(self, chunk: bytes) -> None:
+        """The next bytes of the body; :class:`BadRequest` when they cannot be multipart."""
+        self._bytes += len(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            self.abandon()
+            raise BadRequest(f"the body is not multipart with the Content-Type's boundary "
+                             f"({exc})") from exc
+
+    def finish(self) -> StowResult:
+        """The body is over: the result, or :class:`BadRequest` when it was incomplete."""
+        try:
+            if self._bytes == 0:
+                raise BadRequest("the body is empty")
+            if not self._ended:
+                raise BadRequest("the body ends without its closing boundary")
+            if not self.result.stored and not self.result.failed:
+                raise BadRequest("the body has no instance")
+            return self.result
+        finally:
+            self.abandon()
+            self._receiver.end(self._batch)
+
+    def abandon(self) -> None:
+        """Remove a part that was being written (the request failed or ended early)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None
+
+    # -- the parser's callbacks --------------------------------------------------------------
+    def _part_begin(self) -> None:
+        self._headers, self._size, self._refusal = {}, 0, None
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self._headers[name] = self._value.decode("latin-1").strip()
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        intake = self._receiver.intake
+        media = self._headers.get("content-type", DICOM_MEDIA_TYPE).split(";", 1)[0]
+        media = media.strip().lower()
+        if media != DICOM_MEDIA_TYPE:
+            self._refusal = intake.refused(CANNOT_UNDERSTAND,
+                                           f"part is {media[:40]}, not {DICOM_MEDIA_TYPE}")
+            return
+        self._refusal = intake.disk_refusal()
+        if self._refusal is not None:
+            return
+        tmp_dir = self._receiver.tmp_dir
+        self._path = temporary_name(tmp_dir / "stow.dcm", tmp_dir)
+        try:
+            self._file = open(self._path, "wb")  # noqa: SIM115 - closed at the part's end
+        except OSError as exc:
+            self._path = None
+            self._refusal = intake.refused(OUT_OF_RESOURCES, f"write failed ({exc.strerror})")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is None:
+            return
+        self._size += end - start
+        limit = self._receiver.max_bytes
+        if limit and self._size > limit:
+            self.abandon()
+            self._refusal = self._receiver.intake.refused(
+                OUT_OF_RESOURCES, "instance larger than node.max_instance_mb")
+            return
+        try:
+            self._file.write(data[start:end])
+        except OSError as exc:  # the disk filled while the part arrived
+            self.abandon()
+            self._refusal = self._receiver.intake.refused(
+                OUT_OF_RESOURCES, f"write failed ({exc.strerror})")
+
+    def _part_end(self) -> None:
+        if self._refusal is not None:
+            self._refused(None, self._refusal)
+            return
+        if self._file is None or self._path is None:
+            return
+        self._file.close()
+        self._file = None
+        path, self._path = self._path, None
+        identity, outcome = self._receiver.keep(path, self._study_uid, self._batch)
+        if isinstance(outcome, Refusal):
+            self._refused(identity, outcome)
+        else:
+            self.result.stored.append(outcome)
+
+    def _refused(self, identity: InstanceIdentity | None, refusal: Refusal) -> None:
+        self.result.failed.append((identity, refusal))
+        self.refusals[refusal.code] += 1
+        if not self.first_refusal:
+            self.first_refusal = refusal.reason
+
+    def _end(self) -> None:
+        self._ended = True

@@ -1,5 +1,6 @@
 """``POST /dicomweb/studies[/{study}]``: STOW-RS in (:mod:`node.ingest.stow`). The body is
-streamed to the spool's file system before it is split, so memory stays flat."""
+split as it arrives, each part written once to the spool's file system, so memory stays flat
+and the answer comes when the body ends; one log line per request."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from node.ingest.stow import BadRequest
-from node.store.durable import temporary_name
 from node.web.auth import require_token
 from node.web.context import WebContext
 
@@ -22,36 +22,47 @@ DICOM_JSON = "application/dicom+json"
 _requests = itertools.count(1)
 
 
+FEED_BYTES = 1024 * 1024  # the body is handed to the parser (in a thread) in pieces this big
+
+
 async def _store(request: Request, study_uid: str | None) -> JSONResponse:
     context: WebContext = request.app.state.context
     if context.stow is None:
         raise HTTPException(404, "STOW-RS is not served by this node")
+    client = request.client.host if request.client else "?"
     refusal = context.stow.disk_refusal()
     if refusal is not None:  # before a byte of the body is written
-        log.warning("STOW-RS request refused (507): %s", refusal.reason)
+        log.warning("STOW-RS request from %s refused (507): %s", client, refusal.reason)
         return JSONResponse({"error": refusal.reason}, status_code=507)
-    body = temporary_name(context.stow.tmp_dir / "stow-request", context.stow.tmp_dir)
+    batch = -next(_requests) - os.getpid() * 1_000_000  # never an association's id
     try:
-        try:
-            with open(body, "wb") as handle:
-                async for chunk in request.stream():
-                    handle.write(chunk)
-        except OSError as exc:  # the disk filled while the body arrived
-            log.error("STOW-RS request refused (507): %s", exc.strerror)
-            return JSONResponse({"error": f"the request could not be kept ({exc.strerror})"},
-                                status_code=507)
-        batch = -next(_requests) - os.getpid() * 1_000_000  # never an association's id
-        try:
-            result = await run_in_threadpool(  # fsync and the job store: off the loop
-                context.stow.store, body, request.headers.get("content-type", ""),
-                study_uid, batch)
-        except BadRequest as exc:
-            log.warning("STOW-RS request refused (%d): %s", exc.status, exc)
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-    finally:
-        body.unlink(missing_ok=True)
-    log.info("STOW-RS from %s: %d stored, %d failed", request.client.host if request.client
-             else "?", len(result.stored), len(result.failed))
+        parts = context.stow.request(request.headers.get("content-type", ""), study_uid, batch)
+    except BadRequest as exc:
+        log.warning("STOW-RS request from %s refused (%d): %s", client, exc.status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    try:
+        pending: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= FEED_BYTES:  # parts are written and kept (fsync, store) off the loop
+                await run_in_threadpool(parts.write, b"".join(pending))
+                pending, size = [], 0
+        if pending:
+            await run_in_threadpool(parts.write, b"".join(pending))
+        result = await run_in_threadpool(parts.finish)
+    except BadRequest as exc:
+        parts.abandon()
+        log.warning("STOW-RS request from %s refused (%d): %s", client, exc.status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    except BaseException:
+        parts.abandon()  # the client went away mid-part: its temporary goes
+        raise
+    failed = ", ".join(f"0x{code:04X}: {count}" for code, count in sorted(parts.refusals.items()))
+    (log.warning if failed else log.info)(
+        "STOW-RS from %s: %d stored, %d refused%s", client, len(result.stored),
+        len(result.failed), f" ({failed}; first: {parts.first_refusal})" if failed else "")
     base = str(request.base_url).rstrip("/") + "/dicomweb"
     return JSONResponse(result.response(base), status_code=result.http_status,
                         media_type=DICOM_JSON)

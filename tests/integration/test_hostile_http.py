@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -191,3 +192,87 @@ def test_a_huge_sign_in_body_is_refused_before_it_is_read(node_factory: Any) -> 
     assert b"set-cookie" not in answer.lower()
     assert sent < size // 2, f"the node read {sent} bytes"
     assert (_anonymous_kb(web) - before) < 50 * 1024
+
+
+def _huge_instance_head(size: int) -> tuple[bytes, str]:
+    """A Part 10 CT instance whose Pixel Data (OW) is ``size`` bytes; the header bytes and
+    its SOP Instance UID (the pixel bytes are streamed, never held)."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import ct_files
+
+    dataset = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, size)
+    return buffer.getvalue() + element, str(dataset.SOPInstanceUID)
+
+
+def test_a_1_gb_stow_part_keeps_memory_flat_and_is_answered_at_once(node_factory: Any
+                                                                     ) -> None:
+    """Issue 24 §5: one 1 GB part; the web role's anonymous memory grows by at most 100 MB
+    while it arrives, the part is written once and the answer comes within seconds of the
+    body's end."""
+    import json
+
+    http_port = free_port()
+    node: NodeProcess = node_factory(node={"http_port": http_port, "min_free_disk_mb": 1})
+    node.start()
+    wait_port(http_port, timeout=60, proc=node.proc)
+    assert node.proc is not None
+    web = role_processes(node.proc.pid)["web"]
+    before = _anonymous_kb(web)
+    size = 1024 * 1024 * 1024
+    head, sop_uid = _huge_instance_head(size)
+    boundary = b"one-gigabyte"
+    opening = (b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + head)
+    closing = b"\r\n--" + boundary + b"--\r\n"
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                peak[0] = max(peak[0], _anonymous_kb(web))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with socket.create_connection(("127.0.0.1", http_port)) as connection:
+            connection.sendall(
+                b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/related; type=\"application/dicom\"; boundary="
+                + boundary + b"\r\nContent-Length: "
+                + str(len(opening) + size + len(closing)).encode() + b"\r\n\r\n" + opening)
+            zeros = bytes(4 * 1024 * 1024)
+            for _ in range(size // len(zeros)):
+                connection.sendall(zeros)
+            connection.sendall(closing)
+            ended = time.monotonic()
+            connection.settimeout(120)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = connection.recv(65536)
+                if not data:
+                    break
+                answer += data
+            answered_s = time.monotonic() - ended
+    finally:
+        stop.set()
+        sampler.join()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["00081199"]["Value"][0]["00081155"]["Value"] == [sop_uid]
+    growth_mb = (peak[0] - before) / 1024
+    assert growth_mb <= 100, f"web role anonymous memory grew {growth_mb:.0f} MB"
+    assert answered_s < 30, f"answered {answered_s:.1f} s after the body's end"
+    (kept,) = [p for p in node.stored_files() if p.stat().st_size > size]
+    assert kept.stat().st_size == len(head) + size
+    print(f"STOW-RS 1 GB part: web role +{growth_mb:.1f} MB anonymous, "
+          f"answered {answered_s:.2f} s after the body's end")

@@ -4,6 +4,7 @@ the admin API, peers managed live, STOW-RS in."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -248,3 +249,20 @@ def test_the_readme_peer_example_is_accepted_as_written(make_client: Any) -> Non
     quoted = section.split("(422 naming the key, e.g.", 1)[1].split("`", 2)[1]
     bad = client.put("/api/peers/CT2", json={**body, "port": 70000})
     assert bad.json()["detail"] == quoted
+
+
+def test_a_request_of_thousands_of_refused_parts_is_one_log_line(
+        make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24 §5: every part answered in the Failed SOP Sequence, one summary line."""
+    caplog.set_level(logging.INFO)
+    client, _ = make_client()
+    boundary = "many-parts"
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + b"not dicom %d" % n + b"\r\n" for n in range(5000))
+    body += f"--{boundary}--\r\n".encode()
+    answer = client.post("/dicomweb/studies", content=body, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert answer.status_code == 409
+    assert len(answer.json()["00081198"]["Value"]) == 5000
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "0 stored, 5000 refused (0xC210: 5000" in lines[0], lines[:3]
