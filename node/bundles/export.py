@@ -139,7 +139,8 @@ def model_config(name: str, fmt: str, contract: Contract, parameters: dict[str, 
     config.version_policy.latest.num_versions = 1
     input_name, output_name = ("image", "pred") if fmt == "onnx" else ("INPUT__0", "OUTPUT__0")
     config.input.append(_tensor(input_name, contract.input_channels, contract.spatial_dims))
-    config.output.append(_tensor(output_name, len(contract.labels), contract.spatial_dims))
+    config.output.append(_tensor(output_name, 1 if contract.output_kind == "labels"
+                                 else len(contract.labels), contract.spatial_dims))
     config.instance_group.add(count=1)
     for key, value in parameters.items():
         config.parameters[key].string_value = value if isinstance(value, str) \

@@ -74,7 +74,7 @@ def _parameters(bundle: Bundle, contract: Contract, segments: dict[str, Any],
     metadata = bundle.metadata
     parameters: dict[str, Any] = {
         "ainode_version": str(metadata.get("version", "0")),
-        "ainode_output_kind": "probabilities",
+        "ainode_output_kind": contract.output_kind,
         "ainode_labels": contract.labels,
         "ainode_segments": segments,
         "ainode_layout": "ras",

@@ -52,6 +52,7 @@ class Contract:
     spatial_dims: int
     labels: list[str]
     output_format: str
+    output_kind: str = "probabilities"  # or "labels": one channel of label values
     preprocess: list[dict[str, Any]] = field(default_factory=list)
     sliding_window: dict[str, Any] | None = None
     activation: str = "none"
@@ -104,18 +105,38 @@ def _outputs(bundle: Bundle, reasons: list[str]) -> tuple[str, dict[str, Any]]:
     return next(iter(inputs)), next(iter(outputs.values()))
 
 
-def _labels(output: dict[str, Any], reasons: list[str]) -> list[str]:
-    channels = output.get("channel_def", {})
+SEGMENTATION_FORMATS = ("segmentation", "labels")  # the metadata schema's label outputs
+BACKGROUND_NAMES = frozenset({"background", "bg", "backgrounds", "other", "none", "_background_"})
+
+
+def _labels(output: dict[str, Any], reasons: list[str]) -> tuple[list[str], str]:
+    """The label names (index = label value) and the output kind the node reads them with:
+    ``probabilities`` (one channel per label, 0 the background: argmax) or ``labels`` (one
+    channel whose values are the labels). Every form the MONAI bundle metadata schema allows
+    for a segmentation output is one of these, or a reason says what is missing."""
+    channels = output.get("channel_def")
+    if not isinstance(channels, dict) or not channels:
+        reasons.append("network_data_format output has no channel_def: name each label "
+                       "(channel or value -> name), 0 the background")
+        return [], "probabilities"
     try:
         by_index = {int(k): str(v) for k, v in channels.items()}
-    except ValueError:
-        reasons.append("network_data_format output channel_def keys are not channel numbers")
-        return []
+    except (TypeError, ValueError):
+        reasons.append("network_data_format output channel_def keys are not channel numbers "
+                       f"or label values: {', '.join(map(str, channels))}")
+        return [], "probabilities"
+    count = int(output.get("num_channels", len(by_index)) or len(by_index))
+    kind = "labels" if count == 1 and len(by_index) > 1 else "probabilities"
+    what = "label values" if kind == "labels" else "channels"
     if sorted(by_index) != list(range(len(by_index))) or len(by_index) < 2:
-        reasons.append("network_data_format output channel_def must name channels 0..N-1 "
-                       "(0 the background)")
-        return []
-    return [by_index[i] for i in range(len(by_index))]
+        reasons.append(f"network_data_format output channel_def must name {what} 0..N-1 "
+                       f"(0 the background); it names {', '.join(map(str, sorted(by_index)))}")
+        return [], kind
+    if kind == "probabilities" and count != len(by_index):
+        reasons.append(f"network_data_format output has num_channels {count} but channel_def "
+                       f"names {len(by_index)}")
+        return [], kind
+    return [by_index[i] for i in range(len(by_index))], kind
 
 
 def map_preprocessing(bundle: Bundle, image_key: str, contract: Contract,
@@ -209,6 +230,8 @@ def map_postprocessing(bundle: Bundle, pred_key: str, contract: Contract,
             else:
                 contract.invert = "probabilities"
         elif name == "AsDiscreted":
+            if not config.get("argmax") and config.get("threshold") is not None:
+                continue  # independent masks: named once, below
             if not config.get("argmax") or config.get("threshold") is not None \
                     or config.get("to_onehot"):
                 reasons.append("AsDiscreted other than argmax (threshold, one-hot) is not "
@@ -220,9 +243,22 @@ def map_postprocessing(bundle: Bundle, pred_key: str, contract: Contract,
                                          **options})
         else:
             reasons.append(f"postprocessing transform {name} is not one the node can reproduce")
-    if not argmax_seen:
-        reasons.append("postprocessing has no AsDiscreted(argmax=True): the node needs one "
-                       "label per voxel")
+    if contract.output_kind == "labels":
+        if argmax_seen:
+            reasons.append("postprocessing takes the argmax of a one-channel output (its "
+                           "label values): the bundle's own result would be all background")
+    elif not argmax_seen:
+        independent = (contract.activation == "sigmoid" or (
+            bool(contract.labels) and contract.labels[0].lower() not in BACKGROUND_NAMES))
+        if independent:
+            reasons.append(
+                f"the output's {len(contract.labels)} channels ({', '.join(contract.labels)}) "
+                "are independent masks (sigmoid or threshold, no background channel): they may "
+                "overlap, and the node needs one label per voxel (softmax channels with "
+                "AsDiscreted(argmax=True), or one channel of label values)")
+        else:
+            reasons.append("postprocessing has no AsDiscreted(argmax=True): the node needs one "
+                           "label per voxel")
     if not inverted and contract.preprocess:
         contract.notes.append("the bundle keeps its prediction on the resampled grid; the node "
                               "maps it back to the source grid (Invertd) for SEG")
@@ -238,16 +274,27 @@ def map_bundle(bundle: Bundle) -> tuple[Contract, list[str]]:
     input_spec: dict[str, Any] = inputs.get(image_key) or next(iter(inputs.values()), {})
     channels = int(input_spec.get("num_channels", 1))
     spatial_shape = input_spec.get("spatial_shape", [])
+    output_format = str(output.get("format", ""))
+    output_shape = output.get("spatial_shape")
+    per_voxel = not output_shape or not spatial_shape or output_shape == spatial_shape
+    if output_format in SEGMENTATION_FORMATS and not per_voxel:
+        reasons.append(f"output format {output_format!r} with spatial_shape {output_shape} (the "
+                       f"input's {spatial_shape}): not a label per voxel; only segmentation "
+                       "bundles are imported")
+    labels, output_kind = (_labels(output, reasons)
+                           if output_format in SEGMENTATION_FORMATS and per_voxel
+                           else ([], "probabilities"))
     contract = Contract(
         image_key=image_key, input_channels=channels,
         spatial_dims=len(spatial_shape) if spatial_shape else 3,
-        labels=_labels(output, reasons), output_format=str(output.get("format", "")),
+        labels=labels, output_format=output_format, output_kind=output_kind,
     )
     if channels != 1:
         reasons.append(f"the network takes {channels} input channels; the node gives it one")
-    if contract.output_format != "segmentation":
-        reasons.append(f"output format {contract.output_format!r}: only segmentation bundles "
-                       "are imported (label per voxel)")
+    if output_format not in SEGMENTATION_FORMATS:
+        reasons.append(f"output format {output_format!r}: only segmentation bundles are "
+                       f"imported (format {' or '.join(SEGMENTATION_FORMATS)}: a label per "
+                       "voxel)")
     map_preprocessing(bundle, image_key, contract, reasons)
     map_inferer(bundle, contract, reasons)
     map_postprocessing(bundle, "pred", contract, reasons)

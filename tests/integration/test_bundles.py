@@ -292,6 +292,24 @@ def test_a_bundle_the_node_cannot_reproduce_is_refused_with_every_reason(
                   "--config", str(config)).returncode == 0
 
 
+def test_a_bundle_describing_its_output_as_labels_is_imported(spleen_bundle: Path,
+                                                                tmp_path: Path) -> None:
+    """Issue 24 §5: Model Zoo bundles write ``"format": "labels"`` as well as
+    ``"segmentation"``; both import to the same model."""
+    bundle = _bundle_copy(spleen_bundle, tmp_path)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata["network_data_format"]["outputs"]["pred"]["format"] = "labels"
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    config = tmp_path / "node.yaml"
+    repository = tmp_path / "repo"
+    config.write_text(yaml.safe_dump({"inference": {"model_repository": str(repository)}}))
+    result = ainode("models", "import", str(bundle), "--name", "spleen_labels",
+                    "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    spec = load_model_spec(repository, "spleen_labels")
+    assert spec.labels == ("background", "spleen") and spec.output_kind == "probabilities"
+
+
 def test_the_breast_density_classification_bundle_is_refused_with_its_reasons(
     tmp_path: Path,
 ) -> None:
