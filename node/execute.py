@@ -9,8 +9,10 @@ records both. torch and MONAI are imported by the first job, not when this modul
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,12 @@ from pydicom import Dataset
 
 from node import logs
 from node.domain import Job, SeriesKey
-from node.encode.common import Provenance, count_labels
+from node.encode.common import (
+    Provenance,
+    count_labels,
+    series_number,
+    stamp_series_created,
+)
 from node.encode.outputs import (
     encode_findings_report,
     encode_heatmap_outputs,
@@ -42,6 +49,8 @@ from node.store.spool import path_component
 
 # what a retry cannot fix: the job fails at once with the reason
 PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
+
+log = logging.getLogger(__name__)
 
 
 NOTICE_KIND = "notify"  # the outbox kind of a notification
@@ -270,6 +279,7 @@ class JobExecutor:
             volume.series_instance_uid,
             tuple(s.sop_instance_uid for s in volume.slices),
             self._settings.node.ae_title,
+            job.series.revision,
         )
         started = time.perf_counter()
         segments = effective_segments(spec, pipeline)
@@ -286,6 +296,15 @@ class JobExecutor:
                 urgent,
             )
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
+        created = dt.datetime.now()
+        for dataset in objects.values():
+            stamp_series_created(dataset, created)
+        if job.series.revision > 1:
+            log.info("series %s revision %d: its %s results (series numbers %s) supersede "
+                     "those of revision(s) 1-%d", job.series.series_instance_uid,
+                     job.series.revision, "/".join(k.upper() for k in objects),
+                     ", ".join(str(series_number(k, job.series.revision)) for k in objects),
+                     job.series.revision - 1)
         written: list[ResultObject] = []
         for kind, dataset in objects.items():
             path = target / f"{kind}.dcm"

@@ -8,6 +8,7 @@ Equipment Sequence, PS3.3 C.7.5.2) and in each SEG segment / SR group (TID 4019)
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Provenance:
     series_instance_uid: str
     sop_instance_uids: tuple[str, ...]
     device_ae_title: str = "AINODE"
+    revision: int = 1  # of the source series (a series re-sent with more images: 2, 3 ...)
 
     def uid(self, kind: str) -> str:
         """A UID that is the same whenever the same model sees the same images: a name-based
@@ -58,7 +60,8 @@ class Provenance:
         """What a viewer lists for the result's series: the model, its version, the kind and
         that it is not for primary diagnosis; the notice is kept whole within the 64
         characters of LO (a long model name is cut instead; it is whole in the equipment)."""
-        tail = f" {kind}, {NOTICE}"
+        revision = f" rev {self.revision}" if self.revision > 1 else ""
+        tail = f" {kind}{revision}, {NOTICE}"
         return f"AI {self.model_name} {self.model_version}"[:64 - len(tail)] + tail
 
     def algorithm(self) -> hd.AlgorithmIdentificationSequence:
@@ -74,7 +77,7 @@ class Provenance:
         maker: deterministic UIDs, series number, equipment (highdicom keyword arguments)."""
         return {
             "series_instance_uid": self.uid(f"{kind}-series"),
-            "series_number": series_number(kind),
+            "series_number": series_number(kind, self.revision),
             "sop_instance_uid": self.uid(kind),
             "instance_number": 1,
             "manufacturer": MANUFACTURER,
@@ -113,9 +116,17 @@ def present_labels(labels: NDArray[np.uint8], label_names: tuple[str, ...]) -> l
     return [value for value in range(1, len(label_names)) if counts[value] > 0]
 
 
-def series_number(kind: str) -> int:
-    """Fixed series numbers so results sort after the source in viewers."""
-    return {"seg": 9001, "sr": 9002, "sc": 9003}[kind]
+def series_number(kind: str, revision: int = 1) -> int:
+    """Series numbers that sort the results after the source in viewers and tell the
+    results of each revision of the source apart: 9001-9003 for the first (SEG, SR, SC),
+    9011-9013 for the second, and so on."""
+    return {"seg": 9001, "sr": 9002, "sc": 9003}[kind] + 10 * (max(revision, 1) - 1)
+
+
+def stamp_series_created(dataset: Dataset, when: dt.datetime) -> None:
+    """Series Date and Time (PS3.3 C.7.3.1, Type 3): when this result series was made."""
+    dataset.SeriesDate = when.strftime("%Y%m%d")
+    dataset.SeriesTime = when.strftime("%H%M%S")
 
 
 def with_component_person_names(source: Dataset) -> Dataset:

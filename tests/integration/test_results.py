@@ -373,6 +373,46 @@ def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
     assert sc_ds.Modality in ("OT", "MR") and sc_ds.BurnedInAnnotation == "YES"
 
 
+def test_the_results_of_each_revision_are_told_apart_in_orthanc(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    """Issue 24 §6: the head MR sent with 34 slices, then its 35th (revision 2): Orthanc holds
+    two SEG, SR and SC series, each with its Series Date and Time, series numbers that differ
+    per revision and a revision 2 description that says so; the node logs the supersession;
+    every object still passes dciodvfy."""
+    require(DCIODVFY)
+    http_port, dicom_port = free_port(), free_port()
+    sections = ct_body_node_sections(dicom_port)
+    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
+                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"],
+                              "destinations": ["PACS"]}]
+    node = node_factory(**sections).start()
+    files = sorted(MR_DIR.glob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
+        for sent, batch in ((3, files[:34]), (6, files[34:])):
+            assert storescu(node, *batch).returncode == 0
+            assert wait_for(lambda sent=sent: node.query(
+                "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(sent,)], 180, 0.5), (
+                node.query("SELECT * FROM jobs"), node.log()[-3000:])
+        found = pacs.series_by_modality(study_uid)
+        results = [dataset for modality in ("SEG", "SR", "OT", "SC")
+                   for series in found.get(modality, [])
+                   for dataset in fetch(pacs, study_uid, series)]
+    assert len(results) == 6
+    numbers = sorted(int(d.SeriesNumber) for d in results)
+    assert numbers == [9001, 9002, 9003, 9011, 9012, 9013]
+    for dataset in results:
+        assert dataset.SeriesDate and dataset.SeriesTime, dataset.SOPClassUID.name
+        revised = int(dataset.SeriesNumber) > 9010
+        assert (" rev 2, not for primary diagnosis" in dataset.SeriesDescription) == revised
+        assert dataset.SeriesDescription.endswith(", not for primary diagnosis")
+        assert dciodvfy_errors(dataset, tmp_path) == [], dataset.SOPClassUID.name
+    assert len({d.SeriesDescription for d in results}) == 6
+    assert "revision 2: its SEG/SR/SC results (series numbers 9011, 9012, 9013) supersede" \
+        in node.log()
+
+
 CXR_DIR = CT_DIR.parent / "cxr"
 
 
