@@ -332,9 +332,15 @@ def test_below_the_disk_floor_0xa700_and_storing_again_once_space_returns(
     instance is stored."""
     import shutil
 
+    from tests.conftest import free_port, http_call, wait_port
+
     require("/usr/bin/storescu")
     free_mb = shutil.disk_usage(tmp_path).free // 2**20
-    node = node_factory(node={"min_free_disk_mb": free_mb - 300}).start()
+    http_port = free_port()
+    node = node_factory(node={"min_free_disk_mb": free_mb - 300, "http_port": http_port}
+                        ).start()
+    wait_port(http_port, timeout=60, proc=node.proc)
+    assert http_call(http_port, "/readyz", timeout=30)[0] == 200
     filler = node.data_dir / "filler"
     with open(filler, "wb") as handle:
         os.posix_fallocate(handle.fileno(), 0, 600 * 2**20)
@@ -343,8 +349,11 @@ def test_below_the_disk_floor_0xa700_and_storing_again_once_space_returns(
         assert "Received Store Response (Refused: OutOfResources)" in refused.stdout + \
             refused.stderr
         assert node.stored_files() == []
+        status, ready = http_call(http_port, "/readyz", timeout=30)  # not ready meanwhile
+        assert status == 503 and "min_free_disk_mb" in ready["failed"]["disk"], ready
     finally:
         filler.unlink()
     stored = storescu(node, ct_files()[0])
     assert stored.returncode == 0 and "(Success)" in stored.stdout + stored.stderr
     assert len(node.stored_files()) == 1
+    assert http_call(http_port, "/readyz", timeout=30)[0] == 200

@@ -246,6 +246,43 @@ def test_unknown_model_fails_the_job_with_that_reason(tmp_path: Path) -> None:
     assert job.error == f"model 'no_such' is not in {REPOSITORY}"
 
 
+def test_a_misspelt_model_is_refused_at_start_and_readyz_names_a_model_triton_lacks(
+        tmp_path: Path, node_factory: Any, triton_grpc_url: str) -> None:
+    """Issue 24 §4: ``config check`` and ``serve`` refuse a pipeline whose model is not in the
+    model repository (exit 2, naming it); with Triton as the backend, /readyz is not ready
+    while Triton has not loaded a model a pipeline names, and says which."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, http_call, wait_port
+
+    ainode = str(Path(sys.executable).parent / "ainode")
+    config = tmp_path / "misspelt.yaml"
+    config.write_text(json.dumps({
+        "node": {"data_dir": str(tmp_path / "var")},
+        "inference": {"model_repository": str(REPOSITORY)},
+        "pipelines": [{"name": "ct", "match": {"modality": "CT"}, "model": "ct_body_sge"}]}))
+    for command in (["config", "check", str(config)], ["serve", "--config", str(config)]):
+        result = subprocess.run([ainode, *command], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (command, result.stderr)
+        message = " ".join(result.stderr.split())
+        assert "pipelines.0 (ct): model 'ct_body_sge' is not in the model repository" in message
+        assert "ct_body_seg" in message  # what the repository has
+
+    repository = tmp_path / "repository"  # ct_body_seg_v2: here, but not on Triton
+    shutil.copytree(ROOT / "model_repository" / "ct_body_seg", repository / "ct_body_seg_v2")
+    http_port = free_port()
+    node = node_factory(node={"http_port": http_port}, inference={
+        "backend": "triton", "triton_url": triton_grpc_url, "triton_protocol": "grpc",
+        "model_repository": str(repository)},
+        pipelines=[{"name": "ct", "match": {"modality": "CT"}, "model": "ct_body_seg_v2"}])
+    node.start()
+    wait_port(http_port, timeout=60, proc=node.proc)
+    status, ready = http_call(http_port, "/readyz", timeout=30)
+    assert status == 503 and "ct_body_seg_v2" in ready["failed"]["triton"], ready
+
+
 GEOMETRY_CASES = {
     "dicom2nifti_failing/sliceincrement/001": "missing slices or non-uniform spacing",
     "dicom2nifti_failing/gantrytilting/001": "gantry tilt",
