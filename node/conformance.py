@@ -18,7 +18,8 @@ from node.dicomfile import VERIFICATION
 from node.encode.outputs import RESULT_SOP_CLASSES
 from node.encode.sr import PROCEDURES
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names
-from node.ingest.dimse import SUCCESS, storage_sop_classes
+from node.ingest.dimse import PRE_ASSOCIATION_TIMEOUT_S, SUCCESS, storage_sop_classes
+from node.ingest.gate import PER_ADDRESS as GATE_PER_ADDRESS
 from node.ingest.intake import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
 from node.research.table import EDITION
 from node.settings import DEID_OPTIONS, NodeSection, Settings
@@ -56,6 +57,10 @@ def _codes(settings: Settings) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
+MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # ... - MOVE
+
+
 def statement(settings: Settings) -> str:
     """The conformance statement as Markdown."""
     storage = storage_sop_classes()
@@ -79,6 +84,8 @@ def statement(settings: Settings) -> str:
             ("Transfer", "Segmentation, Comprehensive 3D SR, Secondary Capture (results)", "Yes",
              "Yes"),
             ("Verification", "Verification SOP Class", "Yes", "Yes"),
+            ("Query/Retrieve", "Study Root Query/Retrieve Information Model - GET and - MOVE "
+             "(section 2.2.5)", "Yes", "No"),
         ]),
         "",
         "## 2 Networking",
@@ -155,8 +162,33 @@ def statement(settings: Settings) -> str:
             ("Called AE title", "must be the node's; otherwise A-ASSOCIATE-RJ \"called AE "
              "title not recognised\""),
             ("Timeouts", "ACSE `node.acse_timeout_s`, DIMSE `node.dimse_timeout_s`, network "
-             "`node.network_timeout_s`"),
+             "`node.network_timeout_s` (an idle association is aborted after it)"),
+            ("Before the association request", "a connection must send its A-ASSOCIATE-RQ "
+             f"within {PRE_ASSOCIATION_TIMEOUT_S:.0f} s (at most the ACSE timeout) or is closed; "
+             "until then it takes no association slot; one address keeps at most "
+             f"{GATE_PER_ADDRESS} such connections (a new one closes its oldest)"),
+            ("AE titles with control characters or a backslash", "A-ASSOCIATE-RJ, permanent, "
+             "\"calling (or called) AE title not recognised\"; audited"),
         ]),
+        "",
+        "#### 2.2.5 SOP classes as SCU (studies retrieved on demand)",
+        "",
+        "`ainode run STUDY_UID --from PEER` and `POST /api/studies/{uid}/run` retrieve a study "
+        "from a configured peer (PACS), by the peer's `retrieve` setting:",
+        "",
+        *_table(["Method", "SOP class", "UID", "Role"], [
+            ("get (default)", _name(GET_MODEL), GET_MODEL, "SCU of C-GET at STUDY level "
+             "(Study Instance UID only); SCP of C-STORE on the same association (SCP/SCU "
+             "role selection for the storage SOP classes)"),
+            ("move", _name(MOVE_MODEL), MOVE_MODEL, "SCU of C-MOVE at STUDY level with the "
+             "node's own AE title as destination; the instances arrive at the Storage SCP"),
+            ("wado", "-", "-", "WADO-RS client (PS3.18 10.4, Retrieve Study) of the peer's "
+             "`dicomweb_url`"),
+        ]),
+        "",
+        "C-FIND is not used: the Study Instance UID is given. Instances retrieved are kept like "
+        "those pushed (the same statuses, section 2.2.2) and routed as if the peer had sent "
+        "them.",
         "",
         "### 2.3 Network interfaces and security",
         "",
@@ -167,6 +199,11 @@ def statement(settings: Settings) -> str:
         "for every association, transfer, job, deletion and configuration change.",
         "",
         "## 3 Objects created",
+        "",
+        "Every result series has its Series Date and Time (when it was made) and a Series Number "
+        "that tells the revisions of its source series apart: 9001 (SEG), 9002 (SR), 9003 (SC) "
+        "for the first, plus 10 for each later revision (a series re-sent with more images), "
+        "whose Series Description also says \"rev N\".",
         "",
         "### 3.1 Segmentation (PS3.3 A.51)",
         "",
