@@ -56,6 +56,8 @@ INSTANCES_TRANSFERRED = _Code("110104", "DICOM Instances Transferred")
 STUDY_DELETED = _Code("110105", "DICOM Study Deleted")
 EXPORT = _Code("110106", "Export")
 SECURITY_ALERT = _Code("110113", "Security Alert")
+USER_AUTHENTICATION = _Code("110114", "User Authentication")
+LOGIN = _Code("110122", "Login")
 APPLICATION_START = _Code("110120", "Application Start")
 APPLICATION_STOP = _Code("110121", "Application Stop")
 NODE_AUTHENTICATION = _Code("110126", "Node Authentication")
@@ -89,6 +91,8 @@ _EVENTS: dict[str, _Event] = {
     "association aborted": _Event(INSTANCES_TRANSFERRED, "C", None, SOURCE, DESTINATION,
                                   needs_objects=True),
     "association rejected": _Event(SECURITY_ALERT, "E", NODE_AUTHENTICATION, None, APPLICATION),
+    # a burst of wrong HTTP tokens from one address (node.web.throttle)
+    "authentication failed": _Event(USER_AUTHENTICATION, "E", LOGIN, None, APPLICATION),
     "configuration changed": _Event(SECURITY_ALERT, "E", SOFTWARE_CONFIGURATION, None,
                                     APPLICATION),
     "job done": _Event(INSTANCES_ACCESSED, "C", None, None, APPLICATION),

@@ -70,6 +70,7 @@ def test_instances_received_are_a_transfer_from_the_caller_to_this_node() -> Non
     ("node stopped", 0, "110100", "110121", "E"),
     ("process ended", 8, "110100", "110121", "E"),
     ("association rejected", 4, "110113", "110126", "E"),
+    ("authentication failed", 4, "110114", "110122", "E"),
     ("configuration changed", 0, "110113", "110131", "E"),
     ("requeue jobs", 0, "110113", "110132", "E"),
     ("job done", 0, "110103", None, "C"),
