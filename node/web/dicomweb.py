@@ -25,6 +25,16 @@ _requests = itertools.count(1)
 FEED_BYTES = 1024 * 1024  # the body is handed to the parser (in a thread) in pieces this big
 
 
+async def _drain(request: Request) -> None:
+    """Read (and drop) what is left of a refused body, so the client, still sending, reads
+    the answer instead of a reset connection."""
+    try:
+        async for _ in request.stream():
+            pass
+    except Exception:  # the stream was already consumed, or the client went away
+        return
+
+
 async def _store(request: Request, study_uid: str | None) -> JSONResponse:
     context: WebContext = request.app.state.context
     if context.stow is None:
@@ -32,12 +42,14 @@ async def _store(request: Request, study_uid: str | None) -> JSONResponse:
     client = request.client.host if request.client else "?"
     refusal = context.stow.disk_refusal()
     if refusal is not None:  # before a byte of the body is written
+        await _drain(request)  # read, never written
         log.warning("STOW-RS request from %s refused (507): %s", client, refusal.reason)
         return JSONResponse({"error": refusal.reason}, status_code=507)
     batch = -next(_requests) - os.getpid() * 1_000_000  # never an association's id
     try:
         parts = context.stow.request(request.headers.get("content-type", ""), study_uid, batch)
     except BadRequest as exc:
+        await _drain(request)
         log.warning("STOW-RS request from %s refused (%d): %s", client, exc.status, exc)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     try:
@@ -54,6 +66,7 @@ async def _store(request: Request, study_uid: str | None) -> JSONResponse:
         result = await run_in_threadpool(parts.finish)
     except BadRequest as exc:
         parts.abandon()
+        await _drain(request)
         log.warning("STOW-RS request from %s refused (%d): %s", client, exc.status, exc)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     except BaseException:

@@ -151,6 +151,18 @@ def test_slow_loris_connections_are_closed_and_others_served(web_node: NodeProce
     assert http_call(port, "/healthz", timeout=10) == (200, {"status": "ok"})
 
 
+def _node_with_web_role(node_factory: Any, env: dict[str, str], **node_settings: Any
+                        ) -> tuple[NodeProcess, int, int]:
+    """A running node, its HTTP port and its web role's process id."""
+    http_port = free_port()
+    node: NodeProcess = node_factory(node={"http_port": http_port, **node_settings})
+    node.env.update(env)
+    node.start()
+    wait_port(http_port, timeout=60, proc=node.proc)
+    assert node.proc is not None
+    return node, http_port, role_processes(node.proc.pid)["web"]
+
+
 def _anonymous_kb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return sum(int(line.split()[1]) for line in status.splitlines()
@@ -158,13 +170,8 @@ def _anonymous_kb(pid: int) -> int:
 
 
 def test_a_huge_sign_in_body_is_refused_before_it_is_read(node_factory: Any) -> None:
-    http_port = free_port()
-    node: NodeProcess = node_factory(node={"http_port": http_port})
-    node.env["AINODE__NODE__HTTP_TOKEN"] = "hostile-http-token-0123"
-    node.start()
-    wait_port(http_port, timeout=60, proc=node.proc)
-    assert node.proc is not None
-    web = role_processes(node.proc.pid)["web"]
+    _, http_port, web = _node_with_web_role(node_factory, {"AINODE__NODE__HTTP_TOKEN":
+                                                           "hostile-http-token-0123"})
     before = _anonymous_kb(web)
     size = 600 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", http_port)) as connection:
@@ -221,12 +228,7 @@ def test_a_1_gb_stow_part_keeps_memory_flat_and_is_answered_at_once(node_factory
     body's end."""
     import json
 
-    http_port = free_port()
-    node: NodeProcess = node_factory(node={"http_port": http_port, "min_free_disk_mb": 1})
-    node.start()
-    wait_port(http_port, timeout=60, proc=node.proc)
-    assert node.proc is not None
-    web = role_processes(node.proc.pid)["web"]
+    node, http_port, web = _node_with_web_role(node_factory, {}, min_free_disk_mb=1)
     before = _anonymous_kb(web)
     size = 1024 * 1024 * 1024
     head, sop_uid = _huge_instance_head(size)

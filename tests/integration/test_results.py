@@ -321,6 +321,15 @@ def test_the_readme_pipeline_as_written_delivers_seg_and_sr(
 MR_DIR = CT_DIR.parent / "mr-brain"
 
 
+def _mr_head_node(node_factory: Any, pacs_port: int) -> Any:
+    """A node running mr_head_mask on MR series, SEG + SR + SC to the PACS at ``pacs_port``."""
+    sections = ct_body_node_sections(pacs_port)
+    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
+                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"],
+                              "destinations": ["PACS"]}]
+    return node_factory(**sections).start()
+
+
 def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
     tmp_path: Path, node_factory: Any
 ) -> None:
@@ -331,11 +340,7 @@ def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
 
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()
-    sections = ct_body_node_sections(dicom_port)
-    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
-                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"],
-                              "destinations": ["PACS"]}]
-    node = node_factory(**sections).start()
+    node = _mr_head_node(node_factory, dicom_port)
     files = sorted(MR_DIR.glob("*.dcm"))
     with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
         study = pacs.upload(files)
@@ -382,11 +387,7 @@ def test_the_results_of_each_revision_are_told_apart_in_orthanc(
     every object still passes dciodvfy."""
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()
-    sections = ct_body_node_sections(dicom_port)
-    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
-                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"],
-                              "destinations": ["PACS"]}]
-    node = node_factory(**sections).start()
+    node = _mr_head_node(node_factory, dicom_port)
     files = sorted(MR_DIR.glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     with start_orthanc(tmp_path, http_port, dicom_port, node.port) as pacs:
