@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from node.ingest.stow import BadRequest
-from node.web.auth import require_token
+from node.web.auth import client_address, require_token
 from node.web.context import WebContext
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ async def _store(request: Request, study_uid: str | None) -> JSONResponse:
     context: WebContext = request.app.state.context
     if context.stow is None:
         raise HTTPException(404, "STOW-RS is not served by this node")
-    client = request.client.host if request.client else "?"
+    client = client_address(request) or "?"
     refusal = context.stow.disk_refusal()
     if refusal is not None:  # before a byte of the body is written
         await _drain(request)  # read, never written
