@@ -21,21 +21,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from node import __version__, logs
-from node.app import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, SPOOL_DIR, Node, open_store
-from node.audit import MINOR_FAILURE, OUTCOME_NAMES, record_start, record_stop
-from node.egress.dimse import PeerUnavailable, echo, send_files
+from node import __version__
+from node.audit.trail import MINOR_FAILURE, OUTCOME_NAMES, record_start, record_stop
+from node.dicom.scu import PeerUnavailable, echo, send_files
 from node.encode.outputs import size_text
 from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec
-from node.peers import PeerChangeRefused, PeerDirectory
-from node.segments import missing_codes
+from node.infer.segments import missing_codes
+from node.jobs.workers import make_backend
+from node.operations.peers import PeerChangeRefused, PeerDirectory
+from node.roles.node import DB_FILE, ROLES, SHARED_SPOOL_SETTLE_S, SPOOL_DIR, Node, open_store
+from node.runtime import logs
 from node.settings import ConfigError, Peer, Settings, dump_settings, load_settings
 from node.store.database import SchemaTooNew, StoreUnavailable
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
-from node.workers import make_backend
 
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
@@ -143,7 +144,7 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
 
 
 def _supervise(settings: Settings, config: Path | None, log_level: str) -> None:
-    from node.supervise import Supervisor
+    from node.roles.supervisor import Supervisor
 
     logs.configure(log_level, "supervisor")
     supervisor = Supervisor(settings, config, log_level)
@@ -268,7 +269,7 @@ def status(
 ) -> None:
     """What the dashboard shows: overview (throughput, queue, disk, backend), series, jobs and
     undelivered results, read from the job store."""
-    from node.web import readiness
+    from node.operations import readiness
 
     settings = _settings(config)
     store = _open_existing_store(settings)
@@ -484,7 +485,7 @@ def requeue_results(
 
 
 def _retry_destination(destination: str, config: Path | None) -> None:
-    from node.web.actions import ActionRefused, retry_destination
+    from node.operations.actions import ActionRefused, retry_destination
     from node.web.context import WebContext
 
     settings = _settings(config)
@@ -711,7 +712,7 @@ def peers_echo(name: Annotated[str, typer.Argument()], config: ConfigOption = No
 @app.command()
 def conformance(config: ConfigOption = None) -> None:
     """Print the DICOM Conformance Statement (Markdown; docs/conformance.md is this output)."""
-    from node.conformance import statement
+    from node.operations.conformance import statement
 
     sys.stdout.write(statement(_settings(config)))
 

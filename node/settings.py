@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from node.logs import mask_credentials
-from node.retry import RetryPolicy
+from node.runtime.logs import mask_credentials
+from node.runtime.retry import RetryPolicy
 
 ENV_PREFIX = "AINODE__"
 ENV_SEPARATOR = "__"

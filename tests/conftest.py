@@ -423,7 +423,7 @@ def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: in
 
 def store_with_ct(tmp_path: Path, calling_ae: str = "MOD") -> tuple[Any, Any]:
     """A real job store holding the sample CT as one complete series (files left in place)."""
-    from node.dicomfile import read_identity
+    from node.dicom.files import read_identity
     from node.domain import CompletionReason
     from node.store.jobs import JobStore
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from node import metrics
-from node.audit import SERIOUS_FAILURE, Audit, no_audit
-from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
+from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
+from node.dicom.scu import PeerRefused, PeerUnavailable, send_files
 from node.egress.notify import Notifier
-from node.loops import Loop
+from node.runtime import metrics
+from node.runtime.loops import Loop
 from node.settings import RESEARCH_PREFIX, Peer, Settings
 from node.store.outbox import Outbox, OutboxItem
 
@@ -131,7 +131,7 @@ class Delivery:
         paths = [Path(i.path) for i in items]
         timeout_s = self._settings.egress.timeout_s
         if peer.dicomweb_url:
-            from node.egress.stow import stow
+            from node.dicom.stow import stow
 
             return stow(peer, paths, timeout_s)
         try:

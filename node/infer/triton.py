@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from node import metrics
 from node.infer.backend import BackendUnavailable, InferenceFailed
 from node.infer.repository import ModelNotFound, ModelSpec
+from node.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from node import metrics
-from node.audit import MINOR_FAILURE, Audit
+from node.audit.trail import MINOR_FAILURE, Audit
+from node.runtime import metrics
 from node.settings import Settings
 
 log = logging.getLogger(__name__)

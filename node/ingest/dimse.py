@@ -35,9 +35,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import metrics, tls
-from node.audit import MINOR_FAILURE, Audit, no_audit
-from node.dicomfile import (
+from node.audit.trail import MINOR_FAILURE, Audit, no_audit
+from node.dicom import tls
+from node.dicom.files import (
     VERIFICATION,
     InstanceIdentity,
     UnreadableInstance,
@@ -56,6 +56,7 @@ from node.ingest.intake import (
     Intake,
     Refusal,
 )
+from node.runtime import metrics
 from node.settings import Settings
 from node.store.spool import InstanceStorage
 
@@ -270,7 +271,8 @@ def storage_sop_classes() -> list[str]:
 def build_storage_ae(settings: Settings, handlers: StorageHandlers,
                      current: Callable[[], Settings] | None = None) -> tuple[AE, list[Any]]:
     """An AE accepting every storage SOP class with every transfer syntax, plus Verification;
-    callers are checked against ``current()``'s peers (:class:`node.peers.PeerDirectory`)."""
+    callers are checked against ``current()``'s peers
+    (:class:`node.operations.peers.PeerDirectory`)."""
     node = settings.node
     if node.event_driven_reactor:
         receive_path.install()

@@ -16,7 +16,7 @@ bytes (PDU header, protocol version, called and calling AE titles). Then:
 One address keeps at most ``per_address`` connections waiting: a new one closes its oldest,
 so reconnecting silent sockets cannot keep a modality's prompt request out. Over TLS the
 handshake and the first record must arrive within ``timeout_s``; the titles are then
-checked by pynetdicom (whose decode failure :mod:`node.logs` turns into one line).
+checked by pynetdicom (whose decode failure :mod:`node.runtime.logs` turns into one line).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from node import metrics
-from node.audit import MINOR_FAILURE, Audit, no_audit
-from node.logs import printable
+from node.audit.trail import MINOR_FAILURE, Audit, no_audit
+from node.runtime import metrics
+from node.runtime.logs import printable
 
 log = logging.getLogger(__name__)
 

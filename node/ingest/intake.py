@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node import metrics
-from node.dicomfile import InstanceIdentity
+from node.dicom.files import InstanceIdentity
 from node.domain import InstanceRef, StoreOutcome
+from node.runtime import metrics
 from node.store.database import StoreUnavailable
 from node.store.spool import InstanceStorage
 

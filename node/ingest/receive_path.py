@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.dicomfile import stamp_association
+from node.dicom.files import stamp_association
 
 log = logging.getLogger(__name__)
 

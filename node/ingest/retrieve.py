@@ -32,9 +32,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from node.dicomfile import UnreadableInstance, read_identity, stamp_association
-from node.dicomweb import client_for
-from node.egress.dimse import PeerUnavailable, associate
+from node.dicom.dicomweb import client_for
+from node.dicom.files import UnreadableInstance, read_identity, stamp_association
+from node.dicom.scu import PeerUnavailable, associate
 from node.ingest.intake import CANNOT_UNDERSTAND, Intake, Refusal
 from node.settings import Peer, Settings
 from node.store.spool import well_formed_uid

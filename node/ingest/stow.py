@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from node.dicomfile import InstanceIdentity, UnreadableInstance, read_identity
+from node.dicom.files import InstanceIdentity, UnreadableInstance, read_identity
 from node.ingest.intake import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -208,11 +208,11 @@ class Exporter:
             raise DestinationFailed(f"refused: no peer named {research.peer!r}")
         timeout_s = self._settings.egress.timeout_s
         if peer.dicomweb_url:
-            from node.egress.stow import stow
+            from node.dicom.stow import stow
 
             outcomes = stow(peer, paths, timeout_s)
         else:
-            from node.egress.dimse import PeerRefused, PeerUnavailable, send_files
+            from node.dicom.scu import PeerRefused, PeerUnavailable, send_files
 
             try:
                 report = send_files(paths, peer, self._settings.node.ae_title,

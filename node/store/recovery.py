@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from node.dicomfile import UnreadableInstance, read_identity
+from node.dicom.files import UnreadableInstance, read_identity
 from node.store.jobs import JobStore
 from node.store.spool import InstanceStorage
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from node import metrics
 from node.domain import CompletionReason, SeriesKey, StoreOutcome
+from node.runtime import metrics
 from node.store.jobs import JobStore
 
 log = logging.getLogger(__name__)

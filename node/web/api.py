@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from node.audit import MINOR_FAILURE
+from node.audit.trail import MINOR_FAILURE
 from node.domain import JobState, SeriesState
 from node.ingest.retrieve import RetrieveFailed, Retriever
+from node.operations import actions, readiness
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.store.spool import well_formed_uid
-from node.web import actions, readiness
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 

@@ -15,7 +15,7 @@ import hmac
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from node.audit import MINOR_FAILURE
+from node.audit.trail import MINOR_FAILURE
 from node.web.context import WebContext
 from node.web.session import session_id
 from node.web.throttle import AuthFailures

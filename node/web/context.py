@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from node.ingest.intake import Intake
 from node.ingest.stow import StowReceiver
-from node.peers import PeerDirectory
+from node.operations.peers import PeerDirectory
 from node.settings import Settings
 from node.store.jobs import JobStore
 

@@ -27,13 +27,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from node.domain import JobState
-from node.metrics import JOB_STAGES
-from node.peers import PeerChangeRefused
+from node.operations import actions, readiness
+from node.operations.actions import ActionRefused
+from node.operations.peers import PeerChangeRefused
+from node.runtime.metrics import JOB_STAGES
 from node.store import outbox
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
-from node.web import actions, readiness
-from node.web.actions import ActionRefused
 from node.web.auth import (
     actor,
     auth_failures,

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from node.logs import printable
+from node.runtime.logs import printable
 from node.settings import NodeSection
 
 log = logging.getLogger(__name__)

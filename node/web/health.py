@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from node.web import readiness
+from node.operations import readiness
 from node.web.context import WebContext
 
 router = APIRouter(tags=["health"])

@@ -1,4 +1,4 @@
-"""``/metrics``: every role process's counters and histograms (:mod:`node.metrics`; summed
+"""``/metrics``: every role process's counters and histograms (:mod:`node.runtime.metrics`; summed
 from ``PROMETHEUS_MULTIPROC_DIR`` under the supervisor) plus what the job store and the disk
 say at scrape time (:class:`StoreCollector`)."""
 
@@ -15,8 +15,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from node import __version__
 from node.domain import JobState
+from node.operations import readiness
 from node.store import outbox
-from node.web import readiness
 from node.web.auth import require_token
 from node.web.context import WebContext
 

@@ -1,6 +1,6 @@
 """``/api/peers``: AE titles managed live. Changes are validated like the configuration file
 (errors name the key), kept in the job store, audited, and used for new associations,
-deliveries and jobs without a restart (:mod:`node.peers`)."""
+deliveries and jobs without a restart (:mod:`node.operations.peers`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from node.egress.dimse import PeerUnavailable, echo
-from node.peers import PeerChangeRefused, PeerDirectory, peer_fields
+from node.dicom.scu import PeerUnavailable, echo
+from node.operations.peers import PeerChangeRefused, PeerDirectory, peer_fields
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 

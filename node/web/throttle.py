@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from node.logs import printable
+from node.runtime.logs import printable
 
 log = logging.getLogger(__name__)
 

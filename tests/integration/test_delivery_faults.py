@@ -13,8 +13,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
+from node.dicom.scu import PeerRefused, PeerUnavailable, echo
 from node.egress.delivery import Delivery, classify
-from node.egress.dimse import PeerRefused, PeerUnavailable, echo
 from node.settings import Peer, load_settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox, ResultToSend

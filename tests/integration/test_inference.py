@@ -18,7 +18,7 @@ from node.infer.embedded import EmbeddedBackend
 from node.infer.repository import load_model_spec
 from node.infer.runner import run_heatmap, run_model
 from node.infer.triton import TritonBackend
-from node.pipeline import Orchestrator
+from node.jobs.orchestrator import Orchestrator
 from node.settings import load_settings
 from node.store.jobs import JobStore
 from node.store.queue import JobQueue

@@ -15,7 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from node.app import Node
+from node.roles.node import Node
 from node.settings import load_settings
 from tests.conftest import (
     DCMTK_ENV,
@@ -85,9 +85,9 @@ def test_routing_that_fails_is_retried_and_the_instance_is_still_acknowledged(
     raises twice: every instance is answered Success (it is stored), and the series is routed
     from the job store without a restart."""
     require(STORESCU)
-    import node.pipeline
+    import node.jobs.orchestrator
 
-    real_route = node.pipeline.route
+    real_route = node.jobs.orchestrator.route
     calls: list[int] = []
 
     def flaky_route(*args: Any) -> Any:
@@ -96,10 +96,10 @@ def test_routing_that_fails_is_retried_and_the_instance_is_still_acknowledged(
             raise RuntimeError("injected routing fault")
         return real_route(*args)
 
-    monkeypatch.setattr(node.pipeline, "route", flaky_route)
-    monkeypatch.setattr(node.pipeline.Orchestrator, "_run", lambda self, job: None)
+    monkeypatch.setattr(node.jobs.orchestrator, "route", flaky_route)
+    monkeypatch.setattr(node.jobs.orchestrator.Orchestrator, "_run", lambda self, job: None)
     monkeypatch.setattr(node.settings.InferenceSection, "retry_policy",
-                        property(lambda self: node.retry.RetryPolicy(0.2, 0.5, 60)))
+                        property(lambda self: node.runtime.retry.RetryPolicy(0.2, 0.5, 60)))
     instance = _in_process_node(tmp_path, pipelines=[CT_BODY])
     instance.start()
     try:
@@ -124,10 +124,10 @@ def test_a_worker_that_fails_to_warm_up_keeps_working(
     """The warm-up import fails once (e.g. a transient I/O error): the worker logs it, tries
     again, and runs the job; a loop whose thread died anyway is restarted by the sweeper."""
     require(STORESCU)
-    import node.pipeline
+    import node.jobs.orchestrator
 
     failures: list[int] = []
-    real_warm_up = node.pipeline.Orchestrator._warm_up
+    real_warm_up = node.jobs.orchestrator.Orchestrator._warm_up
 
     def flaky_warm_up(self: Any, *args: Any) -> None:
         if not failures:
@@ -135,7 +135,7 @@ def test_a_worker_that_fails_to_warm_up_keeps_working(
             raise ImportError("injected warm-up fault")
         real_warm_up(self, *args)
 
-    monkeypatch.setattr(node.pipeline.Orchestrator, "_warm_up", flaky_warm_up)
+    monkeypatch.setattr(node.jobs.orchestrator.Orchestrator, "_warm_up", flaky_warm_up)
     instance = _in_process_node(tmp_path, pipelines=[CT_BODY],
                                 series={"quiet_seconds": 0.5, "sweep_interval_s": 0.1})
     instance.start()
@@ -151,7 +151,7 @@ def test_a_worker_that_fails_to_warm_up_keeps_working(
              str(instance.settings.node.dicom_port), *map(str, files)],
             env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        queue = node.pipeline.JobQueue(instance.store)
+        queue = node.jobs.orchestrator.JobQueue(instance.store)
         assert wait_for(lambda: [j.state.value for j in queue.jobs()] == ["done"], 120, 0.2), (
             queue.jobs())
         assert failures == [1]

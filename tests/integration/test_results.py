@@ -250,7 +250,7 @@ def test_stow_rs_with_basic_auth_delivers_to_dicomweb(tmp_path: Path, node_facto
 def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_path: Path) -> None:
     """Without a network: which objects are queued for whom, and how urgent they are."""
     from node.infer.embedded import EmbeddedBackend
-    from node.pipeline import Orchestrator
+    from node.jobs.orchestrator import Orchestrator
     from node.settings import load_settings
 
     config = tmp_path / "node.yaml"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from node.atna import AuditForwarder, audit_message, syslog_frame
-from node.audit import record_start, record_stop
+from node.audit.atna import AuditForwarder, audit_message, syslog_frame
+from node.audit.trail import record_start, record_stop
 from node.settings import Settings
 from node.store.jobs import AuditLine
 

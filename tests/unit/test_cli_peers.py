@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.peers import PeerDirectory
+from node.operations.peers import PeerDirectory
 from node.settings import load_settings
 from node.store.jobs import JobStore
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import node.execute
-from node.execute import JobExecutor
+import node.jobs.execute
+from node.jobs.execute import JobExecutor
 from node.settings import Settings
 
 MR = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mr-brain")
@@ -21,13 +21,13 @@ def test_the_same_series_is_read_once_and_each_job_gets_its_own_voxels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reads: list[int] = []
-    real = node.execute.load_series
+    real = node.jobs.execute.load_series
 
     def counting(paths: Any) -> Any:
         reads.append(len(paths))
         return real(paths)
 
-    monkeypatch.setattr(node.execute, "load_series", counting)
+    monkeypatch.setattr(node.jobs.execute, "load_series", counting)
     executor = JobExecutor(Settings(), backend=None)  # type: ignore[arg-type]
     paths = [str(p) for p in MR]
     first = executor._load(paths)

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from node.logs import RedactQuotedValues
+from node.runtime.logs import RedactQuotedValues
 
 
 def test_library_messages_lose_quoted_values_and_ours_are_kept(
@@ -23,7 +23,7 @@ def test_library_messages_lose_quoted_values_and_ours_are_kept(
             warnings.warn('The string "Doe-John_001" is unlikely to represent the intended '
                           "person name", UserWarning, stacklevel=1)
         logging.getLogger("pydicom").warning("Invalid value for VR PN: 'Doe^Jane'")
-        logging.getLogger("node.pipeline").info("job %d to %r", 3, "PACS")
+        logging.getLogger("node.jobs.orchestrator").info("job %d to %r", 3, "PACS")
     finally:
         logging.captureWarnings(False)
         handler.removeFilter(handler.filters[-1])
@@ -34,7 +34,7 @@ def test_library_messages_lose_quoted_values_and_ours_are_kept(
 
 
 def test_a_peer_network_error_logged_by_pynetdicom_is_one_warning_line() -> None:
-    from node.logs import QuietNetworkErrors
+    from node.runtime.logs import QuietNetworkErrors
 
     try:
         raise TimeoutError("timed out")

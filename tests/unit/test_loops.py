@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from node.loops import Loop
-from node.retry import RetryPolicy
+from node.runtime.loops import Loop
+from node.runtime.retry import RetryPolicy
 
 
 def _wait(predicate, timeout: float = 5) -> bool:  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from node.domain import Job
-from node.execute import JobResult, ResultObject
-from node.pipeline import Orchestrator
+from node.jobs.execute import JobResult, ResultObject
+from node.jobs.orchestrator import Orchestrator
 from node.settings import Settings
 from tests.conftest import store_with_ct
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.peers import PeerDirectory
+from node.operations.peers import PeerDirectory
 from node.settings import Settings
 from node.store.jobs import JobStore
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from node.execute import RESEARCH_KIND, research_exports
+from node.jobs.execute import RESEARCH_KIND, research_exports
 from node.research.pseudonym import KeyMissing, load_key
 from node.settings import Settings
 

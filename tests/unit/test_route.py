@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from node.domain import SeriesAttributes, SeriesKey
-from node.route import route
+from node.jobs.rules import route
 from node.settings import MatchRule, Pipeline
 
 CT = SeriesAttributes(

@@ -12,9 +12,9 @@ import pytest
 from pydicom import Dataset
 from typer.testing import CliRunner
 
-from node import logs
 from node.cli import app
-from node.peers import PeerChangeRefused, PeerDirectory, validate_peer
+from node.operations.peers import PeerChangeRefused, PeerDirectory, validate_peer
+from node.runtime import logs
 from node.settings import load_settings
 from node.store.jobs import JobStore
 
@@ -76,12 +76,12 @@ def test_patient_values_are_redacted_whatever_they_contain(
                 warnings.warn(f"The string {name} is unlikely to represent a person name",
                               UserWarning, stacklevel=1)
             logging.getLogger("pydicom").warning("value %s for MRN-0042 born 19700101", name)
-            logging.getLogger("node.pipeline").info("job 3: %s", dataset.PatientID)
+            logging.getLogger("node.jobs.orchestrator").info("job 3: %s", dataset.PatientID)
             try:
                 raise ValueError(f"cannot encode {name}")
             except ValueError:
                 logging.getLogger("highdicom.seg").exception("encoding failed")
-        logging.getLogger("node.pipeline").info("job 4 done")  # outside: untouched
+        logging.getLogger("node.jobs.orchestrator").info("job 4 done")  # outside: untouched
     finally:
         logging.captureWarnings(False)
         for f in added:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from node.cli import app
 from node.infer.repository import ModelConfigError, load_model_spec
-from node.segments import effective_segments, missing_codes
+from node.infer.segments import effective_segments, missing_codes
 from node.settings import Pipeline, load_settings
 
 ROOT = Path(__file__).resolve().parents[3]

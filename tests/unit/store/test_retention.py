@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from node.audit import AuditTrail
+from node.audit.trail import AuditTrail
 from node.domain import CompletionReason, InstanceRef, SeriesKey
-from node.retention import DAY_S, Retention
+from node.operations.retention import DAY_S, Retention
 from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox, ResultToSend

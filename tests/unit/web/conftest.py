@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from node.ingest.intake import Intake
 from node.ingest.stow import StowReceiver
-from node.peers import PeerDirectory
+from node.operations.peers import PeerDirectory
 from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.series import CompletionPolicy, SeriesAssembler

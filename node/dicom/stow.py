@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import requests
 
-from node.dicomweb import client_for
+from node.dicom.dicomweb import client_for
 from node.settings import Peer
 
 

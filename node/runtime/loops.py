@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from node.retry import RetryPolicy
+from node.runtime.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from node.audit import SUCCESS
+from node.audit.trail import SUCCESS
 from node.settings import Peer, Settings
 from node.store.jobs import JobStore
 

@@ -43,7 +43,7 @@ RESULTS = Counter(
     "ainode_results", "Result objects handled by the sender, by kind and outcome"
     " (sent, retry, dead)", ["kind", "outcome"])
 
-# the stages a job records (node.infer.runner.StageTimes, node.execute); "send" is the sender's
+# the stages a job records (node.infer.runner.StageTimes, node.jobs.execute); "send" is the sender's
 JOB_STAGES = ("load", "preprocess", "infer", "postprocess", "encode")
 
 # the reasons an association is rejected, as labels (a fixed set)

@@ -14,8 +14,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from node import tls
-from node.dicomfile import VERIFICATION
+from node.dicom import tls
+from node.dicom.files import VERIFICATION
 from node.settings import Peer, TlsSection
 
 log = logging.getLogger(__name__)

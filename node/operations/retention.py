@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.audit import Audit, no_audit
+from node.audit.trail import Audit, no_audit
 from node.domain import JobState, SeriesState
 from node.settings import Settings
 from node.store.database import Connection

@@ -14,7 +14,7 @@ from pynetdicom import (
 )
 
 from node import __version__
-from node.dicomfile import VERIFICATION
+from node.dicom.files import VERIFICATION
 from node.encode.outputs import RESULT_SOP_CLASSES
 from node.encode.sr import PROCEDURES
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names

@@ -1,7 +1,7 @@
 """One job, start to finish, on a backend: series -> volume -> model -> results on disk.
 
 Runs wherever the node runs its models: in a worker process (the default, see
-:mod:`node.workers`) or in the node's own process. It touches no job store: it gets the
+:mod:`node.jobs.workers`) or in the node's own process. It touches no job store: it gets the
 instance paths and the sender, and returns the summary and what to deliver; the orchestrator
 records both. torch and MONAI are imported by the first job, not when this module is.
 """
@@ -23,7 +23,6 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from node import logs
 from node.domain import Job, SeriesKey
 from node.encode.common import (
     Provenance,
@@ -41,7 +40,8 @@ from node.encode.seg import EncodeError
 from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
-from node.segments import effective_segments
+from node.infer.segments import effective_segments
+from node.runtime import logs
 from node.settings import RESEARCH_PREFIX, Pipeline, Settings
 from node.store.durable import write_atomically
 from node.store.outbox import ResultToSend

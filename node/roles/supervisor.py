@@ -27,9 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.app import SPOOL_DIR, open_store
-from node.atna import AuditForwarder, forward_remaining
-from node.audit import (
+from node.audit.atna import AuditForwarder, forward_remaining
+from node.audit.trail import (
     MINOR_FAILURE,
     SERIOUS_FAILURE,
     SUCCESS,
@@ -38,12 +37,13 @@ from node.audit import (
     record_start,
     record_stop,
 )
-from node.retry import RetryPolicy
+from node.jobs.workers import die_with_parent
+from node.roles.node import SPOOL_DIR, open_store
+from node.runtime.retry import RetryPolicy
 from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.recovery import recover
 from node.store.spool import Spool
-from node.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from node.domain import Job
-from node.execute import PERMANENT_ERRORS, JobExecutor, JobResult
 from node.infer.backend import Backend, InferenceFailed
+from node.jobs.execute import PERMANENT_ERRORS, JobExecutor, JobResult
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when its workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from node import logs
+    from node.runtime import logs
 
     logs.configure(logging.getLevelName(log_level).lower(), "worker")
     _yield_cpu_to_receivers(settings)

@@ -17,14 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from node import metrics
-from node.audit import SERIOUS_FAILURE, Audit, no_audit
+from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import Job, SeriesKey
-from node.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
-from node.loops import Loop
-from node.route import route
+from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
+from node.jobs.rules import route
+from node.jobs.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
+from node.runtime import metrics
+from node.runtime.loops import Loop
 from node.settings import Settings
 from node.store import outbox
 from node.store.database import Connection
@@ -32,7 +33,6 @@ from node.store.durable import free_disk_bytes
 from node.store.jobs import JobStore
 from node.store.outbox import ResultToSend
 from node.store.queue import JobQueue, LeaseLost
-from node.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
 
 log = logging.getLogger(__name__)
 

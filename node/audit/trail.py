@@ -1,5 +1,5 @@
 """The audit trail: who did what, kept in the job store (``audit`` table), read with
-``ainode audit`` and forwarded as DICOM audit messages (:mod:`node.atna`). Associations
+``ainode audit`` and forwarded as DICOM audit messages (:mod:`node.audit.atna`). Associations
 accepted and rejected (calling AE title, address, why), instances received per series, jobs
 done and failed (model and version), results sent and given up, deletions, starts, stops and
 configuration changes, operators' requeues: the events of PS3.15 A.5. No patient data: AE

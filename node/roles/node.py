@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from node.atna import AuditForwarder, forward_remaining
-from node.audit import AuditTrail
+from node.audit.atna import AuditForwarder, forward_remaining
+from node.audit.trail import AuditTrail
 from node.domain import CompletionReason, SeriesKey
 from node.egress.delivery import Delivery
 from node.ingest.dimse import (
@@ -18,10 +18,11 @@ from node.ingest.dimse import (
     listeners,
     start_storage_server,
 )
-from node.loops import Loop
-from node.peers import PeerDirectory
-from node.pipeline import Orchestrator, Router
-from node.retention import Retention
+from node.jobs.orchestrator import Orchestrator, Router
+from node.jobs.workers import ProcessExecutor, make_backend
+from node.operations.peers import PeerDirectory
+from node.operations.retention import Retention
+from node.runtime.loops import Loop
 from node.settings import Settings
 from node.store.database import open_database
 from node.store.jobs import JobStore
@@ -29,7 +30,6 @@ from node.store.outbox import Outbox
 from node.store.recovery import recover
 from node.store.series import CompletionPolicy, SeriesAssembler
 from node.store.spool import Spool
-from node.workers import ProcessExecutor, make_backend
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+"""TODO"""
+
+__all__ = ["dicomweb", "files", "scu", "stow", "tls"]

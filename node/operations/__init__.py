@@ -1,0 +1,3 @@
+"""TODO"""
+
+__all__ = ["actions", "conformance", "peers", "readiness", "retention"]
