@@ -18,6 +18,37 @@ class CompletionReason(StrEnum):
     OPERATOR = "operator"  # "complete now" from the admin API
 
 
+class AuditEvent(StrEnum):
+    """Every event the audit trail records (its ``action`` text, as ``ainode audit`` shows
+    it). Each is sent as one PS3.15 A.5 audit message (:data:`node.audit.atna.MESSAGES`)."""
+
+    NODE_STARTED = "node started"
+    NODE_STOPPED = "node stopped"
+    PROCESS_ENDED = "process ended"
+    ASSOCIATION_RELEASED = "association released"
+    ASSOCIATION_ABORTED = "association aborted"
+    ASSOCIATION_REJECTED = "association rejected"
+    AUTHENTICATION_FAILED = "authentication failed"
+    CONFIGURATION_CHANGED = "configuration changed"
+    PEER_ADDED = "peer added"
+    PEER_CHANGED = "peer changed"
+    PEER_REMOVED = "peer removed"
+    PEER_RESET = "peer reset"
+    JOB_DONE = "job done"
+    JOB_FAILED = "job failed"
+    JOB_CANCELLED = "job cancelled"
+    JOBS_REQUEUED = "requeue jobs"
+    RESULTS_REQUEUED = "requeue results"
+    SERIES_COMPLETED = "series completed"
+    RESULTS_SENT = "results sent"
+    DELIVERY_GIVEN_UP = "delivery given up"
+    STUDY_RETRIEVED = "study retrieved"
+    STUDY_RETRIEVE_FAILED = "study retrieve failed"
+    DELETED = "deleted"
+    RESEARCH_EXPORT = "research export"
+    REIDENTIFICATION = "re-identification"
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceRef:
     """One received instance as written to the spool. Holds UIDs only, never patient data."""

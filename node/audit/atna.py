@@ -11,8 +11,11 @@ Events (PS3.15 A.5.3): node started / stopped -> Application Activity; associati
 stored instances -> DICOM Instances Transferred (the caller the source, this node the
 destination); results sent or given up -> DICOM Instances Transferred (this node the
 source); jobs -> DICOM Instances Accessed (results created); deletions -> DICOM Study
-Deleted; rejected associations, configuration changes and operators' requeues -> Security
-Alert. No patient participant: the node's trail names studies by UID, never the patient.
+Deleted; rejected associations, configuration and peer changes, operators' actions (requeue,
+cancel, complete now, re-identification) -> Security Alert; studies retrieved on request ->
+DICOM Instances Transferred (this node the destination). Every :class:`AuditEvent` has its
+message in :data:`MESSAGES`. No patient participant: the node's trail names studies by UID,
+never the patient.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from node.domain import AuditEvent
 from node.settings import AuditSection, Settings
 from node.store.jobs import AuditLine, JobStore
 
@@ -80,30 +84,47 @@ class _Event:
     needs_objects: bool = False  # nothing to say without studies (an echo-only association)
 
 
-_EVENTS: dict[str, _Event] = {
-    "node started": _Event(APPLICATION_ACTIVITY, "E", APPLICATION_START, APPLICATION_LAUNCHER,
-                           APPLICATION),
-    "node stopped": _Event(APPLICATION_ACTIVITY, "E", APPLICATION_STOP, APPLICATION_LAUNCHER,
-                           APPLICATION),
-    "process ended": _Event(APPLICATION_ACTIVITY, "E", APPLICATION_STOP, None, APPLICATION),
-    "association released": _Event(INSTANCES_TRANSFERRED, "C", None, SOURCE, DESTINATION,
-                                   needs_objects=True),
-    "association aborted": _Event(INSTANCES_TRANSFERRED, "C", None, SOURCE, DESTINATION,
-                                  needs_objects=True),
-    "association rejected": _Event(SECURITY_ALERT, "E", NODE_AUTHENTICATION, None, APPLICATION),
+_OPERATOR_ACTION = _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION)
+_PEER_CHANGE = _Event(SECURITY_ALERT, "E", SOFTWARE_CONFIGURATION, None, APPLICATION)
+_RETRIEVED = _Event(INSTANCES_TRANSFERRED, "C", None, None, DESTINATION, needs_objects=True)
+
+MESSAGES: dict[AuditEvent, _Event] = {
+    AuditEvent.NODE_STARTED: _Event(APPLICATION_ACTIVITY, "E", APPLICATION_START,
+                                    APPLICATION_LAUNCHER, APPLICATION),
+    AuditEvent.NODE_STOPPED: _Event(APPLICATION_ACTIVITY, "E", APPLICATION_STOP,
+                                    APPLICATION_LAUNCHER, APPLICATION),
+    AuditEvent.PROCESS_ENDED: _Event(APPLICATION_ACTIVITY, "E", APPLICATION_STOP, None,
+                                     APPLICATION),
+    AuditEvent.ASSOCIATION_RELEASED: _Event(INSTANCES_TRANSFERRED, "C", None, SOURCE,
+                                            DESTINATION, needs_objects=True),
+    AuditEvent.ASSOCIATION_ABORTED: _Event(INSTANCES_TRANSFERRED, "C", None, SOURCE,
+                                           DESTINATION, needs_objects=True),
+    AuditEvent.ASSOCIATION_REJECTED: _Event(SECURITY_ALERT, "E", NODE_AUTHENTICATION, None,
+                                            APPLICATION),
     # a burst of wrong HTTP tokens from one address (node.web.throttle)
-    "authentication failed": _Event(USER_AUTHENTICATION, "E", LOGIN, None, APPLICATION),
-    "configuration changed": _Event(SECURITY_ALERT, "E", SOFTWARE_CONFIGURATION, None,
-                                    APPLICATION),
-    "job done": _Event(INSTANCES_ACCESSED, "C", None, None, APPLICATION),
-    "job failed": _Event(INSTANCES_ACCESSED, "C", None, None, APPLICATION),
-    "results sent": _Event(INSTANCES_TRANSFERRED, "C", None, None, SOURCE),
-    "delivery given up": _Event(INSTANCES_TRANSFERRED, "C", None, None, SOURCE),
-    "deleted": _Event(STUDY_DELETED, "D", None, None, APPLICATION),
-    "requeue jobs": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
-    "requeue results": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
-    "research export": _Event(EXPORT, "R", None, None, SOURCE),
-    "re-identification": _Event(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, None, APPLICATION),
+    AuditEvent.AUTHENTICATION_FAILED: _Event(USER_AUTHENTICATION, "E", LOGIN, None,
+                                             APPLICATION),
+    AuditEvent.CONFIGURATION_CHANGED: _PEER_CHANGE,
+    # peers (AE titles, addresses) changed live: the configuration changes (A.5.3.11)
+    AuditEvent.PEER_ADDED: _PEER_CHANGE,
+    AuditEvent.PEER_CHANGED: _PEER_CHANGE,
+    AuditEvent.PEER_REMOVED: _PEER_CHANGE,
+    AuditEvent.PEER_RESET: _PEER_CHANGE,
+    AuditEvent.JOB_DONE: _Event(INSTANCES_ACCESSED, "C", None, None, APPLICATION),
+    AuditEvent.JOB_FAILED: _Event(INSTANCES_ACCESSED, "C", None, None, APPLICATION),
+    # an operator's hand on the node's work
+    AuditEvent.JOB_CANCELLED: _OPERATOR_ACTION,
+    AuditEvent.JOBS_REQUEUED: _OPERATOR_ACTION,
+    AuditEvent.RESULTS_REQUEUED: _OPERATOR_ACTION,
+    AuditEvent.SERIES_COMPLETED: _OPERATOR_ACTION,
+    AuditEvent.REIDENTIFICATION: _OPERATOR_ACTION,
+    AuditEvent.RESULTS_SENT: _Event(INSTANCES_TRANSFERRED, "C", None, None, SOURCE),
+    AuditEvent.DELIVERY_GIVEN_UP: _Event(INSTANCES_TRANSFERRED, "C", None, None, SOURCE),
+    # a study retrieved from a PACS on an operator's request: the node is the destination
+    AuditEvent.STUDY_RETRIEVED: _RETRIEVED,
+    AuditEvent.STUDY_RETRIEVE_FAILED: _RETRIEVED,
+    AuditEvent.DELETED: _Event(STUDY_DELETED, "D", None, None, APPLICATION),
+    AuditEvent.RESEARCH_EXPORT: _Event(EXPORT, "R", None, None, SOURCE),
 }
 
 
@@ -119,7 +140,10 @@ def _address_type(address: str) -> str:
 def audit_message(line: AuditLine, settings: Settings) -> bytes | None:
     """The DICOM audit message (PS3.15 A.5.1 schema) for one audit line; ``None`` for a line
     with nothing to report there (an association that stored nothing)."""
-    event = _EVENTS.get(line.action)
+    try:
+        event: _Event | None = MESSAGES[AuditEvent(line.action)]
+    except (KeyError, ValueError):  # a line from an older version, under another name
+        event = None
     studies = [uid for kind, uid in line.objects if kind == "study"]
     if event is None or (event.needs_objects and not studies):
         return None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from node.domain import AuditEvent
 from node.settings import Settings
 from node.store.jobs import JobStore
 
@@ -35,11 +36,11 @@ class Audit(Protocol):
     optionally the actor's network ``address``, the (kind, UID) ``objects`` it concerns
     (``study``, ``series``) and its PS3.15 ``outcome``."""
 
-    def __call__(self, actor: str, action: str, detail: str, *, address: str = "",
+    def __call__(self, actor: str, action: AuditEvent, detail: str, *, address: str = "",
                  objects: Sequence[tuple[str, str]] = (), outcome: int = SUCCESS) -> None: ...
 
 
-def no_audit(actor: str, action: str, detail: str, *, address: str = "",
+def no_audit(actor: str, action: AuditEvent, detail: str, *, address: str = "",
              objects: Sequence[tuple[str, str]] = (), outcome: int = SUCCESS) -> None:
     """For components run without a job store (unit tests of one module)."""
 
@@ -51,7 +52,7 @@ class AuditTrail:
         self._store = store
         self._clock = clock
 
-    def __call__(self, actor: str, action: str, detail: str, *, address: str = "",
+    def __call__(self, actor: str, action: AuditEvent, detail: str, *, address: str = "",
                  objects: Sequence[tuple[str, str]] = (), outcome: int = SUCCESS) -> None:
         try:
             self._store.audit(actor, action, detail, self._clock(), address=address,
@@ -74,12 +75,12 @@ def settings_digests(settings: Settings) -> dict[str, str]:
 
 
 def record_start(store: JobStore, settings: Settings, roles: str) -> None:
-    """Audit a start ("node started", PS3.15 A.5.3.1 Application Start) and, when the
+    """Audit a start (AuditEvent.NODE_STARTED, PS3.15 A.5.3.1 Application Start) and, when the
     configuration differs from this node's previous start, which sections changed
     (A.5.3.11 Security Alert: Software Configuration)."""
     trail = AuditTrail(store)
     name = node_name(settings)
-    trail(name, "node started", f"roles {roles}, pid {os.getpid()}")
+    trail(name, AuditEvent.NODE_STARTED, f"roles {roles}, pid {os.getpid()}")
     digests = settings_digests(settings)
     try:
         changed = store.settings_digests(name, digests)
@@ -87,12 +88,12 @@ def record_start(store: JobStore, settings: Settings, roles: str) -> None:
         log.error("configuration digests not recorded (%s)", exc.__class__.__name__)
         return
     if changed:
-        trail(name, "configuration changed", "sections " + ", ".join(
+        trail(name, AuditEvent.CONFIGURATION_CHANGED, "sections " + ", ".join(
             f"{section} ({before or 'new'} -> {digests.get(section, 'removed')})"
             for section, before in sorted(changed.items())))
 
 
 def record_stop(store: JobStore, settings: Settings, roles: str, outcome: int = SUCCESS) -> None:
     """Audit a stop (PS3.15 A.5.3.1 Application Stop)."""
-    AuditTrail(store)(node_name(settings), "node stopped", f"roles {roles}, pid {os.getpid()}",
-                      outcome=outcome)
+    AuditTrail(store)(node_name(settings), AuditEvent.NODE_STOPPED,
+                      f"roles {roles}, pid {os.getpid()}", outcome=outcome)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
 from node.dicom.scu import PeerRefused, PeerUnavailable, send_files
+from node.domain import AuditEvent
 from node.egress.notify import Notifier
 from node.runtime import metrics
 from node.runtime.loops import Loop
@@ -188,7 +189,7 @@ class Delivery:
                 log.exception("result %s to %s: outcome not recorded", item.id, peer.name)
         if sent:
             log.info("delivered %d result object(s) to %s", len(sent), peer.name)
-            self._audit("node", "results sent", f"{len(sent)} object(s) to {peer.name} "
+            self._audit("node", AuditEvent.RESULTS_SENT, f"{len(sent)} object(s) to {peer.name} "
                         f"({peer.where})", address=peer.address,
                         objects=[("peer", peer.identity), *self._objects(sent)])
         return len(sent)
@@ -214,7 +215,7 @@ class Delivery:
             log.error("result %s to %s: dead letter (%s)", item.sop_instance_uid, peer.name,
                       outcome)
             self._outbox.dead(item.id, outcome, now)
-            self._audit("node", "delivery given up",
+            self._audit("node", AuditEvent.DELIVERY_GIVEN_UP,
                         f"result {item.sop_instance_uid} to {peer.name}: {outcome}",
                         address=peer.address, outcome=SERIOUS_FAILURE,
                         objects=[("peer", peer.identity), *self._objects([item.id])])

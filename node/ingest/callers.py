@@ -22,6 +22,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from node.audit.trail import MINOR_FAILURE, Audit
+from node.domain import AuditEvent
 from node.runtime import metrics
 from node.settings import Settings
 
@@ -104,5 +105,5 @@ def log_rejection(policy: CallerPolicy, audit: Audit, event: Any) -> None:
     why = policy.refusal(ae_title, address) or "called AE title or association limit"
     log.warning("association from %r at %s rejected: %s", ae_title, address, why)
     metrics.ASSOCIATIONS.labels("rejected", metrics.rejection_reason(why)).inc()
-    audit(ae_title, "association rejected", f"from {address}: {why}", address=address,
+    audit(ae_title, AuditEvent.ASSOCIATION_REJECTED, f"from {address}: {why}", address=address,
           outcome=MINOR_FAILURE)

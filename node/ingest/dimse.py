@@ -44,7 +44,7 @@ from node.dicom.files import (
     read_identity,
     stamp_association,
 )
-from node.domain import StoreOutcome
+from node.domain import AuditEvent, StoreOutcome
 from node.ingest import receive_path
 from node.ingest.callers import CallerCheckingAE, CallerPolicy, log_rejection
 from node.ingest.gate import PreAssociationGate
@@ -160,8 +160,8 @@ class StorageHandlers:
             codes = ", ".join(f"0x{k:04X}: {v}" for k, v in stats.failed.items())
             per_series = "; ".join(f"series {series}: {count}"
                                    for (_, series), count in stats.series.items())
-            self._audit(stats.calling_ae, "association released" if released
-                        else "association aborted",
+            self._audit(stats.calling_ae, AuditEvent.ASSOCIATION_RELEASED if released
+                        else AuditEvent.ASSOCIATION_ABORTED,
                         f"from {stats.address}{' over ' + stats.secured if stats.secured else ''}"
                         f": {stats.stored} instance(s) stored ({stats.duplicates} duplicates), "
                         f"{failed} refused{' (' + codes + ')' if failed else ''}"

@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 
 from node.audit.trail import MINOR_FAILURE, Audit, no_audit
+from node.domain import AuditEvent
 from node.runtime import metrics
 from node.runtime.logs import printable
 
@@ -157,7 +158,7 @@ class PreAssociationGate:
         metrics.ASSOCIATIONS.labels("rejected", "bad_ae_title").inc()
         with contextlib.suppress(OSError):
             connection.sendall(associate_rj(3 if bad == "calling" else 7))
-        self._audit(shown[:64], "association rejected",
+        self._audit(shown[:64], AuditEvent.ASSOCIATION_REJECTED,
                     f"from {address}: {bad} AE title has control characters or a backslash",
                     address=address, outcome=MINOR_FAILURE)
         return False

@@ -44,6 +44,7 @@ from node.infer.segments import effective_segments
 from node.runtime import logs
 from node.settings import RESEARCH_PREFIX, Pipeline, Settings
 from node.store.durable import write_atomically
+from node.store.layout import DataDir
 from node.store.outbox import ResultToSend
 from node.store.spool import path_component
 
@@ -128,7 +129,7 @@ def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
     """Where a job's files go. The series UID comes from received data: it is used only as a
     safe path component (a hash when it is not a well-formed UID), never as given."""
     return (
-        data_dir / "results" / path_component(key.series_instance_uid) / str(key.revision)
+        DataDir(data_dir).results(key.series_instance_uid) / str(key.revision)
         / path_component(pipeline)
     )
 

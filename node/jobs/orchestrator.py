@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
-from node.domain import Job, SeriesKey
+from node.domain import AuditEvent, Job, SeriesKey
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
@@ -268,7 +268,7 @@ class Orchestrator:
                     outbox.put(db, job.id, item, now)
                 if deliveries:
                     self._store.notify(db, "outbox")
-                self._store.audit("node", "job done", _job_text(
+                self._store.audit("node", AuditEvent.JOB_DONE, _job_text(
                     job, f"{len(deliveries)} result(s) queued",
                     result.summary.get("model_version", "")), now, db,
                     objects=self._store.series_objects(job.series.series_instance_uid, db))
@@ -299,7 +299,7 @@ class Orchestrator:
     def _fail(self, job: Job, reason: str, now: float) -> None:
         self._queue.fail(job, reason, now)
         metrics.JOBS_FINISHED.labels("failed").inc()
-        self._audit("node", "job failed", _job_text(job, reason), outcome=SERIOUS_FAILURE,
+        self._audit("node", AuditEvent.JOB_FAILED, _job_text(job, reason), outcome=SERIOUS_FAILURE,
                     objects=self._store.series_objects(job.series.series_instance_uid))
 
     def _retry_or_fail(self, job: Job, exc: Exception) -> None:

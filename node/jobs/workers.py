@@ -15,7 +15,6 @@ before; tests of one module use it with fakes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -30,13 +29,13 @@ from typing import Any, Protocol
 from node.domain import Job
 from node.infer.backend import Backend, InferenceFailed
 from node.jobs.execute import PERMANENT_ERRORS, JobExecutor, JobResult
+from node.runtime.process import die_with_parent
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600  # importing torch + MONAI and loading a backend, on a busy machine
 CHECK_TIMEOUT_S = 300
-PR_SET_PDEATHSIG = 1
 
 
 class WorkerDied(RuntimeError):
@@ -98,12 +97,6 @@ def _portable(exc: BaseException) -> BaseException:
     except Exception:
         text = f"{exc.__class__.__name__}: {exc}"
         return InferenceFailed(text) if isinstance(exc, PERMANENT_ERRORS) else RuntimeError(text)
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _yield_cpu_to_receivers(settings: Settings) -> None:

@@ -1,75 +1,162 @@
-"""What an operator can do, shared by the admin API and the dashboard: each action changes
-the job store and records who did it (and from where) in the audit trail."""
+"""What an operator can do, in one place: the CLI, the admin API and the dashboard call these
+and nothing else, so an action means the same from each. Every action changes the job store
+(or fetches, or exports) and records who did it, and from where, in the audit trail.
+
+A refused action raises :class:`ActionRefused` with the HTTP status that says why (404:
+nothing there; 409: not in a state the action applies to; 502: a peer failed); the CLI turns
+it into an exit status, the API into that status, the dashboard into a flash message.
+"""
 
 from __future__ import annotations
 
-from node.domain import CompletionReason, JobState, SeriesKey, SeriesState
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from node.audit.trail import MINOR_FAILURE
+from node.domain import AuditEvent, CompletionReason, JobState, SeriesKey, SeriesState
+from node.settings import Settings
+from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
-from node.web.context import WebContext
+
+if TYPE_CHECKING:  # imported where used: pynetdicom and the de-identifier load on demand
+    from node.ingest.intake import Intake
+    from node.ingest.retrieve import Retrieved
+    from node.research.export import ExportReport
+
+REQUEUABLE_JOBS = (JobState.FAILED, JobState.CANCELLED)
 
 
 class ActionRefused(Exception):
-    """The action does not apply (HTTP ``status``: 404 nothing there, 409 wrong state)."""
+    """The action does not apply (HTTP ``status``: 404 nothing there, 409 wrong state, 502 a
+    peer failed)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-def _audit(context: WebContext, who: tuple[str, str], action: str, detail: str) -> None:
-    context.store.audit(who[0], action, detail, context.clock(), address=who[1])
+@dataclass(frozen=True)
+class Operator:
+    """Who acts: an OS account (CLI), a token holder (API), a signed-in user (dashboard),
+    and the network address they came from."""
+
+    name: str
+    address: str = ""
 
 
-def retry_job(context: WebContext, job_id: int, who: tuple[str, str]) -> None:
-    """Queue a failed or cancelled job again with fresh attempts."""
-    if not JobQueue(context.store).requeue([job_id], context.clock(),
-                                           (JobState.FAILED, JobState.CANCELLED)):
-        raise ActionRefused(409, f"job {job_id} is unknown, or not failed or cancelled")
-    _audit(context, who, "requeue jobs", str(job_id))
+class Actions:
+    def __init__(self, store: JobStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
 
+    def _audit(self, who: Operator, event: AuditEvent, detail: str, *,
+               objects: list[tuple[str, str]] | None = None, outcome: int = 0) -> None:
+        self._store.audit(who.name, event, detail, self._clock(), address=who.address,
+                          objects=objects or (), outcome=outcome)
 
-def cancel_job(context: WebContext, job_id: int, who: tuple[str, str]) -> None:
-    """Cancel a queued or running job."""
-    if not JobQueue(context.store).cancel(job_id, f"cancelled by {who[0]}", context.clock()):
-        raise ActionRefused(409, f"job {job_id} is unknown, or has ended")
-    _audit(context, who, "job cancelled", str(job_id))
+    # -- jobs --------------------------------------------------------------------------
+    def requeue_jobs(self, job_ids: list[int] | None, who: Operator) -> list[int]:
+        """Queue failed or cancelled jobs again with fresh attempts (``None``: every failed
+        one; a cancelled job goes again only when named). Returns those queued."""
+        states = (JobState.FAILED,) if job_ids is None else REQUEUABLE_JOBS
+        done = JobQueue(self._store).requeue(job_ids, self._clock(), states)
+        if done:
+            self._audit(who, AuditEvent.JOBS_REQUEUED, ", ".join(map(str, done)))
+        return done
 
+    def requeue_job(self, job_id: int, who: Operator) -> None:
+        if not self.requeue_jobs([job_id], who):
+            raise ActionRefused(409, f"job {job_id} is unknown, or not failed or cancelled")
 
-def requeue_result(context: WebContext, item_id: int, who: tuple[str, str]) -> None:
-    """Send a result again now: a dead letter queued again, or a queued one waiting out its
-    backoff made ready."""
-    outbox = Outbox(context.store)
-    now = context.clock()
-    if not outbox.requeue([item_id], now) and not outbox.retry_now([item_id], now):
-        raise ActionRefused(409, f"result {item_id} is unknown, sent, or already being sent")
-    _audit(context, who, "requeue results", str(item_id))
+    def cancel_job(self, job_id: int, who: Operator) -> None:
+        """Cancel a queued or running job."""
+        if not JobQueue(self._store).cancel(job_id, f"cancelled by {who.name}", self._clock()):
+            raise ActionRefused(409, f"job {job_id} is unknown, or has ended")
+        self._audit(who, AuditEvent.JOB_CANCELLED, str(job_id))
 
+    # -- results -----------------------------------------------------------------------
+    def requeue_results(self, item_ids: list[int] | None, who: Operator) -> list[int]:
+        """Send results again now: dead letters queued again and, when named, queued ones
+        waiting out their backoff made ready (``None``: every dead letter)."""
+        outbox = Outbox(self._store)
+        now = self._clock()
+        done = outbox.requeue(item_ids, now)
+        if item_ids is not None:
+            done += outbox.retry_now(sorted(set(item_ids) - set(done)), now)
+        if done:
+            self._audit(who, AuditEvent.RESULTS_REQUEUED, ", ".join(map(str, sorted(done))))
+        return sorted(done)
 
-def retry_destination(context: WebContext, destination: str, who: tuple[str, str]
-                      ) -> dict[str, list[int]]:
-    """Everything waiting for ``destination`` goes now: its dead letters queued again, its
-    queued results' backoff cut short (e.g. the PACS is back after an outage)."""
-    outbox = Outbox(context.store)
-    now = context.clock()
-    requeued = outbox.requeue(outbox.dead_ids(destination), now)
-    waiting = outbox.retry_now(None, now, destination=destination)
-    if not requeued and not waiting:
-        raise ActionRefused(409, f"nothing waits for {destination}")
-    _audit(context, who, "requeue results",
-           f"{destination}: {len(requeued)} dead letter(s) and {len(waiting)} waiting now")
-    return {"requeued": requeued, "now": waiting}
+    def requeue_result(self, item_id: int, who: Operator) -> None:
+        if not self.requeue_results([item_id], who):
+            raise ActionRefused(409, f"result {item_id} is unknown, sent, or already being sent")
 
+    def retry_destination(self, destination: str, who: Operator) -> dict[str, list[int]]:
+        """Everything waiting for ``destination`` goes now: its dead letters queued again, its
+        queued results' backoff cut short (e.g. the PACS is back after an outage)."""
+        outbox = Outbox(self._store)
+        now = self._clock()
+        requeued = outbox.requeue(outbox.dead_ids(destination), now)
+        waiting = outbox.retry_now(None, now, destination=destination)
+        if not requeued and not waiting:
+            raise ActionRefused(409, f"nothing waits for {destination}")
+        self._audit(who, AuditEvent.RESULTS_REQUEUED,
+                    f"{destination}: {len(requeued)} dead letter(s) and {len(waiting)} "
+                    "waiting now")
+        return {"requeued": requeued, "now": waiting}
 
-def complete_series(context: WebContext, series_uid: str, who: tuple[str, str]) -> int:
-    """Complete the receiving revision of a series now; returns the revision."""
-    rows = context.store.query(
-        "SELECT revision FROM series WHERE series_uid=? AND state=? ORDER BY revision DESC",
-        series_uid, SeriesState.RECEIVING.value)
-    if not rows:
-        raise ActionRefused(404, "no series with that UID is receiving")
-    key = SeriesKey(series_uid, int(str(rows[0][0])))
-    if not context.store.complete_series(key, CompletionReason.OPERATOR, context.clock()):
-        raise ActionRefused(409, "the series completed meanwhile")
-    _audit(context, who, "series completed", f"series {series_uid} revision {key.revision}")
-    return key.revision
+    # -- series and studies ------------------------------------------------------------
+    def complete_series(self, series_uid: str, who: Operator) -> int:
+        """Complete the receiving revision of a series now; returns the revision."""
+        revision = self._store.newest_revision(series_uid, SeriesState.RECEIVING)
+        if revision is None:
+            raise ActionRefused(404, "no series with that UID is receiving")
+        key = SeriesKey(series_uid, revision)
+        if not self._store.complete_series(key, CompletionReason.OPERATOR, self._clock()):
+            raise ActionRefused(409, "the series completed meanwhile")
+        self._audit(who, AuditEvent.SERIES_COMPLETED,
+                    f"series {series_uid} revision {key.revision}")
+        return key.revision
+
+    def retrieve_study(self, settings: Settings, intake: Intake, source: str, study_uid: str,
+                       who: Operator, on_instance: Callable[[], None] | None = None
+                       ) -> Retrieved:
+        """Retrieve a study from the peer ``source`` (C-GET, C-MOVE or WADO-RS, by its
+        ``retrieve``) through ``intake``: routed as if it had been pushed."""
+        from node.ingest.retrieve import RetrieveFailed, Retriever
+
+        peer = settings.peer_by_name(source)
+        if peer is None:
+            raise ActionRefused(404, f"no peer named {source!r}")
+        try:
+            result = Retriever(settings, intake, on_instance=on_instance).study(peer, study_uid)
+        except RetrieveFailed as exc:
+            self._audit(who, AuditEvent.STUDY_RETRIEVE_FAILED, f"from {peer.name}: {exc}",
+                        objects=[("study", study_uid)], outcome=MINOR_FAILURE)
+            raise ActionRefused(502, str(exc)) from exc
+        self._audit(who, AuditEvent.STUDY_RETRIEVED,
+                    f"from {peer.name} by {result.method}: {result.stored} instance(s)",
+                    objects=[("study", study_uid)])
+        return result
+
+    def export_studies(self, settings: Settings, to: str, study_uids: list[str],
+                       profile: str | None, who: Operator,
+                       on_progress: Callable[[str], None] | None = None) -> ExportReport:
+        """De-identify studies the node keeps to the research entry ``to`` (audited by the
+        exporter with ``who``); 404 no such entry, 409 it cannot start, 502 the research peer
+        did not take the files."""
+        from node.research.export import DestinationFailed, Exporter, ExportError
+
+        if settings.research_destination(to) is None:
+            raise ActionRefused(404, f"no research entry named {to!r}")
+        try:
+            return Exporter(settings, self._store, self._clock).export(
+                to, study_uids, profile, actor=who.name, address=who.address,
+                on_progress=on_progress)
+        except ExportError as exc:
+            raise ActionRefused(409, str(exc)) from exc
+        except DestinationFailed as exc:
+            raise ActionRefused(502, str(exc)) from exc

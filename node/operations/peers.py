@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from node.audit.trail import SUCCESS
+from node.domain import AuditEvent
 from node.settings import Peer, Settings
 from node.store.jobs import JobStore
 
@@ -172,7 +173,7 @@ class PeerDirectory:
             db.execute("DELETE FROM peer_changes WHERE name=?", (peer.name,))
             db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
                        " VALUES (?, ?, ?, ?)", (peer.name, json.dumps(stored), now, actor))
-            self._store.audit(actor, "peer added" if created else "peer changed",
+            self._store.audit(actor, AuditEvent.PEER_ADDED if created else AuditEvent.PEER_CHANGED,
                               f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port}", now, db,
                               address=address, objects=[("peer", peer.ae_title)],
                               outcome=SUCCESS)
@@ -194,7 +195,7 @@ class PeerDirectory:
             db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
             db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
                        " VALUES (?, NULL, ?, ?)", (name, now, actor))
-            self._store.audit(actor, "peer removed", name, now, db, address=address,
+            self._store.audit(actor, AuditEvent.PEER_REMOVED, name, now, db, address=address,
                               objects=[("peer", current[name].peer.ae_title)])
         return current[name].peer
 
@@ -207,6 +208,7 @@ class PeerDirectory:
             if not found:
                 return False
             db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
-            self._store.audit(actor, "peer reset", f"{name}: back to the configuration file",
-                              now, db, address=address)
+            self._store.audit(actor, AuditEvent.PEER_RESET,
+                              f"{name}: back to the configuration file", now, db,
+                              address=address)
         return True

@@ -11,8 +11,7 @@ from node.infer.repository import ModelConfigError, ModelNotFound, load_model_sp
 from node.settings import Settings
 from node.store.durable import free_disk_bytes, temporary_name
 from node.store.jobs import JobStore
-
-SPOOL_DIR = "spool"
+from node.store.layout import data_dir
 
 
 def check_store(store: JobStore) -> str | None:
@@ -25,7 +24,7 @@ def check_store(store: JobStore) -> str | None:
 
 def check_spool(settings: Settings) -> str | None:
     """A file can be written and removed where instances are spooled."""
-    tmp_dir = settings.node.data_dir / SPOOL_DIR / ".tmp"
+    tmp_dir = data_dir(settings).spool_temporaries
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         probe = temporary_name(tmp_dir / "ready", tmp_dir)
@@ -40,7 +39,7 @@ def free_bytes(settings: Settings) -> int:
     """Free space where the data directory is (or will be: its nearest existing parent, for
     a node that has not run yet on a PostgreSQL store)."""
     return min(free_disk_bytes(settings.node.data_dir),
-               free_disk_bytes(settings.node.data_dir / SPOOL_DIR))
+               free_disk_bytes(data_dir(settings).spool))
 
 
 def check_disk(settings: Settings) -> str | None:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.audit.trail import Audit, no_audit
-from node.domain import JobState, SeriesState
+from node.domain import AuditEvent, JobState, SeriesState
 from node.settings import Settings
 from node.store.database import Connection
 from node.store.jobs import JobStore
+from node.store.layout import DataDir
 from node.store.outbox import DEAD, QUEUED
-from node.store.spool import path_component
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,14 @@ class Retention:
                                   " WHERE series_uid=?", (series_uid,)).fetchall()
                 files = sum(_remove_spool_file(Path(p), float(at)) for p, at, _ in rows)
                 size = sum(int(s) for _, _, s in rows)
-                results = data_dir / "results" / path_component(series_uid)
+                results = DataDir(data_dir).results(series_uid)
                 shutil.rmtree(results, ignore_errors=True)
                 db.execute("DELETE FROM instances WHERE series_uid=?", (series_uid,))
                 now = self._clock()
                 db.execute("UPDATE series SET purged_at=? WHERE series_uid=?",
                            (now, series_uid))
                 self._store.audit(
-                    "node", "deleted",
+                    "node", AuditEvent.DELETED,
                     f"series {series_uid}: {files} instance file(s) "
                     f"({size / 1e6:.1f} MB) and its results; {reason}", now, db,
                     objects=[("study", still[0].study_uid), ("series", series_uid)])

@@ -22,6 +22,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
+from node.domain import AuditEvent
 from node.research.deidentify import (
     BurnedInAnnotation,
     Profile,
@@ -33,6 +34,7 @@ from node.research.pseudonym import KeyMissing, Pseudonyms, load_key
 from node.settings import DEID_KEY_ENV, Research, Settings
 from node.store.durable import write_atomically
 from node.store.jobs import JobStore
+from node.store.layout import DataDir, data_dir
 from node.store.spool import path_component
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def study_sources(store: JobStore, data_dir: Path, study_uid: str, include_resul
 
 
 def _results(data_dir: Path, series_uid: str) -> list[_Source]:
-    folder = data_dir / "results" / path_component(series_uid)
+    folder = DataDir(data_dir).results(series_uid)
     revisions = sorted((p for p in folder.glob("*") if p.name.isdigit()),
                        key=lambda p: int(p.name))
     if not revisions:
@@ -141,7 +143,7 @@ class Exporter:
         return report
 
     def _staging_root(self) -> Path:
-        root = self._settings.node.data_dir / "research"
+        root = data_dir(self._settings).research
         root.mkdir(parents=True, exist_ok=True)
         return root
 
@@ -247,7 +249,7 @@ class Exporter:
                   f"{research.name} ({where}); {len(report.refused)} refused, "
                   f"{len(report.failed)} failed")
         studies = [*report.exported, *report.refused]
-        self._store.audit(actor, "research export", detail, self._clock(), address=address,
+        self._store.audit(actor, AuditEvent.RESEARCH_EXPORT, detail, self._clock(), address=address,
                           objects=[("study", uid) for uid in studies],
                           outcome=0 if report.ok else 4)
 
@@ -255,7 +257,7 @@ class Exporter:
         """(kind, original) for a pseudonym of research entry ``name``; audited."""
         rows = self._store.query("SELECT kind, original FROM deid_crosswalk WHERE project=?"
                                  " AND pseudonym=? ORDER BY kind", name, pseudonym)
-        self._store.audit(actor, "re-identification",
+        self._store.audit(actor, AuditEvent.REIDENTIFICATION,
                           f"research {name}: {len(rows)} original(s) looked up", self._clock(),
                           outcome=0 if rows else 4)
         return [(str(r[0]), str(r[1])) for r in rows]

@@ -22,10 +22,10 @@ from node.jobs.orchestrator import Orchestrator, Router
 from node.jobs.workers import ProcessExecutor, make_backend
 from node.operations.peers import PeerDirectory
 from node.operations.retention import Retention
+from node.roles import ROLES
 from node.runtime.loops import Loop
 from node.settings import Settings
-from node.store.database import open_database
-from node.store.jobs import JobStore
+from node.store.layout import DataDir, open_store
 from node.store.outbox import Outbox
 from node.store.recovery import recover
 from node.store.series import CompletionPolicy, SeriesAssembler
@@ -33,18 +33,6 @@ from node.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
-SPOOL_DIR = "spool"
-DB_FILE = "jobs.sqlite3"
-ROLES = ("receiver", "worker", "sender", "web")
-# A receiver started on its own (multi-host) leaves younger spool files and temporaries to the
-# receivers that may still be writing them: recovery takes only those older than this.
-SHARED_SPOOL_SETTLE_S = 300.0
-
-
-def open_store(settings: Settings) -> JobStore:
-    """The job store ``store.url`` names, or the SQLite file under ``node.data_dir``."""
-    database = open_database(settings.store.url, settings.node.data_dir / DB_FILE)
-    return JobStore(database)
 
 
 class Node:
@@ -111,7 +99,7 @@ class Node:
             self._forwarding = Loop("audit-forwarder", self._forwarder.forward,
                                     settings.audit.interval_s)
         self._sweeper = Loop("housekeeping", self._sweep, settings.series.sweep_interval_s)
-        self.spool = Spool(data_dir / SPOOL_DIR, fsync=settings.node.fsync)
+        self.spool = Spool(DataDir(data_dir).spool, fsync=settings.node.fsync)
         policy = CompletionPolicy(
             quiet_seconds=settings.series.quiet_seconds,
             complete_on_release=settings.series.complete_on_release,

@@ -37,17 +37,17 @@ from node.audit.trail import (
     record_start,
     record_stop,
 )
-from node.jobs.workers import die_with_parent
-from node.roles.node import SPOOL_DIR, open_store
+from node.domain import AuditEvent
+from node.runtime.process import die_with_parent
 from node.runtime.retry import RetryPolicy
 from node.settings import Settings
 from node.store.jobs import JobStore
+from node.store.layout import data_dir, open_store
 from node.store.recovery import recover
 from node.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
-METRICS_DIR = "metrics"  # prometheus-client's multiprocess files, one set per role process
 STEADY_S = 60.0  # a process that ran this long before exiting restarts without delay
 EXTRA_STOP_S = 30.0  # beyond node.shutdown_grace_s, for jobs to be handed back
 
@@ -76,13 +76,13 @@ class Supervisor:
         ] + [_Role("worker", "worker"), _Role("sender", "sender")]
         if settings.node.http_port:
             self._roles.append(_Role("web", "web"))
-        self._metrics_dir = settings.node.data_dir / METRICS_DIR
+        self._metrics_dir = data_dir(settings).metrics
 
     def prepare(self) -> None:
         """Schema up to date, spool recovered: before any role process runs."""
         store = open_store(self._settings)
         try:
-            spool = Spool(self._settings.node.data_dir / SPOOL_DIR, fsync=self._settings.node.fsync)
+            spool = Spool(data_dir(self._settings).spool, fsync=self._settings.node.fsync)
             recover(spool, store, time.time())
             # counters start again with the node (Prometheus handles the reset)
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
@@ -143,7 +143,7 @@ class Supervisor:
         delay = 0.0 if role.failures == 1 else self._backoff.delay(role.failures - 1)
         log.error("%s process ended (%s); starting it again in %.0f s", role.name, how, delay)
         self._audit(lambda store: AuditTrail(store)(
-            node_name(self._settings), "process ended",
+            node_name(self._settings), AuditEvent.PROCESS_ENDED,
             f"{role.name} ({how}); started again in {delay:.0f} s", outcome=SERIOUS_FAILURE))
         role.process = None
         role.restart_at = now + delay

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import cast
 
 from node.domain import (
+    AuditEvent,
     CompletionReason,
     InstanceRef,
     SeriesAttributes,
@@ -93,7 +94,7 @@ class JobStore:
         """Wake other processes waiting for ``channel`` work when ``db`` commits."""
         self.database.notify(db, channel)
 
-    def audit(self, actor: str, action: str, detail: str, now: float,
+    def audit(self, actor: str, action: AuditEvent, detail: str, now: float,
               db: Connection | None = None, *, address: str = "",
               objects: Sequence[tuple[str, str]] = (), outcome: int = 0) -> None:
         """One line of the audit trail (who did what): in ``db``'s transaction when given (so
@@ -255,6 +256,14 @@ class JobStore:
             instance_count=count,
             expected_count=expected,
         )
+
+    def newest_revision(self, series_uid: str, state: SeriesState) -> int | None:
+        """The newest revision of the series in ``state``, if any."""
+        with self.reading() as db:
+            row = db.execute("SELECT revision FROM series WHERE series_uid=? AND state=?"
+                             " ORDER BY revision DESC LIMIT 1",
+                             (series_uid, state.value)).fetchone()
+        return None if row is None else int(row[0])
 
     def complete_series(
         self, key: SeriesKey, reason: CompletionReason, now: float,

@@ -10,17 +10,15 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from node.audit.trail import MINOR_FAILURE
 from node.domain import JobState, SeriesState
-from node.ingest.retrieve import RetrieveFailed, Retriever
-from node.operations import actions, readiness
+from node.operations import readiness
+from node.operations.actions import ActionRefused, Actions, Operator
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.store.spool import well_formed_uid
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 
-T = TypeVar("T")
 R = TypeVar("R")
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
@@ -30,11 +28,11 @@ def _context(request: Request) -> WebContext:
     return context
 
 
-def _act(action: Callable[[WebContext, T, tuple[str, str]], R], request: Request,
-         subject: T) -> R:
+def _act(action: Callable[[Actions, Operator], R], request: Request) -> R:
+    """Run an operator action (:mod:`node.operations.actions`) as the caller."""
     try:
-        return action(_context(request), subject, actor(request))
-    except actions.ActionRefused as exc:
+        return action(_context(request).actions, Operator(*actor(request)))
+    except ActionRefused as exc:
         raise HTTPException(exc.status, str(exc)) from exc
 
 
@@ -77,7 +75,7 @@ def list_series(request: Request, state: SeriesState | None = None,
 def complete_series(request: Request, series_uid: str) -> dict[str, Any]:
     """Complete a series still receiving now, without waiting for its quiet period (it is
     routed at once)."""
-    revision = _act(actions.complete_series, request, series_uid)
+    revision = _act(lambda a, who: a.complete_series(series_uid, who), request)
     return {"series_instance_uid": series_uid, "revision": revision, "state": "complete"}
 
 
@@ -104,14 +102,14 @@ def list_jobs(request: Request, state: JobState | None = None, pipeline: str | N
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
 def retry_job(request: Request, job_id: int) -> dict[str, Any]:
     """Queue a failed or cancelled job again with fresh attempts."""
-    _act(actions.retry_job, request, job_id)
+    _act(lambda a, who: a.requeue_job(job_id, who), request)
     return {"id": job_id, "state": "queued"}
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(request: Request, job_id: int) -> dict[str, Any]:
     """Cancel a queued or running job (retry queues it again)."""
-    _act(actions.cancel_job, request, job_id)
+    _act(lambda a, who: a.cancel_job(job_id, who), request)
     return {"id": job_id, "state": "cancelled"}
 
 
@@ -130,7 +128,7 @@ def list_results(request: Request, state: str | None = None,
 def requeue_result(request: Request, item_id: int) -> dict[str, Any]:
     """Send a result again now: a dead letter is queued again, a queued one waiting out its
     backoff goes at once (409: sent, or unknown)."""
-    _act(actions.requeue_result, request, item_id)
+    _act(lambda a, who: a.requeue_result(item_id, who), request)
     return {"id": item_id, "state": "queued"}
 
 
@@ -139,7 +137,7 @@ def retry_destination(request: Request, destination: str) -> dict[str, Any]:
     """Retry now everything waiting for a destination (a PACS back after an outage): its
     dead letters queued again and its queued results' backoff cut short (409: nothing
     waits)."""
-    done = _act(actions.retry_destination, request, destination)
+    done = _act(lambda a, who: a.retry_destination(destination, who), request)
     return {"destination": destination, **done}
 
 
@@ -183,24 +181,12 @@ def run_study(request: Request, study_uid: str, body: RunRequest) -> dict[str, A
     retrieve is over: what was stored and what failed."""
     _require_uid(study_uid)
     context = _context(request)
-    settings = context.peers.settings()
-    peer = settings.peer_by_name(body.source)
-    if peer is None:
-        raise HTTPException(404, f"no peer named {body.source!r}")
     if context.intake is None:
         raise HTTPException(404, "this node keeps no instances (no intake)")
-    who, address = actor(request)
-    try:
-        result = Retriever(settings, context.intake).study(peer, study_uid)
-    except RetrieveFailed as exc:
-        context.store.audit(who, "study retrieve failed", f"from {peer.name}: {exc}",
-                            context.clock(), address=address, objects=[("study", study_uid)],
-                            outcome=MINOR_FAILURE)
-        raise HTTPException(502, str(exc)) from exc
-    context.store.audit(who, "study retrieved", f"from {peer.name} by {result.method}: "
-                        f"{result.stored} instance(s)", context.clock(), address=address,
-                        objects=[("study", study_uid)])
-    return {"study_instance_uid": study_uid, "from": peer.name, "method": result.method,
+    intake = context.intake
+    result = _act(lambda a, who: a.retrieve_study(context.peers.settings(), intake,
+                                                  body.source, study_uid, who), request)
+    return {"study_instance_uid": study_uid, "from": body.source, "method": result.method,
             "stored": result.stored, "failed": result.failed, "seconds": result.seconds}
 
 
@@ -216,21 +202,10 @@ def export_study(request: Request, study_uid: str, body: ExportRequest) -> dict[
     destination, as ``ainode export`` does (audited with the caller). 404: no such entry or
     study; 409: the export cannot start (no key); 422: the study was refused (burned-in
     annotation); 502: the research peer did not take it."""
-    from node.research.export import DestinationFailed, Exporter, ExportError
-
     _require_uid(study_uid)
     context = _context(request)
-    settings = context.peers.settings()
-    if settings.research_destination(body.to) is None:
-        raise HTTPException(404, f"no research entry named {body.to!r}")
-    who, address = actor(request)
-    try:
-        report = Exporter(settings, context.store, context.clock).export(
-            body.to, [study_uid], body.profile, actor=who, address=address)
-    except ExportError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    except DestinationFailed as exc:
-        raise HTTPException(502, str(exc)) from exc
+    report = _act(lambda a, who: a.export_studies(context.peers.settings(), body.to,
+                                                  [study_uid], body.profile, who), request)
     if study_uid in report.refused:
         raise HTTPException(422, report.refused[study_uid])
     if study_uid in report.failed:

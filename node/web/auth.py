@@ -16,12 +16,12 @@ from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from node.audit.trail import MINOR_FAILURE
+from node.domain import AuditEvent
 from node.web.context import WebContext
 from node.web.session import session_id
 from node.web.throttle import AuthFailures
 
 _bearer = HTTPBearer(auto_error=False, description="node.http_token")
-AUTHENTICATION_FAILED = "authentication failed"  # the audit trail's action
 
 
 def client_address(request: Request) -> str:
@@ -36,7 +36,7 @@ def auth_failures(request: Request) -> AuthFailures:
 def audited_failures(context: WebContext) -> AuthFailures:
     """The throttle of one web app, auditing each burst in the job store."""
     def on_burst(address: str, where: str) -> None:
-        context.store.audit("unknown user", AUTHENTICATION_FAILED,
+        context.store.audit("unknown user", AuditEvent.AUTHENTICATION_FAILED,
                             f"wrong HTTP token at {where} (further failures from this address "
                             "are slowed)", context.clock(), address=address,
                             outcome=MINOR_FAILURE)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from node.ingest.intake import Intake
 from node.ingest.stow import StowReceiver
+from node.operations.actions import Actions
 from node.operations.peers import PeerDirectory
 from node.settings import Settings
 from node.store.jobs import JobStore
@@ -21,3 +22,7 @@ class WebContext:
     stow: StowReceiver | None = None
     intake: Intake | None = None  # retrieved studies (on demand) are kept through it
     clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def actions(self) -> Actions:
+        return Actions(self.store, self.clock)

@@ -27,8 +27,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from node.domain import JobState
-from node.operations import actions, readiness
-from node.operations.actions import ActionRefused
+from node.operations import readiness
+from node.operations.actions import ActionRefused, Actions, Operator
 from node.operations.peers import PeerChangeRefused
 from node.runtime.metrics import JOB_STAGES
 from node.store import outbox
@@ -206,13 +206,14 @@ def peers_page(request: Request, edit: str | None = None) -> HTMLResponse:
 
 
 # -- actions (the admin API's, audited alike) ----------------------------------------------
-async def _act(request: Request, action: Callable[[WebContext, Any, tuple[str, str]], Any],
-               subject: object, back: str, done: str) -> RedirectResponse:
+async def _act(request: Request, action: Callable[[Actions, Operator], object], back: str,
+               done: str) -> RedirectResponse:
+    """Run an operator action (:mod:`node.operations.actions`) as the signed-in user."""
     await _checked_form(request)
     who, address = actor(request)
     try:
-        await run_in_threadpool(action, _context(request), subject,
-                                (f"{who} (dashboard)", address))
+        await run_in_threadpool(action, _context(request).actions,
+                                Operator(f"{who} (dashboard)", address))
     except ActionRefused as exc:
         return _back(request, back, str(exc), error=True)
     return _back(request, back, done)
@@ -221,30 +222,33 @@ async def _act(request: Request, action: Callable[[WebContext, Any, tuple[str, s
 @router.post("/jobs/{job_id}/retry")
 async def retry_job(request: Request, job_id: int) -> RedirectResponse:
     back = "/ui/failures" if "failures" in request.headers.get("referer", "") else "/ui/jobs"
-    return await _act(request, actions.retry_job, job_id, back, f"job {job_id} queued again")
+    return await _act(request, lambda a, who: a.requeue_job(job_id, who), back,
+                      f"job {job_id} queued again")
 
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, job_id: int) -> RedirectResponse:
-    return await _act(request, actions.cancel_job, job_id, "/ui/jobs",
+    return await _act(request, lambda a, who: a.cancel_job(job_id, who), "/ui/jobs",
                       f"job {job_id} cancelled")
 
 
 @router.post("/results/{item_id}/requeue")
 async def requeue_result(request: Request, item_id: int) -> RedirectResponse:
-    return await _act(request, actions.requeue_result, item_id, "/ui/failures",
+    return await _act(request, lambda a, who: a.requeue_result(item_id, who),
+                      "/ui/failures",
                       f"result {item_id} queued for delivery again")
 
 
 @router.post("/destinations/{destination:path}/retry")
 async def retry_destination(request: Request, destination: str) -> RedirectResponse:
-    return await _act(request, actions.retry_destination, destination, "/ui",
+    return await _act(request, lambda a, who: a.retry_destination(destination, who), "/ui",
                       f"results for {destination} go now")
 
 
 @router.post("/series/{series_uid:path}/complete")
 async def complete_series(request: Request, series_uid: str) -> RedirectResponse:
-    return await _act(request, actions.complete_series, series_uid, "/ui/series",
+    return await _act(request, lambda a, who: a.complete_series(series_uid, who),
+                      "/ui/series",
                       "series completed; it is routed now")
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -135,8 +137,18 @@ def test_audit_messages_reach_a_syslog_collector(node_factory: Any,
                               str(node.port)], env=DCMTK_ENV, capture_output=True, text=True,
                              timeout=30)
     assert refused.returncode != 0
+    # a peer added live is a configuration change: a Security Alert naming who made it
+    added = subprocess.run([str(Path(sys.executable).parent / "ainode"), "peers", "add",
+                            "ARCHIVE2", "--ae-title", "ARCHIVE2", "--host", "127.0.0.1",
+                            "--port", "11199", "--config", str(node.config_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
 
     assert wait_for(lambda: collector.events("110100", "110120"), 30), node.log()[-2000:]
+    changes = wait_for(lambda: collector.events("110113", "110131"), 30)
+    assert changes, (collector.raw, node.log()[-2000:])
+    assert [p.get("UserIsRequestor") for p in changes[0].findall("ActiveParticipant")
+            if p.get("UserID") != node.ae_title] == ["true"]
     transfers = wait_for(lambda: collector.events("110104"), 30)
     assert transfers, (collector.raw, node.log()[-2000:])
     (transfer,) = transfers

@@ -12,6 +12,7 @@ import pytest
 
 from node.audit.atna import AuditForwarder, audit_message, syslog_frame
 from node.audit.trail import record_start, record_stop
+from node.domain import AuditEvent
 from node.settings import Settings
 from node.store.jobs import AuditLine
 
@@ -78,6 +79,14 @@ def test_instances_received_are_a_transfer_from_the_caller_to_this_node() -> Non
     ("results sent", 0, "110104", None, "C"),
     ("delivery given up", 8, "110104", None, "C"),
     ("deleted", 0, "110105", None, "D"),
+    ("peer added", 0, "110113", "110131", "E"),
+    ("peer changed", 0, "110113", "110131", "E"),
+    ("peer removed", 0, "110113", "110131", "E"),
+    ("peer reset", 0, "110113", "110131", "E"),
+    ("job cancelled", 0, "110113", "110132", "E"),
+    ("series completed", 0, "110113", "110132", "E"),
+    ("study retrieved", 0, "110104", None, "C"),
+    ("study retrieve failed", 4, "110104", None, "C"),
 ])
 def test_each_action_has_its_dicom_event(action: str, outcome: int, event_id: str,
                                          type_code: str | None, action_code: str) -> None:
@@ -92,6 +101,16 @@ def test_each_action_has_its_dicom_event(action: str, outcome: int, event_id: st
     assert [t.get("csd-code") for t in types] == ([type_code] if type_code else [])
     description = event.find("EventOutcomeDescription")
     assert (description is not None and description.text == "what happened") == bool(outcome)
+
+
+@pytest.mark.parametrize("event", list(AuditEvent), ids=lambda e: e.name)
+def test_every_audit_event_is_a_dicom_audit_message(event: AuditEvent) -> None:
+    """No event the node records stays behind in its own trail: each is a PS3.15 A.5
+    message with an EventID from DCM."""
+    message = _parse(AuditLine(1, 1_764_000_000.0, "operator", event, "what happened",
+                               "192.0.2.7", (("study", STUDY),), 0))
+    event_id = _code(message.find("EventIdentification/EventID"))
+    assert event_id[1] == "DCM" and event_id[0].startswith("1101")
 
 
 def test_results_sent_name_the_destination_and_an_echo_association_sends_nothing() -> None:

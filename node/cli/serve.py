@@ -1,0 +1,93 @@
+"""``ainode serve``: the supervisor (every role in its own process) or some roles here."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from node.cli.console import DEFAULT_CONFIG, USAGE, ConfigOption, fail, load, require_codes
+from node.roles import ROLES, SHARED_SPOOL_SETTLE_S
+from node.runtime import logs
+
+if TYPE_CHECKING:
+    from node.settings import Settings
+
+
+def serve(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    role: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this role here (receiver, worker, sender, web;"
+                     " repeatable), for nodes spread over several machines on one PostgreSQL"
+                     " store."),
+    ] = None,
+    supervised: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run the node: every role (receivers, worker, sender, web) in its own supervised
+    process."""
+    settings = load(config)
+    require_codes(settings, str(config or DEFAULT_CONFIG))
+    if not role:
+        _supervise(settings, config, log_level)
+        return
+    unknown = sorted(set(role) - set(ROLES))
+    if unknown:
+        fail(f"unknown role {', '.join(unknown)}: use {', '.join(ROLES)}", USAGE)
+    _serve_roles(settings, role, log_level, supervised)
+
+
+def _serve_roles(settings: Settings, role: list[str], log_level: str, supervised: bool) -> None:
+    from node.audit.trail import record_start, record_stop
+    from node.roles.node import Node
+    from node.store.database import SchemaTooNew, StoreUnavailable
+
+    roles = "+".join(r for r in ROLES if r in role)
+    logs.configure(log_level, roles)
+    everything = set(ROLES) - {"web"} <= set(role)
+    settle = None if supervised else (0.0 if everything else SHARED_SPOOL_SETTLE_S)
+    try:
+        node = Node(settings, roles=role, recovery_settle_s=settle)
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        fail(f"cannot start: {exc}")
+    _on_stop_signals(node.request_stop)
+    try:
+        node.start()
+    except OSError as exc:
+        node.stop()
+        fail(f"cannot start: {exc}")
+    if not supervised:  # the supervisor records its own start and stop
+        record_start(node.store, settings, roles)
+    node.wait()
+    if not supervised:
+        record_stop(node.store, settings, roles)
+    node.stop()
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+
+def _supervise(settings: Settings, config: Path | None, log_level: str) -> None:
+    from node.roles.supervisor import Supervisor
+    from node.store.database import SchemaTooNew, StoreUnavailable
+
+    logs.configure(log_level, "supervisor")
+    supervisor = Supervisor(settings, config, log_level)
+    try:
+        supervisor.prepare()
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        fail(f"cannot start: {exc}")
+    _on_stop_signals(supervisor.request_stop)
+    raise typer.Exit(supervisor.run())
