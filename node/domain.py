@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 
 class SeriesState(StrEnum):
@@ -145,3 +146,37 @@ class SeriesSummary:
     completion_reason: str | None
     route_state: str | None = None
     route_detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one outbox item at its destination: ``sent``; ``retry`` (the peer is
+    down, busy or out of resources: backoff, then dead at the end of the window); ``dead``
+    (a refusal the peer will repeat). ``reason`` says why, for the operator."""
+
+    verdict: Literal["sent", "retry", "dead"]
+    reason: str = ""
+
+    @classmethod
+    def sent(cls, reason: str = "") -> Outcome:
+        return cls("sent", reason)
+
+    @classmethod
+    def retry(cls, reason: str) -> Outcome:
+        return cls("retry", reason)
+
+    @classmethod
+    def dead(cls, reason: str) -> Outcome:
+        return cls("dead", reason)
+
+    @classmethod
+    def of_dimse_status(cls, status: int) -> Outcome:
+        """A C-STORE response status (PS3.7 C.4.2, PS3.4 B.2.3): success and warnings
+        (0xB000-0xBFFF) are sent; out of resources (0xA7xx) is retried; any other failure
+        (0xA9xx data set mismatch, 0xCxxx cannot understand, refused SOP class) is dead."""
+        text = f"0x{status:04X}"
+        if status == 0 or 0xB000 <= status <= 0xBFFF:
+            return cls.sent(text)
+        if 0xA700 <= status <= 0xA7FF:
+            return cls.retry(text)
+        return cls.dead(text)

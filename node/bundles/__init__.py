@@ -3,3 +3,5 @@ import``. :mod:`.source` opens a bundle and parses it with MONAI's own ``ConfigP
 :mod:`.mapping` maps its inference config onto the node's model contract (or lists what cannot
 be reproduced), :mod:`.codes` gives its labels their SEG/SR codes, :mod:`.export` builds the
 network, loads its weights and writes the model directory."""
+
+__all__ = ["codes", "export", "importer", "mapping", "source"]

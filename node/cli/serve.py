@@ -90,4 +90,6 @@ def _supervise(settings: Settings, config: Path | None, log_level: str) -> None:
     except (SchemaTooNew, StoreUnavailable) as exc:
         fail(f"cannot start: {exc}")
     _on_stop_signals(supervisor.request_stop)
+    # a debug command: `kill -USR1 <supervisor>` logs the packages it has loaded
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: supervisor.log_loaded_packages())
     raise typer.Exit(supervisor.run())

@@ -8,39 +8,41 @@ import pydicom
 import requests
 
 from node.dicom.dicomweb import client_for
+from node.domain import Outcome
 from node.settings import Peer
 
 
-def _http_outcome(code: int) -> str:
+def _http_outcome(code: int) -> Outcome:
     """Credentials (401/403: a lockout or expired password is fixed by a person), timeouts,
     throttling and server errors are retried with backoff (PS3.18 8.6.2, RFC 9110); any other
     4xx is a refusal that will repeat."""
     if code in (401, 403):
-        return f"unauthorized: HTTP {code} (check the peer's credentials)"
+        return Outcome.retry(f"unauthorized: HTTP {code} (check the peer's credentials)")
     if code >= 500 or code in (408, 429):
-        return f"unavailable: HTTP {code}"
-    return f"0xC000 refused: HTTP {code}"
+        return Outcome.retry(f"unavailable: HTTP {code}")
+    return Outcome.dead(f"refused: HTTP {code}")
 
 
-def stow(peer: Peer, paths: list[Path], timeout_s: float) -> dict[str, str]:
-    """Store each file; outcome per path: ``0x0000``, ``0xC000 refused: ...``, or a reason to
-    retry. After a failure that concerns the destination rather than the object (down,
-    unauthorised, overloaded) the remaining files are not tried in this pass."""
+def stow(peer: Peer, paths: list[Path], timeout_s: float) -> dict[str, Outcome]:
+    """Store each file; an outcome per path. After a failure that concerns the destination
+    rather than the object (down, unauthorised, overloaded) the remaining files are not tried
+    in this pass."""
     with requests.Session() as session:
         client = client_for(peer, session, timeout_s)
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
         for index, path in enumerate(paths):
             try:
                 client.store_instances(datasets=[pydicom.dcmread(path)])
-                outcomes[str(path)] = "0x0000"
+                outcomes[str(path)] = Outcome.sent()
                 continue
             except requests.HTTPError as exc:
                 code = exc.response.status_code if exc.response is not None else 0
                 outcomes[str(path)] = _http_outcome(code)
             except requests.RequestException as exc:
-                outcomes[str(path)] = f"unavailable: {exc.__class__.__name__}"
-            if not outcomes[str(path)].startswith("0x"):
+                outcomes[str(path)] = Outcome.retry(f"unavailable: {exc.__class__.__name__}")
+            if outcomes[str(path)].verdict == "retry":
                 for later in paths[index + 1 :]:
-                    outcomes[str(later)] = f"not sent: {outcomes[str(path)]}"
+                    outcomes[str(later)] = Outcome.retry(
+                        f"not sent: {outcomes[str(path)].reason}")
                 break
     return outcomes

@@ -28,6 +28,7 @@ from typing import Any
 import pydicom
 import requests
 
+from node.domain import Outcome
 from node.settings import Notification
 from node.store.jobs import JobStore
 from node.store.outbox import OutboxItem
@@ -201,23 +202,23 @@ def hl7_message(notice: Notice, target: Notification, sending_application: str) 
 
 
 # -- channels ------------------------------------------------------------------------------
-def _http_outcome(code: int) -> str:
+def _http_outcome(code: int) -> Outcome:
     if code < 300:
-        return "0x0000"
+        return Outcome.sent()
     if code >= 500 or code in (401, 403, 408, 429):
-        return f"unavailable: HTTP {code}"
-    return f"0xC000 refused: HTTP {code}"
+        return Outcome.retry(f"unavailable: HTTP {code}")
+    return Outcome.dead(f"refused: HTTP {code}")
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> str:
+def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Outcome:
     try:
         answer = requests.post(url, data=body, headers=headers, timeout=timeout_s)
     except requests.RequestException as exc:
-        return f"unavailable: {exc.__class__.__name__}"
+        return Outcome.retry(f"unavailable: {exc.__class__.__name__}")
     return _http_outcome(answer.status_code)
 
 
-def send_webhook(target: Notification, notice: Notice, timeout_s: float) -> str:
+def send_webhook(target: Notification, notice: Notice, timeout_s: float) -> Outcome:
     body = json.dumps(webhook_body(notice), sort_keys=True).encode()
     headers = {"Content-Type": "application/json"}
     secret = target.secret_value("secret")
@@ -227,7 +228,7 @@ def send_webhook(target: Notification, notice: Notice, timeout_s: float) -> str:
     return _post(str(target.webhook), body, headers, timeout_s)
 
 
-def send_fhir(target: Notification, notice: Notice, timeout_s: float) -> str:
+def send_fhir(target: Notification, notice: Notice, timeout_s: float) -> Outcome:
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     token = target.secret_value("token")
     if token:
@@ -237,7 +238,7 @@ def send_fhir(target: Notification, notice: Notice, timeout_s: float) -> str:
 
 
 def send_hl7(target: Notification, notice: Notice, timeout_s: float,
-             sending_application: str) -> str:
+             sending_application: str) -> Outcome:
     host, _, port = str(target.hl7).rpartition(":")
     message = hl7_message(notice, target, sending_application)
     try:
@@ -247,16 +248,17 @@ def send_hl7(target: Notification, notice: Notice, timeout_s: float,
             while MLLP_END not in answer:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    return "unavailable: the RIS closed the connection without an ACK"
+                    return Outcome.retry(
+                        "unavailable: the RIS closed the connection without an ACK")
                 answer += chunk
     except OSError as exc:
-        return f"unavailable: {exc.__class__.__name__}"
+        return Outcome.retry(f"unavailable: {exc.__class__.__name__}")
     acknowledgement = _ack_code(answer)
     if acknowledgement in ("AA", "CA"):
-        return "0x0000"
+        return Outcome.sent()
     if acknowledgement in ("AR", "CR"):
-        return f"0xC000 refused: HL7 ACK {acknowledgement}"
-    return f"unavailable: HL7 ACK {acknowledgement or 'unreadable'}"
+        return Outcome.dead(f"refused: HL7 ACK {acknowledgement}")
+    return Outcome.retry(f"unavailable: HL7 ACK {acknowledgement or 'unreadable'}")
 
 
 def _ack_code(answer: bytes) -> str:
@@ -269,22 +271,23 @@ def _ack_code(answer: bytes) -> str:
 
 
 class Notifier:
-    """Sends one notification target's outbox items; outcome strings as results have."""
+    """Sends one notification target's outbox items, an :class:`Outcome` for each."""
 
     def __init__(self, store: JobStore, sending_application: str) -> None:
         self._store = store
         self._sending_application = sending_application
 
     def send(self, target: Notification, items: list[OutboxItem],
-             timeout_s: float) -> dict[str, str]:
-        outcomes: dict[str, str] = {}
+             timeout_s: float) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
         for item in items:
             try:
                 if item.job_id is None:
                     raise LookupError("it names no job")
                 notice = notice_for(self._store, item, item.job_id)
             except (LookupError, OSError, ValueError) as exc:
-                outcomes[item.path] = f"refused: cannot build the notification ({exc})"
+                outcomes[item.path] = Outcome.dead(
+                    f"refused: cannot build the notification ({exc})")
                 continue
             if target.channel == "webhook":
                 outcomes[item.path] = send_webhook(target, notice, timeout_s)

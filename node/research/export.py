@@ -22,7 +22,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from node.domain import AuditEvent
+from node.domain import AuditEvent, Outcome
 from node.research.deidentify import (
     BurnedInAnnotation,
     Profile,
@@ -47,7 +47,11 @@ class ExportError(Exception):
 
 
 class DestinationFailed(Exception):
-    """The destination did not take the files (``reason``: transient or refused)."""
+    """The destination did not take the files; ``outcome`` says whether to retry."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
 
 
 @dataclass
@@ -205,32 +209,21 @@ class Exporter:
         return target
 
     def _send(self, research: Research, paths: list[Path]) -> None:
+        from node.egress.targets import PeerTarget
+
         peer = self._settings.peer_by_name(research.peer or "")
         if peer is None:
-            raise DestinationFailed(f"refused: no peer named {research.peer!r}")
-        timeout_s = self._settings.egress.timeout_s
-        if peer.dicomweb_url:
-            from node.dicom.stow import stow
-
-            outcomes = stow(peer, paths, timeout_s)
-        else:
-            from node.dicom.scu import PeerRefused, PeerUnavailable, send_files
-
-            try:
-                report = send_files(paths, peer, self._settings.node.ae_title,
-                                    timeout_s=timeout_s, node_tls=self._settings.node.tls)
-            except PeerRefused as exc:
-                raise DestinationFailed(f"refused: {exc}") from exc
-            except PeerUnavailable as exc:
-                raise DestinationFailed(f"unavailable: {exc}") from exc
-            outcomes = {str(path): status for path, status in report.outcomes.items()}
-        failed = {path: outcome for path, outcome in outcomes.items()
-                  if not outcome.startswith(("0x0000", "0xB"))}
+            raise DestinationFailed(Outcome.dead(f"refused: no peer named {research.peer!r}"))
+        outcomes = PeerTarget(peer, self._settings).send_files(paths)
+        failed = [o for o in outcomes.values() if o.verdict != "sent"]
         missing = len(paths) - len(outcomes)
+        if len(failed) == len(paths) and all(o.verdict == failed[0].verdict for o in failed):
+            raise DestinationFailed(failed[0])  # the peer refused, or is down: as it said
         if failed or missing:
-            first = next(iter(failed.values()), "no outcome")
-            raise DestinationFailed(f"{len(failed) + missing} of {len(paths)} file(s) not "
-                                    f"taken by {peer.name}: {first}")
+            first = failed[0].reason if failed else "no outcome"
+            raise DestinationFailed(Outcome.retry(
+                f"{len(failed) + missing} of {len(paths)} file(s) not taken by {peer.name}: "
+                f"{first}"))
 
     def _crosswalk(self, research: Research, rows: set[tuple[str, str, str]]) -> None:
         if not research.crosswalk:

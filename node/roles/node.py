@@ -22,6 +22,7 @@ from node.jobs.orchestrator import Orchestrator, Router
 from node.jobs.workers import ProcessExecutor, make_backend
 from node.operations.peers import PeerDirectory
 from node.operations.retention import Retention
+from node.research.outbox import research_targets
 from node.roles import ROLES
 from node.runtime.loops import Loop
 from node.settings import Settings
@@ -72,7 +73,8 @@ class Node:
         self.router: Router | None = None
         if "sender" in self.roles:
             self.delivery = Delivery(settings, Outbox(self.store), clock, audit,
-                                     owns_store=self.store.dialect == "sqlite", current=current)
+                                     owns_store=self.store.dialect == "sqlite", current=current,
+                                     targets=[research_targets(self.store, clock)])
             self._wakes["outbox"] = self.delivery.wake
         if "worker" in self.roles:
             # jobs found running at start were this process's when it is the only worker

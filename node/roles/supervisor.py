@@ -148,6 +148,13 @@ class Supervisor:
         role.process = None
         role.restart_at = now + delay
 
+    def log_loaded_packages(self) -> None:
+        """Log the top-level packages this process has imported (none of the roles' heavy
+        ones: pynetdicom, highdicom, torch and MONAI live in the role processes only)."""
+        loaded = sorted({name.partition(".")[0] for name in list(sys.modules)
+                         if not name.startswith("_")})
+        log.info("packages loaded: %s", " ".join(loaded))
+
     def request_stop(self) -> None:
         self._stopping.set()
 

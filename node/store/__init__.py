@@ -1,0 +1,19 @@
+"""Durable state. The data directory's layout (:mod:`.layout`), files written atomically
+(:mod:`.durable`, :mod:`.spool`), and the job store on SQLite or PostgreSQL
+(:mod:`.database`, :mod:`.schema`): instances and series (:mod:`.jobs`, :mod:`.series`), the job
+queue (:mod:`.queue`), the outbox (:mod:`.outbox`), requeues (:mod:`.requeue`), start-up
+recovery (:mod:`.recovery`)."""
+
+__all__ = [
+    "database",
+    "durable",
+    "jobs",
+    "layout",
+    "outbox",
+    "queue",
+    "recovery",
+    "requeue",
+    "schema",
+    "series",
+    "spool",
+]

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from node.store.database import Connection
-from node.store.jobs import JobStore, requeue_rows
+from node.store.jobs import JobStore
+from node.store.requeue import requeue_rows
 
 QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
 STATES = (QUEUED, SENT, DEAD, SUPERSEDED)

@@ -21,7 +21,8 @@ from typing import Any
 
 from node.domain import Job, JobState, SeriesKey
 from node.store.database import Connection
-from node.store.jobs import JobStore, requeue_rows
+from node.store.jobs import JobStore
+from node.store.requeue import requeue_rows
 
 RUNNING, QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
 

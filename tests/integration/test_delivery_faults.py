@@ -14,7 +14,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from node.dicom.scu import PeerRefused, PeerUnavailable, echo
-from node.egress.delivery import Delivery, classify
+from node.egress.delivery import Delivery
+from node.egress.targets import status_outcome
 from node.settings import Peer, load_settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox, ResultToSend
@@ -32,10 +33,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_outcomes_that_are_not_dimse_statuses_never_raise() -> None:
-    assert classify("0xC000 refused: HTTP 404") == "dead"
-    assert classify("unauthorized: HTTP 401 (check the peer's credentials)") == "retry"
-    assert classify("0xA700") == "retry" and classify("0xB007") == "sent"
-    assert classify("0xnonsense") == "retry"
+    assert status_outcome("0xC000").verdict == "dead"
+    assert status_outcome("not sent: association lost").verdict == "retry"
+    assert status_outcome("0xA700").verdict == "retry"
+    assert status_outcome("0xB007").verdict == "sent"
+    assert status_outcome("0xnonsense").verdict == "retry"
+    assert status_outcome("not sent: no presentation context for it").verdict == "dead"
 
 
 def test_a_dicomweb_peer_refusing_our_credentials_does_not_stop_the_others(
@@ -278,7 +281,7 @@ def test_stow_rs_5xx_is_retried_until_it_succeeds_and_4xx_is_refused_at_once(
                               clock.now)
             assert delivery.deliver_ready() == 0
             states = {uid: (state, error) for _, _, _, uid, state, _, error in outbox.items()}
-            assert states["1.2.4"] == ("dead", "0xC000 refused: HTTP 400")
+            assert states["1.2.4"] == ("dead", "refused: HTTP 400")
             assert len(pacs.api("/instances")) == 1
         finally:
             front.close()

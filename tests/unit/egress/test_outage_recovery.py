@@ -6,31 +6,41 @@ test_delivery_faults.py)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.domain import SeriesKey
+from node.domain import Outcome, SeriesKey
 from node.egress.delivery import Delivery
-from node.settings import Peer, Settings
+from node.egress.targets import Target
+from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox, OutboxItem, ResultToSend
 from node.store.queue import JobQueue
 
 
-class _FakePacs(Delivery):
-    """A PACS that is down until ``up``; counts what was tried."""
+@dataclass
+class _FakePacs:
+    """The destination PACS (an egress target): down until ``up``; counts what was tried."""
 
-    up = False
-    tried = 0
+    up: bool = False
+    tried: int = 0
+    name: str = "PACS"
+    where: str = "ORTHANC@127.0.0.1:4242"
+    address: str = "127.0.0.1"
+    identity: str = "ORTHANC"
 
-    def _outcomes(self, peer: Peer, items: list[OutboxItem]) -> dict[str, str]:
+    def send(self, items: list[OutboxItem]) -> dict[str, Outcome]:
         self.tried += len(items)
         if not self.up:
-            return {i.path: "unavailable: connection refused" for i in items}
-        return {i.path: "0x0000" for i in items}
+            return {i.path: Outcome.retry("unavailable: connection refused") for i in items}
+        return {i.path: Outcome.sent() for i in items}
+
+    def find(self, _settings: Settings, destination: str) -> Target | None:
+        return self if destination == self.name else None
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -56,13 +66,14 @@ def _queued(tmp_path: Path, count: int) -> tuple[JobStore, Outbox]:
 def test_results_go_within_30_s_of_an_11_minute_outage_ending(tmp_path: Path) -> None:
     store, outbox = _queued(tmp_path, 3)
     now = [0.0]
-    delivery = _FakePacs(_settings(tmp_path), outbox, clock=lambda: now[0])
+    pacs = _FakePacs()
+    delivery = Delivery(_settings(tmp_path), outbox, clock=lambda: now[0], targets=[pacs.find])
     try:
         while now[0] < 660:  # the outage: one pass a second, as the sender's loop
             assert delivery.deliver_ready() == 0
             now[0] += 1
-        tried_in_outage = delivery.tried
-        delivery.up = True
+        tried_in_outage = pacs.tried
+        pacs.up = True
         back = now[0]
         sent = 0
         while sent < 3 and now[0] - back < 700:
@@ -78,7 +89,8 @@ def test_results_go_within_30_s_of_an_11_minute_outage_ending(tmp_path: Path) ->
 def test_one_result_sent_releases_the_rest_for_that_destination(tmp_path: Path) -> None:
     store, outbox = _queued(tmp_path, 5)
     now = [0.0]
-    delivery = _FakePacs(_settings(tmp_path), outbox, clock=lambda: now[0])
+    pacs = _FakePacs()
+    delivery = Delivery(_settings(tmp_path), outbox, clock=lambda: now[0], targets=[pacs.find])
     try:
         for _ in range(8):  # backoffs of 5, 10, ... 600 s
             delivery.deliver_ready()
@@ -87,7 +99,7 @@ def test_one_result_sent_releases_the_rest_for_that_destination(tmp_path: Path) 
         now[0] += 1
         assert delivery.deliver_ready() == 0
         outbox.retry_now([1], now[0])  # an operator's "retry now" for one
-        delivery.up = True
+        pacs.up = True
         assert delivery.deliver_ready() == 1  # that one; the other four released
         assert delivery.deliver_ready() == 4
     finally:
