@@ -32,6 +32,7 @@ from node.domain import Outcome
 from node.settings import Notification
 from node.store.jobs import JobStore
 from node.store.outbox import OutboxItem
+from node.store.queue import JobQueue
 
 NOTICE = "not for primary diagnosis"
 SIGNATURE_HEADER = "X-Ainode-Signature"
@@ -72,13 +73,10 @@ class Notice:
 
 def notice_for(store: JobStore, item: OutboxItem, job_id: int) -> Notice:
     """The notice of outbox ``item`` from its job and its result file's header."""
-    rows = store.query("SELECT j.pipeline, j.model, j.result, j.series_uid, s.study_uid"
-                       " FROM jobs j JOIN series s ON s.series_uid=j.series_uid"
-                       " AND s.revision=j.revision WHERE j.id=?", job_id)
-    if not rows:
+    origin = JobQueue(store).origin(job_id)
+    if origin is None:
         raise LookupError(f"job {job_id} is gone")
-    pipeline, model, result, series_uid, study_uid = (str(v) if v is not None else ""
-                                                      for v in rows[0])
+    pipeline, model, result, series_uid, study_uid = origin
     summary = json.loads(result) if result else {}
     header = pydicom.dcmread(item.path, stop_before_pixels=True)
     return Notice(

@@ -25,10 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from node.audit.trail import SUCCESS
 from node.domain import AuditEvent
 from node.settings import Peer, Settings
 from node.store.jobs import JobStore
+from node.store.peer_changes import ChangeAudit, PeerChanges
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class PeerDirectory:
     def __init__(self, settings: Settings, store: JobStore,
                  clock: Callable[[], float] = time.time) -> None:
         self._file = settings
-        self._store = store
+        self._changes = PeerChanges(store)
         self._clock = clock
         self._lock = threading.Lock()
         self._signature: tuple[object, ...] | None = None
@@ -104,23 +104,13 @@ class PeerDirectory:
         self._last_warning = -1e9
 
     # -- reading ---------------------------------------------------------------------------
-    def _changes(self) -> tuple[tuple[object, ...], list[tuple[Any, ...]]]:
-        with self._store.reading() as db:
-            signature = tuple(db.execute(
-                "SELECT COUNT(*), MAX(updated_at), SUM(LENGTH(COALESCE(definition, '')))"
-                " FROM peer_changes").fetchone())
-            if signature == self._signature:
-                return signature, []
-            rows = db.execute("SELECT name, definition, updated_at, updated_by"
-                              " FROM peer_changes ORDER BY name").fetchall()
-        return signature, [tuple(row) for row in rows]
-
     def _refresh(self) -> None:
-        signature, rows = self._changes()
+        signature = self._changes.signature()
         if signature == self._signature:
             return
         entries = {p.name: PeerEntry(p, "file") for p in self._file.peers}
-        for name, definition, updated_at, updated_by in rows:
+        for change in self._changes.all():
+            name, definition = change.name, change.definition
             if definition is None:
                 entries.pop(name, None)
                 continue
@@ -131,7 +121,7 @@ class PeerDirectory:
                           exc)
                 entries.pop(name, None)
                 continue
-            entries[name] = PeerEntry(peer, "live", float(updated_at), str(updated_by))
+            entries[name] = PeerEntry(peer, "live", change.updated_at, change.updated_by)
         self._entries = list(entries.values())
         self._settings = self._file.model_copy(update={"peers": [e.peer for e in self._entries]})
         self._signature = signature
@@ -168,15 +158,10 @@ class PeerDirectory:
         created = peer.name not in current
         stored = peer.model_dump(mode="json", exclude_none=True,
                                  exclude={"password", "token"})
-        now = self._clock()
-        with self._store.transaction() as db:
-            db.execute("DELETE FROM peer_changes WHERE name=?", (peer.name,))
-            db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
-                       " VALUES (?, ?, ?, ?)", (peer.name, json.dumps(stored), now, actor))
-            self._store.audit(actor, AuditEvent.PEER_ADDED if created else AuditEvent.PEER_CHANGED,
-                              f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port}", now, db,
-                              address=address, objects=[("peer", peer.ae_title)],
-                              outcome=SUCCESS)
+        self._changes.put(peer.name, json.dumps(stored), actor, self._clock(), ChangeAudit(
+            AuditEvent.PEER_ADDED if created else AuditEvent.PEER_CHANGED,
+            f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port}", address,
+            [("peer", peer.ae_title)]))
         return peer, created
 
     def remove(self, name: str, actor: str, address: str = "") -> Peer:
@@ -190,25 +175,11 @@ class PeerDirectory:
             raise PeerChangeRefused(
                 f"peers.{name}: pipelines {', '.join(users)} send results to it (change "
                 "their destinations in the configuration file first)")
-        now = self._clock()
-        with self._store.transaction() as db:
-            db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
-            db.execute("INSERT INTO peer_changes (name, definition, updated_at, updated_by)"
-                       " VALUES (?, NULL, ?, ?)", (name, now, actor))
-            self._store.audit(actor, AuditEvent.PEER_REMOVED, name, now, db, address=address,
-                              objects=[("peer", current[name].peer.ae_title)])
+        self._changes.put(name, None, actor, self._clock(), ChangeAudit(
+            AuditEvent.PEER_REMOVED, name, address, [("peer", current[name].peer.ae_title)]))
         return current[name].peer
 
     def reset(self, name: str, actor: str, address: str = "") -> bool:
         """Forget the live change to ``name``: the file's peer (if any) applies again."""
-        now = self._clock()
-        with self._store.transaction() as db:
-            found = db.execute("SELECT COUNT(*) FROM peer_changes WHERE name=?",
-                               (name,)).fetchone()[0]
-            if not found:
-                return False
-            db.execute("DELETE FROM peer_changes WHERE name=?", (name,))
-            self._store.audit(actor, AuditEvent.PEER_RESET,
-                              f"{name}: back to the configuration file", now, db,
-                              address=address)
-        return True
+        return self._changes.forget(name, actor, self._clock(), ChangeAudit(
+            AuditEvent.PEER_RESET, f"{name}: back to the configuration file", address))

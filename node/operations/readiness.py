@@ -10,13 +10,14 @@ from node.infer.backend import BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound, load_model_spec, model_names
 from node.settings import Settings
 from node.store.durable import free_disk_bytes, temporary_name
+from node.store.index import InstanceIndex
 from node.store.jobs import JobStore
 from node.store.layout import data_dir
 
 
 def check_store(store: JobStore) -> str | None:
     try:
-        store.query("SELECT 1")
+        InstanceIndex(store).reachable()
     except Exception as exc:
         return f"job store unreachable ({exc.__class__.__name__})"
     return None
@@ -110,8 +111,7 @@ class Overview:
 
 def overview(settings: Settings, store: JobStore, now: float) -> Overview:
     def received_since(seconds: float) -> int:
-        return int(str(store.query("SELECT COUNT(*) FROM instances WHERE received_at>=?",
-                                   now - seconds)[0][0]))
+        return InstanceIndex(store).received_since(now - seconds)
 
     return Overview(received_since(3600), received_since(86400), free_bytes(settings),
                     settings.node.min_free_disk_mb * 1024 * 1024, settings.inference.backend,

@@ -20,67 +20,19 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from node.audit.trail import Audit, no_audit
-from node.domain import AuditEvent, JobState, SeriesState
 from node.settings import Settings
-from node.store.database import Connection
 from node.store.jobs import JobStore
 from node.store.layout import DataDir
-from node.store.outbox import DEAD, QUEUED
+from node.store.settled import Settled, SettledSeries, SpoolRow
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
 # a spool file modified this long after its instance was recorded is a copy sent again since
 NEWER_COPY_S = 5.0
-
-_SETTLED = f"""
-SELECT s.series_uid, MIN(s.study_uid),
-  MAX(COALESCE(s.completed_at, s.last_at)),
-  (SELECT COUNT(*) FROM jobs j WHERE j.series_uid=s.series_uid
-     AND j.state IN ('{JobState.QUEUED}', '{JobState.RUNNING}')),
-  (SELECT COUNT(*) FROM jobs j WHERE j.series_uid=s.series_uid AND j.state='{JobState.FAILED}'),
-  (SELECT MAX(j.updated_at) FROM jobs j WHERE j.series_uid=s.series_uid),
-  (SELECT COUNT(*) FROM outbox o JOIN jobs j ON j.id=o.job_id
-     WHERE j.series_uid=s.series_uid AND o.state='{QUEUED}'),
-  (SELECT COUNT(*) FROM outbox o JOIN jobs j ON j.id=o.job_id
-     WHERE j.series_uid=s.series_uid AND o.state='{DEAD}'),
-  (SELECT MAX(o.updated_at) FROM outbox o JOIN jobs j ON j.id=o.job_id
-     WHERE j.series_uid=s.series_uid)
-FROM series s WHERE s.purged_at IS NULL {{only}}
-GROUP BY s.series_uid
-HAVING SUM(CASE WHEN s.state <> '{SeriesState.COMPLETE}' OR s.route_state IS NULL
-           THEN 1 ELSE 0 END) = 0
-"""
-
-
-@dataclass(frozen=True)
-class Settled:
-    """A series nothing is pending for: when it settled, and whether anything failed."""
-
-    series_uid: str
-    study_uid: str
-    settled_at: float
-    failed: bool
-
-
-def settled_series(db: Connection, series_uid: str | None = None) -> list[Settled]:
-    """Series (or the one named) with nothing pending, oldest settled first."""
-    only = "AND s.series_uid=?" if series_uid is not None else ""
-    rows = db.execute(_SETTLED.format(only=only),
-                      (series_uid,) if series_uid is not None else ()).fetchall()
-    found = []
-    for (uid, study, completed, running, failed_jobs, jobs_at, waiting, dead,
-         outbox_at) in rows:
-        if running or waiting:
-            continue
-        settled = max(t for t in (completed, jobs_at, outbox_at) if t is not None)
-        found.append(Settled(uid, study, float(settled), bool(failed_jobs or dead)))
-    return sorted(found, key=lambda s: s.settled_at)
-
 
 def disk_used_percent(path: Path) -> float:
     usage = shutil.disk_usage(path)
@@ -94,7 +46,7 @@ class Retention:
                  audit: Audit = no_audit,
                  disk_used: Callable[[Path], float] = disk_used_percent) -> None:
         self._settings = settings
-        self._store = store
+        self._settled = SettledSeries(store)
         self._clock = clock
         self._audit = audit
         self._disk_used = disk_used
@@ -106,8 +58,7 @@ class Retention:
         if not retention.enabled:
             return 0
         now = self._clock()
-        with self._store.reading() as db:
-            candidates = settled_series(db)
+        candidates = self._settled.oldest_first()
         removed = 0
         for series in candidates:
             keep_s = (retention.failed_days if series.failed else retention.days) * DAY_S
@@ -117,8 +68,7 @@ class Retention:
         used = self._disk_used(data_dir)
         if used <= retention.high_water_percent:
             return removed
-        with self._store.reading() as db:
-            remaining = settled_series(db)
+        remaining = self._settled.oldest_first()
         for series in sorted(remaining, key=lambda s: (s.failed, s.settled_at)):
             if used <= retention.high_water_percent:
                 break
@@ -136,32 +86,26 @@ class Retention:
     def _remove(self, series_uid: str, reason: str) -> int:
         """Remove one series' files and index rows if it is still settled; 1 when removed."""
         data_dir = self._settings.node.data_dir
+        removed = {"files": 0, "bytes": 0}
+
+        def remove_files(rows: list[SpoolRow]) -> str:
+            removed["files"] = sum(_remove_spool_file(Path(r.path), r.received_at)
+                                   for r in rows)
+            removed["bytes"] = sum(r.size_bytes for r in rows)
+            shutil.rmtree(DataDir(data_dir).results(series_uid), ignore_errors=True)
+            return (f"series {series_uid}: {removed['files']} instance file(s) "
+                    f"({removed['bytes'] / 1e6:.1f} MB) and its results; {reason}")
+
         try:
-            with self._store.transaction() as db:
-                self._store.database.lock(db, series_uid)  # what record_instance takes
-                still = settled_series(db, series_uid)
-                if not still:  # something arrived or was requeued meanwhile
-                    return 0
-                rows = db.execute("SELECT path, received_at, size_bytes FROM instances"
-                                  " WHERE series_uid=?", (series_uid,)).fetchall()
-                files = sum(_remove_spool_file(Path(p), float(at)) for p, at, _ in rows)
-                size = sum(int(s) for _, _, s in rows)
-                results = DataDir(data_dir).results(series_uid)
-                shutil.rmtree(results, ignore_errors=True)
-                db.execute("DELETE FROM instances WHERE series_uid=?", (series_uid,))
-                now = self._clock()
-                db.execute("UPDATE series SET purged_at=? WHERE series_uid=?",
-                           (now, series_uid))
-                self._store.audit(
-                    "node", AuditEvent.DELETED,
-                    f"series {series_uid}: {files} instance file(s) "
-                    f"({size / 1e6:.1f} MB) and its results; {reason}", now, db,
-                    objects=[("study", still[0].study_uid), ("series", series_uid)])
+            rows = self._settled.purge(series_uid, self._clock(), remove_files)
         except Exception:
             log.exception("retention: series %s not removed", series_uid)
             return 0
-        for path, _, _ in rows:  # the folders the spool made, when now empty
-            _remove_empty_parents(Path(path).parent, 2)
+        if rows is None:  # something arrived or was requeued meanwhile
+            return 0
+        files, size = removed["files"], removed["bytes"]
+        for row in rows:  # the folders the spool made, when now empty
+            _remove_empty_parents(Path(row.path).parent, 2)
         log.info("retention removed series %s: %d file(s), %.1f MB (%s)", series_uid, files,
                  size / 1e6, reason)
         return 1

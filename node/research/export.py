@@ -32,7 +32,9 @@ from node.research.deidentify import (
 )
 from node.research.pseudonym import KeyMissing, Pseudonyms, load_key
 from node.settings import DEID_KEY_ENV, Research, Settings
+from node.store.crosswalk import Crosswalk
 from node.store.durable import write_atomically
+from node.store.index import InstanceIndex
 from node.store.jobs import JobStore
 from node.store.layout import DataDir, data_dir
 from node.store.spool import path_component
@@ -80,13 +82,12 @@ def study_sources(store: JobStore, data_dir: Path, study_uid: str, include_resul
                   series_uid: str | None = None) -> list[_Source]:
     """The study's kept instances (one series when ``series_uid``) and, with
     ``include_results``, the node's newest results for each of its series."""
-    rows = store.query("SELECT path, series_uid FROM instances WHERE study_uid=? ORDER BY path",
-                       study_uid)
+    rows = InstanceIndex(store).of_study(study_uid)
     if series_uid is not None:
         rows = [r for r in rows if r[1] == series_uid]
-    sources = [_Source(Path(str(r[0])), "image") for r in rows]
+    sources = [_Source(Path(r[0]), "image") for r in rows]
     if include_results:
-        for series in sorted({str(r[1]) for r in rows}):
+        for series in sorted({r[1] for r in rows}):
             sources.extend(_results(data_dir, series))
     return sources
 
@@ -228,12 +229,7 @@ class Exporter:
     def _crosswalk(self, research: Research, rows: set[tuple[str, str, str]]) -> None:
         if not research.crosswalk:
             return
-        now = self._clock()
-        with self._store.transaction() as db:
-            for kind, pseudonym, original_value in sorted(rows):
-                db.execute("INSERT INTO deid_crosswalk (project, kind, pseudonym, original,"
-                           " created_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                           (research.name, kind, pseudonym, original_value, now))
+        Crosswalk(self._store).record(research.name, rows, self._clock())
 
     def _audit(self, research: Research, report: ExportReport, actor: str, address: str
                ) -> None:
@@ -248,12 +244,11 @@ class Exporter:
 
     def reidentify(self, name: str, pseudonym: str, actor: str) -> list[tuple[str, str]]:
         """(kind, original) for a pseudonym of research entry ``name``; audited."""
-        rows = self._store.query("SELECT kind, original FROM deid_crosswalk WHERE project=?"
-                                 " AND pseudonym=? ORDER BY kind", name, pseudonym)
+        rows = Crosswalk(self._store).lookup(name, pseudonym)
         self._store.audit(actor, AuditEvent.REIDENTIFICATION,
                           f"research {name}: {len(rows)} original(s) looked up", self._clock(),
                           outcome=0 if rows else 4)
-        return [(str(r[0]), str(r[1])) for r in rows]
+        return rows
 
 
 def _even_fragments(dataset: Dataset) -> None:

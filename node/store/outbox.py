@@ -205,6 +205,12 @@ class Outbox:
         studies = dict.fromkeys(("study", str(r[0])) for r in rows)
         return [*studies, *dict.fromkeys(("series", str(r[1])) for r in rows)]
 
+    def counts(self) -> dict[str, int]:
+        """Items by state (every state, 0 when none)."""
+        with self._store.reading() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        return {state: dict(rows).get(state, 0) for state in STATES}
+
     def by_destination(self) -> dict[str, dict[str, int]]:
         """Counts per destination and state, for ``ainode status``."""
         with self._store.reading() as db:

@@ -253,6 +253,19 @@ class JobQueue:
             for r in rows
         ]
 
+    def origin(self, job_id: int) -> tuple[str, str, str, str, str] | None:
+        """(pipeline, model, result JSON, series UID, study UID) of a job; ``None`` when it
+        is gone."""
+        with self._store.reading() as db:
+            row = db.execute("SELECT j.pipeline, j.model, j.result, j.series_uid, s.study_uid"
+                             " FROM jobs j JOIN series s ON s.series_uid=j.series_uid"
+                             " AND s.revision=j.revision WHERE j.id=?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        pipeline, model, result, series_uid, study_uid = (
+            str(v) if v is not None else "" for v in row)
+        return pipeline, model, result, series_uid, study_uid
+
     def counts(self) -> dict[str, int]:
         with self._store.reading() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()

@@ -17,15 +17,14 @@ from node import __version__
 from node.domain import JobState
 from node.operations import readiness
 from node.store import outbox
+from node.store.index import InstanceIndex
+from node.store.outbox import Outbox
+from node.store.queue import JobQueue
 from node.web.auth import require_token
 from node.web.context import WebContext
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_token)])
 PLAIN_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _counts(rows: list[tuple[object, ...]]) -> dict[str, float]:
-    return {str(row[0]): float(str(row[1])) for row in rows}
 
 
 class StoreCollector:
@@ -37,19 +36,17 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         store = self._context.store
         jobs = GaugeMetricFamily("ainode_jobs", "Jobs by state", labels=["state"])
-        counts = _counts(store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        counts = JobQueue(store).counts()
         for job_state in JobState:
             jobs.add_metric([job_state.value], counts.get(job_state.value, 0))
         yield jobs
         series = GaugeMetricFamily("ainode_series", "Series by state", labels=["state"])
-        for name, count in _counts(store.query(
-                "SELECT state, COUNT(*) FROM series WHERE purged_at IS NULL GROUP BY state"
-        )).items():
+        for name, count in InstanceIndex(store).series_by_state().items():
             series.add_metric([name], count)
         yield series
         results = GaugeMetricFamily("ainode_outbox", "Result objects in the outbox by state",
                                     labels=["state"])
-        by_state = _counts(store.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+        by_state = Outbox(store).counts()
         for name in outbox.STATES:
             results.add_metric([name], by_state.get(name, 0))
         yield results

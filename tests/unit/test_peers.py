@@ -16,7 +16,8 @@ def test_live_changes_override_the_file_and_an_unreadable_store_keeps_the_last(
         {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.1", "port": 104}]})
     store = JobStore(tmp_path / "jobs.sqlite3")
     writer = PeerDirectory(settings, store)
-    reader = PeerDirectory(settings, JobStore(tmp_path / "jobs.sqlite3"))  # another process
+    readers_store = JobStore(tmp_path / "jobs.sqlite3")
+    reader = PeerDirectory(settings, readers_store)  # another process
     writer.put({"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.2", "port": 11112},
                "it")
     writer.put({"name": "CT", "ae_title": "CT1", "host": "10.0.0.3", "port": 104}, "it")
@@ -25,5 +26,5 @@ def test_live_changes_override_the_file_and_an_unreadable_store_keeps_the_last(
     writer.remove("PACS", "it")
     assert [p.name for p in reader.settings().peers] == ["CT"]
     store.close()
-    reader._store.close()  # the store is gone: the peers read last stay in effect
+    readers_store.close()  # the store is gone: the peers read last stay in effect
     assert [p.name for p in reader.settings().peers] == ["CT"]

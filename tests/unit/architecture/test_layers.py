@@ -4,6 +4,7 @@ downward (lazy ones included), no cycles, small modules, a face for each package
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -127,3 +128,21 @@ def test_every_package_has_a_face(package: Path) -> None:
     names = [t.id for s in tree.body if isinstance(s, ast.Assign) for t in s.targets
              if isinstance(t, ast.Name)]
     assert "__all__" in names
+
+
+SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b",
+                 re.IGNORECASE | re.DOTALL)
+
+
+def test_sql_lives_in_the_store() -> None:
+    """Every SQL statement is in node/store/ (one class per table family), so the schema
+    can change in one package."""
+    found = []
+    for path in sorted(NODE.rglob("*.py")):
+        if path.relative_to(NODE).parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and SQL.search(node.value):
+                found.append(f"{path.relative_to(NODE)}:{node.lineno}")
+    assert found == []
