@@ -20,6 +20,7 @@ from node.settings import Settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.store.spool import well_formed_uid
 
 if TYPE_CHECKING:  # imported where used: pynetdicom and the de-identifier load on demand
     from node.ingest.intake import Intake
@@ -27,6 +28,13 @@ if TYPE_CHECKING:  # imported where used: pynetdicom and the de-identifier load 
     from node.research.export import ExportReport
 
 REQUEUABLE_JOBS = (JobState.FAILED, JobState.CANCELLED)
+
+
+def _require_uid(uid: str) -> None:
+    """A study UID from outside goes into URLs and identifiers only when well formed."""
+    if not well_formed_uid(uid):
+        raise ActionRefused(422, "not a Study Instance UID (PS3.5 9.1: digits and dots, at "
+                                 "most 64 characters)")
 
 
 class ActionRefused(Exception):
@@ -128,6 +136,7 @@ class Actions:
         ``retrieve``) through ``intake``: routed as if it had been pushed."""
         from node.ingest.retrieve import RetrieveFailed, Retriever
 
+        _require_uid(study_uid)
         peer = settings.peer_by_name(source)
         if peer is None:
             raise ActionRefused(404, f"no peer named {source!r}")
@@ -150,6 +159,8 @@ class Actions:
         did not take the files."""
         from node.research.export import DestinationFailed, Exporter, ExportError
 
+        for study_uid in study_uids:
+            _require_uid(study_uid)
         if settings.research_destination(to) is None:
             raise ActionRefused(404, f"no research entry named {to!r}")
         try:

@@ -15,7 +15,6 @@ from node.operations import readiness
 from node.operations.actions import ActionRefused, Actions, Operator
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
-from node.store.spool import well_formed_uid
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 
@@ -163,12 +162,6 @@ def audit_trail(request: Request, since: float = 0.0,
             for line in _context(request).store.audit_lines(limit, since)]
 
 
-def _require_uid(uid: str) -> None:
-    if not well_formed_uid(uid):
-        raise HTTPException(422, "not a Study Instance UID (PS3.5 9.1: digits and dots, at "
-                                 "most 64 characters)")
-
-
 # -- on demand -----------------------------------------------------------------------------
 class RunRequest(BaseModel):
     source: str = Field(alias="from", description="the peer (PACS) to retrieve from")
@@ -179,7 +172,6 @@ def run_study(request: Request, study_uid: str, body: RunRequest) -> dict[str, A
     """Retrieve a study from a configured PACS (C-GET, C-MOVE to this node, or WADO-RS, by
     the peer's ``retrieve``) and route it as if it had been pushed. Answers when the
     retrieve is over: what was stored and what failed."""
-    _require_uid(study_uid)
     context = _context(request)
     if context.intake is None:
         raise HTTPException(404, "this node keeps no instances (no intake)")
@@ -202,7 +194,6 @@ def export_study(request: Request, study_uid: str, body: ExportRequest) -> dict[
     destination, as ``ainode export`` does (audited with the caller). 404: no such entry or
     study; 409: the export cannot start (no key); 422: the study was refused (burned-in
     annotation); 502: the research peer did not take it."""
-    _require_uid(study_uid)
     context = _context(request)
     report = _act(lambda a, who: a.export_studies(context.peers.settings(), body.to,
                                                   [study_uid], body.profile, who), request)

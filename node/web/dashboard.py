@@ -198,6 +198,13 @@ def failures_page(request: Request) -> HTMLResponse:
                  dead=dead[:200])
 
 
+@router.get("/studies")
+def studies_page(request: Request) -> HTMLResponse:
+    settings = _context(request).peers.settings()
+    return _page(request, "studies.html", "Studies", "/ui/studies", peers=settings.peers,
+                 research=settings.research)
+
+
 @router.get("/peers")
 def peers_page(request: Request, edit: str | None = None) -> HTMLResponse:
     entries = _context(request).peers.entries()
@@ -207,9 +214,11 @@ def peers_page(request: Request, edit: str | None = None) -> HTMLResponse:
 
 # -- actions (the admin API's, audited alike) ----------------------------------------------
 async def _act(request: Request, action: Callable[[Actions, Operator], object], back: str,
-               done: str) -> RedirectResponse:
-    """Run an operator action (:mod:`node.operations.actions`) as the signed-in user."""
-    await _checked_form(request)
+               done: str, checked: bool = False) -> RedirectResponse:
+    """Run an operator action (:mod:`node.operations.actions`) as the signed-in user
+    (``checked``: the caller has read the form and checked its CSRF token)."""
+    if not checked:
+        await _checked_form(request)
     who, address = actor(request)
     try:
         await run_in_threadpool(action, _context(request).actions,
@@ -250,6 +259,36 @@ async def complete_series(request: Request, series_uid: str) -> RedirectResponse
     return await _act(request, lambda a, who: a.complete_series(series_uid, who),
                       "/ui/series",
                       "series completed; it is routed now")
+
+
+@router.post("/studies/run")
+async def run_study(request: Request) -> RedirectResponse:
+    form = await _checked_form(request)
+    study, source = form.get("study_uid", ""), form.get("from", "")
+    context = _context(request)
+    intake = context.intake
+    if intake is None:
+        return _back(request, "/ui/studies", "this node keeps no instances", error=True)
+    return await _act(request, lambda a, who: a.retrieve_study(
+        context.peers.settings(), intake, source, study, who), "/ui/studies",
+        f"study {study} retrieved from {source}; it is routed now", checked=True)
+
+
+@router.post("/studies/export")
+async def export_study(request: Request) -> RedirectResponse:
+    form = await _checked_form(request)
+    study, to = form.get("study_uid", ""), form.get("to", "")
+    context = _context(request)
+
+    def export(actions: Actions, who: Operator) -> None:
+        report = actions.export_studies(context.peers.settings(), to, [study],
+                                        form.get("profile") or None, who)
+        problem = report.refused.get(study) or report.failed.get(study)
+        if problem:
+            raise ActionRefused(422, f"study {study}: {problem}")
+
+    return await _act(request, export, "/ui/studies", f"study {study} exported to {to}",
+                      checked=True)
 
 
 @router.post("/peers")

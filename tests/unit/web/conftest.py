@@ -25,14 +25,20 @@ TOKEN = "s3cret-token-for-tests"
 
 def settings_for(tmp_path: Path, research: list[dict[str, Any]] | None = None,
                  **node: Any) -> Settings:
-    return Settings.model_validate({
+    return Settings.model_validate(config_for(tmp_path, research, **node))
+
+
+def config_for(tmp_path: Path, research: list[dict[str, Any]] | None = None,
+               **node: Any) -> dict[str, Any]:
+    """The configuration (as the YAML file has it) of the web app under test."""
+    return {
         "research": research or [],
         "node": {"data_dir": str(tmp_path / "var"), "min_free_disk_mb": 1, **node},
         "peers": [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242},
                   {"name": "CT", "ae_title": "CTSCAN", "host": "127.0.0.1", "port": 104}],
         "pipelines": [{"name": "ct", "match": {"modality": "CT"}, "model": "ct_body_seg",
                        "destinations": ["PACS"]}],
-    })
+    }
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from tests.unit.web.conftest import TOKEN, csrf_of
 def test_pages_render_and_forms_change_state_with_audit(make_client: Any) -> None:
     client, context = make_client()
     for path, heading in (("/ui", "Overview"), ("/ui/series", "Series"), ("/ui/jobs", "Jobs"),
-                          ("/ui/failures", "Failures"), ("/ui/peers", "Peers")):
+                          ("/ui/failures", "Failures"), ("/ui/studies", "Studies"),
+                          ("/ui/peers", "Peers")):
         page = client.get(path)
         assert page.status_code == 200 and f"<h1>{heading}</h1>" in page.text, path
     assert client.get("/", follow_redirects=False).headers["location"] == "/ui"
