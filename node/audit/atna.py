@@ -202,7 +202,12 @@ def audit_message(line: AuditLine, settings: Settings) -> bytes | None:
 
 def syslog_frame(xml: bytes, outcome: int, at: float, app_name: str = "ainode") -> bytes:
     """One RFC 5424 message: facility authpriv, severity by outcome, MSGID IHE+RFC-3881, no
-    structured data, the XML as UTF-8 (with the BOM RFC 5424 6.4 asks for)."""
+    structured data, the XML as UTF-8 (with the BOM RFC 5424 6.4 asks for).
+
+    Framed here rather than by a library: the standard library's ``SysLogHandler`` writes
+    RFC 3164, and the RFC 5424 handlers on PyPI (rfc5424-logging-handler, last released in
+    2019) are logging handlers that send as a record is emitted, where the forwarder needs the
+    bytes to send a batch and mark the lines forwarded only once the collector took them."""
     priority = FACILITY_AUTHPRIV * 8 + SEVERITY.get(outcome, 3)
     stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")

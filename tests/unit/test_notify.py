@@ -15,8 +15,13 @@ import yaml
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 
-from node.egress.notify import Notice, fhir_bundle, hl7_message, webhook_body
+from node.egress.fhir import fhir_bundle
+from node.egress.hl7v2 import hl7_message
+from node.egress.notice import Notice
+from node.egress.notify import webhook_body
 from node.settings import Notification, Settings
 
 NOTICE = Notice(
@@ -64,6 +69,9 @@ def test_hl7_oru_r01_parses_with_escaped_fields() -> None:
     numbers = [str(o[5]) for o in observations if str(o[2]) == "NM"]
     assert numbers == ["0.93", "812.5", "0.1"]
     assert "not for primary diagnosis" in str(message.segment("NTE")[3])
+    # and valid by the v2.5 message structure (hl7apy's strict validation)
+    parse_message(hl7_message(NOTICE, target, "AINODE").strip("\r"),
+                  validation_level=VALIDATION_LEVEL.STRICT).validate()
 
 
 def test_webhook_body_carries_the_findings_and_notice() -> None:
