@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 
 class SeriesState(StrEnum):
@@ -180,3 +181,38 @@ class Outcome:
         if 0xA700 <= status <= 0xA7FF:
             return cls.retry(text)
         return cls.dead(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What a model found of one label: whether it counts as present, and what was measured
+    (a volume in ml and voxels; for a radiograph an area in mm² and pixels; a classifier's or
+    heatmap's probability). Kept in the job's summary as JSON (:meth:`as_json`)."""
+
+    present: bool
+    probability: float | None = None
+    volume_ml: float | None = None
+    voxels: int | None = None
+    area_mm2: float | None = None
+    pixels: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__
+                if getattr(self, name) is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(**{name: data[name] for name in cls.__slots__ if data.get(name) is not None})
+
+    def size_text(self) -> str:
+        """Its size for people: the probability, ml, or for a radiograph mm² (or pixels)."""
+        if self.probability is not None:
+            return f"p={self.probability:.2f}"
+        if self.volume_ml is not None:
+            return f"{self.volume_ml:.1f} ml"
+        if self.area_mm2 is not None:
+            return f"{self.area_mm2:.0f} mm2"
+        return f"{self.pixels or 0} px"
+
+
+Findings = Mapping[str, Finding]  # by label name

@@ -32,7 +32,7 @@ def status(
 ) -> None:
     """What the dashboard shows: overview (throughput, queue, disk, backend), series, jobs and
     undelivered results, read from the job store."""
-    from node.encode.outputs import size_text
+    from node.domain import Finding
     from node.operations import readiness
     from node.store.outbox import Outbox
     from node.store.queue import JobQueue
@@ -101,7 +101,8 @@ def status(
         )
         for job in jobs:
             detail = job.error or (
-                ", ".join(f"{k} {size_text(v)}" for k, v in job.result["labels"].items())
+                ", ".join(f"{k} {Finding.from_json(v).size_text()}"
+                          for k, v in job.result["labels"].items())
                 if job.result and "labels" in job.result
                 else ""
             )

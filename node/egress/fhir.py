@@ -18,6 +18,7 @@ from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
+from node.domain import Finding
 from node.egress.notice import NOTICE, Notice
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -36,22 +37,22 @@ MEASURES = (("volume_ml", "Volume", "mL"), ("area_mm2", "Area", "mm2"),
             ("probability", "Probability", "1"))
 
 
-def _measure(key: str, value: Any) -> float:
+def _measure(key: str, value: float) -> float:
     return round(float(value), 4) if key == "probability" else float(value)
 
 
-def _observation(notice: Notice, name: str, finding: dict[str, Any]) -> Observation:
+def _observation(notice: Notice, name: str, finding: Finding) -> Observation:
     components = [
         ObservationComponent(code=CodeableConcept(text=text), valueQuantity=Quantity(
-            value=_measure(key, finding[key]), unit=unit, system=UCUM, code=unit))
-        for key, text, unit in MEASURES if finding.get(key) is not None]
+            value=_measure(key, getattr(finding, key)), unit=unit, system=UCUM, code=unit))
+        for key, text, unit in MEASURES if getattr(finding, key) is not None]
     return Observation(
         status="preliminary", category=[CodeableConcept(coding=[IMAGING])],
         code=CodeableConcept(text=name),
         subject=Reference(identifier=Identifier(value=notice.patient_id)),
         issued=notice.issued,
         valueCodeableConcept=CodeableConcept(
-            coding=[PRESENT if finding.get("present") else ABSENT]),
+            coding=[PRESENT if finding.present else ABSENT]),
         note=[Annotation(text=f"{notice.model} {notice.model_version}; {NOTICE}")],
         component=components or None)
 

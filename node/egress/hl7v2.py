@@ -6,8 +6,6 @@ v2.5 2.7) before a value is set."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from hl7apy.core import Group, Message
 
 from node.egress.notice import Notice
@@ -65,10 +63,10 @@ def hl7_message(notice: Notice, target: Notification, sending_application: str) 
     last: Group | None = None
     for name, finding in notice.findings.items():
         number += 1
-        state = "52101004^Present^SCT" if finding.get("present") else "2667000^Absent^SCT"
+        state = "52101004^Present^SCT" if finding.present else "2667000^Absent^SCT"
         last = _observation(order, number, "CWE", f"^{escaped(name)}^L", state)
         for key, what, unit in MEASURES:
-            value: Any = finding.get(key)
+            value = getattr(finding, key)
             if value is not None:
                 number += 1
                 last = _observation(order, number, "NM", f"^{escaped(name)} {what}^L",

@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pydicom
 
+from node.domain import Finding, Findings
 from node.store.jobs import JobStore
 from node.store.outbox import OutboxItem
 from node.store.queue import JobQueue
@@ -32,13 +32,13 @@ class Notice:
     pipeline: str
     model: str
     model_version: str
-    findings: dict[str, dict[str, Any]]
+    findings: Findings
     report_uid: str
     issued: dt.datetime
 
     @property
     def summary(self) -> str:
-        present = [name for name, finding in self.findings.items() if finding.get("present")]
+        present = [name for name, finding in self.findings.items() if finding.present]
         found = ", ".join(present) if present else "nothing found"
         return (f"{'URGENT: ' if self.urgent else ''}{self.model} {self.model_version}: "
                 f"{found} ({NOTICE})")
@@ -58,5 +58,6 @@ def notice_for(store: JobStore, item: OutboxItem, job_id: int) -> Notice:
         patient_id=str(header.get("PatientID", "") or ""),
         patient_name=str(header.get("PatientName", "") or ""), pipeline=pipeline,
         model=model, model_version=str(summary.get("model_version", "")),
-        findings=summary.get("labels", {}), report_uid=item.sop_instance_uid,
-        issued=dt.datetime.now(dt.UTC))
+        findings={name: Finding.from_json(found)
+                  for name, found in summary.get("labels", {}).items()},
+        report_uid=item.sop_instance_uid, issued=dt.datetime.now(dt.UTC))

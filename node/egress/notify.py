@@ -44,7 +44,8 @@ def webhook_body(notice: Notice) -> dict[str, Any]:
         "series_instance_uid": notice.series_uid, "accession_number": notice.accession,
         "patient_id": notice.patient_id, "pipeline": notice.pipeline, "model": notice.model,
         "model_version": notice.model_version, "report_sop_instance_uid": notice.report_uid,
-        "findings": [{"label": name, **finding} for name, finding in notice.findings.items()],
+        "findings": [{"label": name, **finding.as_json()}
+                     for name, finding in notice.findings.items()],
         "issued": notice.issued.isoformat(),
     }
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
@@ -13,6 +11,7 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
+from node.domain import Findings
 from node.encode.common import (
     Provenance,
     keep_source_patient_name,
@@ -31,35 +30,24 @@ RESULT_SOP_CLASSES = {"seg": SegmentationStorage, "sr": Comprehensive3DSRStorage
                       "sc": SecondaryCaptureImageStorage}
 
 
-def is_urgent(pipeline: Pipeline, findings: dict[str, dict[str, Any]],
+def is_urgent(pipeline: Pipeline, findings: Findings,
               threshold: float = 0.5) -> bool:
     """Any urgency rule that holds: a label present with at least its volume (a radiograph's
     labels have no volume: only rules without a minimum volume apply to them), or a finding
     with at least its probability (by default the model's ``threshold``)."""
     for rule in pipeline.urgent_if:
         if rule.finding is not None:
-            probability = findings.get(rule.finding, {}).get("probability")
+            finding = findings.get(rule.finding)
+            probability = finding.probability if finding is not None else None
             minimum = threshold if rule.min_probability is None else rule.min_probability
             if probability is not None and probability >= minimum:
                 return True
         elif rule.label is not None:
-            found = findings.get(rule.label, {})
-            if found.get("present", False) and (
-                found.get("volume_ml") or 0.0
-            ) >= rule.min_volume_ml:
+            found = findings.get(rule.label)
+            if found is not None and found.present and (
+                    found.volume_ml or 0.0) >= rule.min_volume_ml:
                 return True
     return False
-
-
-def size_text(finding: dict[str, Any]) -> str:
-    """A finding's size for people: ml, or for a radiograph mm² (or pixels)."""
-    if finding.get("probability") is not None:
-        return f"p={finding['probability']:.2f}"
-    if finding.get("volume_ml") is not None:
-        return f"{finding['volume_ml']:.1f} ml"
-    if finding.get("area_mm2") is not None:
-        return f"{finding['area_mm2']:.0f} mm2"
-    return f"{finding.get('pixels', 0)} px"
 
 
 def _radiograph_view(source: Dataset) -> Dataset:
@@ -98,7 +86,7 @@ def _with_orientation(seg: Dataset, volume: Volume) -> Dataset:
 
 def encode_findings_report(
     volume: Volume,
-    findings: dict[str, dict[str, Any]],
+    findings: Findings,
     segments: dict[str, SegmentSpec],
     provenance: Provenance,
     urgent: bool,
@@ -112,7 +100,7 @@ def encode_findings_report(
     sources = _sources(volume)
     report = build_findings_sr(
         sources,
-        [ImageFinding(name, segments[name], bool(found["present"]), found.get("probability"))
+        [ImageFinding(name, segments[name], found.present, found.probability)
          for name, found in findings.items()],
         provenance, urgent,
     )
@@ -123,7 +111,7 @@ def encode_outputs(
     volume: Volume,
     labels: NDArray[np.uint8],
     label_names: tuple[str, ...],
-    findings: dict[str, dict[str, Any]],
+    findings: Findings,
     pipeline: Pipeline,
     segments: dict[str, SegmentSpec],
     provenance: Provenance,
@@ -145,8 +133,8 @@ def encode_outputs(
                 label_names[value],
                 spec,
                 labels == value,
-                findings[label_names[value]].get("volume_ml"),
-                findings[label_names[value]]["present"],
+                findings[label_names[value]].volume_ml,
+                findings[label_names[value]].present,
             )
             for number, (value, spec) in enumerate(zip(values, specs, strict=True), start=1)
         ]
@@ -160,8 +148,8 @@ def encode_outputs(
         focus = max(values)
         k = int(np.argmax((labels == focus).sum(axis=(1, 2))))
         colours = {value: segments[label_names[value]].color for value in values}
-        caption = _caption(provenance, [f"{label_names[v]} {size_text(findings[label_names[v]])}"
-                                        for v in values], urgent)
+        caption = _caption(provenance, [
+            f"{label_names[v]} {findings[label_names[v]].size_text()}" for v in values], urgent)
         outputs["sc"] = build_sc(
             sources[k], volume.voxels[k], label_layers(labels[k], colours), provenance, caption
         )
@@ -183,7 +171,7 @@ def _caption(provenance: Provenance, parts: list[str], urgent: bool) -> str:
 def encode_heatmap_outputs(
     volume: Volume,
     maps: NDArray[np.float32],
-    findings: dict[str, dict[str, Any]],
+    findings: Findings,
     pipeline: Pipeline,
     segments: dict[str, SegmentSpec],
     provenance: Provenance,
@@ -202,12 +190,12 @@ def encode_heatmap_outputs(
     if "sr" in pipeline.outputs:
         outputs.update(encode_findings_report(volume, findings, segments, provenance, urgent))
     if "sc" in pipeline.outputs:
-        top = int(np.argmax([findings[name]["probability"] for name in names]))
+        top = int(np.argmax([findings[name].probability or 0.0 for name in names]))
         k = int(np.argmax(maps[top].reshape(maps.shape[1], -1).max(axis=1)))
         shown = [(maps[index][k], segment_specs(names, [index], segments)[0].color)
                  for index in range(len(names))]
         outputs["sc"] = build_sc(
             sources[k], volume.voxels[k], heat_layers(shown, threshold), provenance,
-            _caption(provenance, [f"{n} {size_text(findings[n])}" for n in names], urgent),
+            _caption(provenance, [f"{n} {findings[n].size_text()}" for n in names], urgent),
         )
     return _as_source_patient(outputs, volume)

@@ -23,7 +23,7 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from node.domain import Job, SeriesKey
+from node.domain import Finding, Findings, Job, SeriesKey
 from node.encode.common import (
     Provenance,
     count_labels,
@@ -138,25 +138,24 @@ def _save_dataset(dataset: Dataset, handle: BinaryIO) -> None:
     dataset.save_as(handle, enforce_file_format=True)
 
 
-def _finding(voxels: int, volume: Volume, min_ml: float) -> dict[str, Any]:
+def _finding(voxels: int, volume: Volume, min_ml: float) -> Finding:
     """What was found of one label: its size (ml; for a radiograph mm², when the pixel spacing
     is known, and pixels) and whether it counts as present."""
     if volume.projection:
         _, row_mm, col_mm = volume.spacing
         area = round(voxels * row_mm * col_mm, 1) if volume.pixel_spacing_known else None
-        return {"pixels": voxels, "area_mm2": area, "present": voxels > 0}
+        return Finding(present=voxels > 0, area_mm2=area, pixels=voxels)
     volume_ml = round(voxels * volume.voxel_volume_ml, 3)
-    return {"voxels": voxels, "volume_ml": volume_ml, "present": volume_ml >= max(min_ml, 1e-9)}
+    return Finding(present=volume_ml >= max(min_ml, 1e-9), volume_ml=volume_ml, voxels=voxels)
 
 
 def _heat_finding(probability: NDArray[np.float32], volume: Volume,
-                  threshold: float) -> dict[str, Any]:
+                  threshold: float) -> Finding:
     """A heatmap's finding: its highest probability, present when that reaches the model's
     threshold, and the size of the region where it does."""
     peak = float(probability.max())
     found = _finding(int(np.count_nonzero(probability >= threshold)), volume, 0.0)
-    found.update(probability=round(peak, 4), present=peak >= threshold)
-    return found
+    return dataclasses.replace(found, probability=round(peak, 4), present=peak >= threshold)
 
 
 class JobExecutor:
@@ -213,28 +212,24 @@ class JobExecutor:
         if spec.is_classifier:
             probabilities = run_classifier(volume, spec, self._backend, times)
             labels = np.zeros((0,), dtype=np.uint8)  # a classifier draws nothing
-            summary["labels"] = {
-                name: {"probability": p, "present": p >= spec.threshold}
-                for name, p in probabilities.items()
-            }
+            findings = {name: Finding(present=p >= spec.threshold, probability=p)
+                        for name, p in probabilities.items()}
         elif spec.is_heatmap:
             maps = run_heatmap(volume, spec, self._backend, times)
             labels = np.zeros((0,), dtype=np.uint8)  # the maps are the result
             summary["shape"] = list(maps.shape)
-            summary["labels"] = {name: _heat_finding(maps[index], volume, spec.threshold)
-                                 for index, name in enumerate(spec.labels)}
+            findings = {name: _heat_finding(maps[index], volume, spec.threshold)
+                        for index, name in enumerate(spec.labels)}
             stored = np.round(maps * 255).astype(np.uint8)  # as the FRACTIONAL SEG stores them
             write_atomically(target / "heatmap.npy", lambda handle: np.save(handle, stored))
         else:
             labels = run_model(volume, spec, self._backend, times)
             counts = count_labels(labels, max(len(spec.labels), 1))
             summary["shape"] = list(labels.shape)
-            summary["labels"] = {
-                name: _finding(int(counts[value]), volume, spec.min_finding_ml)
-                for value, name in enumerate(spec.labels)
-                if value > 0
-            }
+            findings = {name: _finding(int(counts[value]), volume, spec.min_finding_ml)
+                        for value, name in enumerate(spec.labels) if value > 0}
             write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+        summary["labels"] = {name: finding.as_json() for name, finding in findings.items()}
         summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
         write_atomically(
             target / "slices.json",
@@ -246,7 +241,7 @@ class JobExecutor:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        objects = self._encode(job, volume, labels, spec, summary, target, maps)
+        objects = self._encode(job, volume, labels, spec, summary, findings, target, maps)
         summary["result_dir"] = str(target)
         return JobResult(summary, objects)
 
@@ -257,6 +252,7 @@ class JobExecutor:
         labels: NDArray[np.uint8],
         spec: ModelSpec,
         summary: dict[str, Any],
+        findings: Findings,
         target: Path,
         maps: NDArray[np.float32] | None = None,
     ) -> list[ResultObject]:
@@ -265,9 +261,9 @@ class JobExecutor:
         model a FRACTIONAL SEG, the SR and SC; a job that found nothing gives a rule-out SR
         when the pipeline reports negatives."""
         pipeline = self._pipeline(job.pipeline)
-        urgent = is_urgent(pipeline, summary["labels"], spec.threshold)
+        urgent = is_urgent(pipeline, findings, spec.threshold)
         summary["urgent"] = urgent
-        found = any(label["present"] for label in summary["labels"].values())
+        found = any(finding.present for finding in findings.values())
         report_negative = (spec.labels_are_findings if pipeline.report_negative is None
                            else pipeline.report_negative)
         summary["outputs"] = {}
@@ -286,14 +282,14 @@ class JobExecutor:
         segments = effective_segments(spec, pipeline)
         if spec.is_classifier or not found:
             summary["negative"] = not found
-            objects = encode_findings_report(volume, summary["labels"], segments, provenance,
+            objects = encode_findings_report(volume, findings, segments, provenance,
                                              urgent)
         elif maps is not None:
-            objects = encode_heatmap_outputs(volume, maps, summary["labels"], pipeline, segments,
+            objects = encode_heatmap_outputs(volume, maps, findings, pipeline, segments,
                                              provenance, urgent, spec.threshold)
         else:
             objects = encode_outputs(
-                volume, labels, spec.labels, summary["labels"], pipeline, segments, provenance,
+                volume, labels, spec.labels, findings, pipeline, segments, provenance,
                 urgent,
             )
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)

@@ -18,6 +18,7 @@ from fhir.resources.R4B.observation import Observation
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from node.domain import Finding
 from node.egress.fhir import fhir_bundle
 from node.egress.hl7v2 import hl7_message
 from node.egress.notice import Notice
@@ -28,9 +29,9 @@ NOTICE = Notice(
     item_id=42, urgent=True, study_uid="1.2.3.4", series_uid="1.2.3.4.5", accession="ACC|9",
     patient_id="PAT^1", patient_name="Doe^Jane", pipeline="cxr-mass", model="cxr_mass_cls",
     model_version="1.0.0",
-    findings={"mass": {"probability": 0.93, "present": True},
-              "lungs": {"volume_ml": 812.5, "present": True, "voxels": 10},
-              "effusion": {"probability": 0.1, "present": False}},
+    findings={"mass": Finding(present=True, probability=0.93),
+              "lungs": Finding(present=True, volume_ml=812.5, voxels=10),
+              "effusion": Finding(present=False, probability=0.1)},
     report_uid="1.2.3.4.6", issued=dt.datetime(2026, 11, 29, 8, 30, tzinfo=dt.UTC))
 
 
