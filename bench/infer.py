@@ -116,7 +116,7 @@ def free_port() -> int:
 def bench_spleen_bundle(rounds: int) -> dict[str, Any]:
     """Seeded spleen bundle -> `ainode models import` (timed) -> embedded and a private
     tritonserver serving the temporary repository."""
-    from tests.bundles import spleen_calibration, with_weights
+    from tests.support.bundles import spleen_calibration, with_weights
 
     work = Path(tempfile.mkdtemp(prefix="ainode-bench-bundle-"))
     paths = paths_of(DATA / "ct-abdomen")

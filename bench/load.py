@@ -187,7 +187,7 @@ def main() -> None:
             run_dir = work / store
             run_dir.mkdir()
             if store == "postgresql":
-                from tests.postgres import throwaway_cluster
+                from tests.support.postgres import throwaway_cluster
 
                 with throwaway_cluster(free_port()) as cluster:
                     result[store] = one_run(run_dir, batches, args.studies, args.workers,

@@ -17,15 +17,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.conftest import (
-    DCMTK_ENV,
-    STORESCU,
-    ct_files,
-    free_port,
-    require,
-    storescu,
-    wait_for,
-)
+from tests.support.environment import DCMTK_ENV, STORESCU, ct_files, free_port, require, wait_for
+from tests.support.node import storescu
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from node.infer.embedded import EmbeddedBackend
 from node.infer.repository import load_model_spec
 from node.infer.runner import run_model
 from node.infer.triton import TritonBackend
-from tests.bundles import (
+from tests.support.bundles import (
     BUNDLES,
     dice,
     on_node_grid,
@@ -32,17 +32,11 @@ from tests.bundles import (
     spleen_calibration,
     with_weights,
 )
-from tests.conftest import (
-    ROOT,
-    TritonProcess,
-    ct_body_node_sections,
-    ct_files,
-    free_port,
-    require,
-    start_orthanc,
-    wait_for,
-)
-from tests.integration.test_results import DCIODVFY, dciodvfy_errors, fetch
+from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
+from tests.support.environment import ROOT, ct_files, free_port, require, wait_for
+from tests.support.node import ct_body_node_sections
+from tests.support.orthanc import start_orthanc
+from tests.support.triton import TritonProcess
 
 pytestmark = pytest.mark.integration
 SPLEEN = "spleen_ct_segmentation"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import STORESCU, ct_files, require, storescu_acknowledged, wait_for
+from tests.support.environment import STORESCU, ct_files, require, wait_for
+from tests.support.node import storescu_acknowledged
 
 pytestmark = pytest.mark.integration
 

@@ -16,18 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    DCMTK_ENV,
-    ROOT,
-    NodeProcess,
-    free_port,
-    require,
-    storescu,
-    wait_for,
-    wait_port,
-)
-from tests.ohif_page import CHROMIUM
-from tests.radiographs import radiograph
+from tests.support.environment import DCMTK_ENV, ROOT, free_port, require, wait_for, wait_port
+from tests.support.node import NodeProcess, storescu
+from tests.support.ohif_page import CHROMIUM
+from tests.support.radiographs import radiograph
 
 pytestmark = pytest.mark.integration
 TOKEN = "dashboard-test-token-0123"

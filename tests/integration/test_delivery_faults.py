@@ -19,15 +19,9 @@ from node.egress.targets import status_outcome
 from node.settings import Peer, load_settings
 from node.store.jobs import JobStore
 from node.store.outbox import Outbox, ResultToSend
-from tests.conftest import (
-    ROOT,
-    ct_body_pipeline,
-    ct_files,
-    free_port,
-    start_orthanc,
-    storescu,
-    wait_for,
-)
+from tests.support.environment import ROOT, ct_files, free_port, wait_for
+from tests.support.node import ct_body_pipeline, storescu
+from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
 

@@ -13,18 +13,8 @@ import pytest
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
-from tests.conftest import (
-    DATA,
-    DCMTK_ENV,
-    ECHOSCU,
-    NodeProcess,
-    ainode_send,
-    ct_files,
-    require,
-    send_raw,
-    storescu,
-    wait_for,
-)
+from tests.support.environment import DATA, DCMTK_ENV, ECHOSCU, ct_files, require, wait_for
+from tests.support.node import NodeProcess, ainode_send, send_raw, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -332,7 +322,8 @@ def test_below_the_disk_floor_0xa700_and_storing_again_once_space_returns(
     instance is stored."""
     import shutil
 
-    from tests.conftest import free_port, http_call, wait_port
+    from tests.support.environment import free_port, wait_port
+    from tests.support.node import http_call
 
     require("/usr/bin/storescu")
     free_mb = shutil.disk_usage(tmp_path).free // 2**20

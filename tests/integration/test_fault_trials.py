@@ -22,17 +22,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import (
-    ROOT,
-    STORESCU,
-    ct_files,
-    free_port,
-    require,
-    start_orthanc,
-    storescu_acknowledged,
-    wait_for,
-)
-from tests.radiographs import radiograph
+from tests.support.environment import ROOT, STORESCU, ct_files, free_port, require, wait_for
+from tests.support.node import storescu_acknowledged
+from tests.support.orthanc import start_orthanc
+from tests.support.radiographs import radiograph
 
 pytestmark = pytest.mark.integration
 

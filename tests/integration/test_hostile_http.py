@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from node.web.server import HEADER_TIMEOUT_S
-from tests.conftest import NodeProcess, free_port, http_call, require, wait_for, wait_port
-from tests.integration.test_workers import role_processes
-from tests.ohif_page import CHROMIUM
+from tests.support.environment import free_port, require, wait_for, wait_port
+from tests.support.node import NodeProcess, http_call, role_processes
+from tests.support.ohif_page import CHROMIUM
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +210,7 @@ def _huge_instance_head(size: int) -> tuple[bytes, str]:
     import pydicom
     from pydicom.uid import generate_uid
 
-    from tests.conftest import ct_files
+    from tests.support.environment import ct_files
 
     dataset = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -19,18 +19,8 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from tests.conftest import (
-    DATA,
-    DCMTK_ENV,
-    STORESCU,
-    NodeProcess,
-    ct_files,
-    http_call,
-    require,
-    send_raw,
-    storescu,
-    wait_port,
-)
+from tests.support.environment import DATA, DCMTK_ENV, STORESCU, ct_files, require, wait_port
+from tests.support.node import NodeProcess, http_call, send_raw, storescu
 
 # pydicom warns about the invalid values this module makes on purpose
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning")]

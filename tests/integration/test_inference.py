@@ -22,18 +22,10 @@ from node.jobs.orchestrator import Orchestrator
 from node.settings import load_settings
 from node.store.jobs import JobStore
 from node.store.queue import JobQueue
-from tests.conftest import (
-    CT_DIR,
-    ROOT,
-    TritonProcess,
-    ct_files,
-    free_port,
-    require,
-    store_with_ct,
-    storescu,
-    wait_for,
-)
-from tests.independent import body_lungs_bone, read_ct
+from tests.support.environment import CT_DIR, ROOT, ct_files, free_port, require, wait_for
+from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.node import store_with_ct, storescu
+from tests.support.triton import TritonProcess
 
 pytestmark = pytest.mark.integration
 REPOSITORY = ROOT / "model_repository"
@@ -255,7 +247,8 @@ def test_a_misspelt_model_is_refused_at_start_and_readyz_names_a_model_triton_la
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, http_call, wait_port
+    from tests.support.environment import ROOT, wait_port
+    from tests.support.node import http_call
 
     ainode = str(Path(sys.executable).parent / "ainode")
     config = tmp_path / "misspelt.yaml"
@@ -447,7 +440,7 @@ def test_mr_head_mask_on_triton_equals_embedded(triton_grpc_url: str) -> None:
 def test_cxr_lung_seg_on_both_backends_equals_the_twin(triton_grpc_url: str, syntax: str) -> None:
     """The chest radiograph in JPEG 2000 and JPEG-LS: a one-slice volume, lung fields equal to
     the independent computation on both backends."""
-    from tests.independent import lung_fields, read_radiograph
+    from tests.support.independent import lung_fields, read_radiograph
 
     path = CT_DIR.parent / "cxr" / f"{syntax}.dcm"
     volume = load_series([path])
@@ -471,8 +464,8 @@ def test_cxr_mass_map_heatmap_on_both_backends_equals_the_twin(
     """A heatmap model's probability map on the source grid ([findings, 1, rows, columns]),
     from onnxruntime in-process and from Triton (gRPC, and system shared memory sized for the
     float maps), equal to the independent computation."""
-    from tests.independent import mass_map, read_radiograph
-    from tests.radiographs import radiograph
+    from tests.support.independent import mass_map, read_radiograph
+    from tests.support.radiographs import radiograph
 
     path = radiograph(tmp_path, "mass", "P-HEATMAP")
     volume = load_series([path])

@@ -17,17 +17,17 @@ import pytest
 
 from node.roles.node import Node
 from node.settings import load_settings
-from tests.conftest import (
+from tests.support.environment import (
     DCMTK_ENV,
-    ORTHANC,
     ROOT,
     STORESCU,
     ct_files,
     free_port,
     require,
-    storescu,
     wait_for,
 )
+from tests.support.node import storescu
+from tests.support.orthanc import ORTHANC
 
 pytestmark = pytest.mark.integration
 REPOSITORY = str(ROOT / "model_repository")
@@ -231,7 +231,7 @@ def test_a_corrupt_spool_file_fails_its_job_with_a_reason_and_the_others_run(
         node_factory: Any, tmp_path: Path) -> None:
     """Two films received; one's spool file is then cut short (a disk error, a bad copy):
     its job fails with a reason naming the problem, the other film's job is done."""
-    from tests.radiographs import radiograph
+    from tests.support.radiographs import radiograph
 
     require(STORESCU)
     node = node_factory(

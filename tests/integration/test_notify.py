@@ -19,8 +19,9 @@ import hl7
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from tests.conftest import ROOT, STORESCU, NodeProcess, require, storescu, wait_for
-from tests.radiographs import radiograph
+from tests.support.environment import ROOT, STORESCU, require, wait_for
+from tests.support.node import NodeProcess, storescu
+from tests.support.radiographs import radiograph
 
 pytestmark = pytest.mark.integration
 SECRET = "webhook-secret"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Orthanc, ct_files, free_port, start_orthanc, wait_for
+from tests.support.environment import ct_files, free_port, wait_for
+from tests.support.orthanc import Orthanc, start_orthanc
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ECHOSCU, NodeProcess, ct_files, require, storescu, wait_for
+from tests.support.environment import ECHOSCU, ct_files, require, wait_for
+from tests.support.node import NodeProcess, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def _closed_by_peer(connection: socket.socket) -> bool:
 def _healthy(node: NodeProcess) -> None:
     import subprocess
 
-    from tests.conftest import DCMTK_ENV
+    from tests.support.environment import DCMTK_ENV
 
     echo = subprocess.run([ECHOSCU, "-aet", "ECHOSCU", "-aec", "AINODE", "127.0.0.1",
                            str(node.port)], env=DCMTK_ENV, capture_output=True, text=True,

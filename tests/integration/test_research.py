@@ -20,26 +20,16 @@ import pytest
 from pydicom.encaps import generate_fragments
 from pydicom.uid import generate_uid
 
-from tests.conftest import (
-    DATA,
-    Orthanc,
-    ct_body_node_sections,
-    ct_body_pipeline,
-    ct_files,
-    free_port,
-    require,
-    send_raw,
-    start_orthanc,
-    storescu,
-    wait_for,
-)
-from tests.deid_check import (
+from tests.support.deid_check import (
     identifying_values,
     leaks,
     private_tags,
     searched,
     unlisted_values,
 )
+from tests.support.environment import DATA, ct_files, free_port, require, wait_for
+from tests.support.node import ct_body_node_sections, ct_body_pipeline, send_raw, storescu
+from tests.support.orthanc import Orthanc, start_orthanc
 
 # the shared files are real-world: some values break their VR's rules (pydicom warns)
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning:pydicom")]

@@ -13,43 +13,29 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from dicomweb_client.api import DICOMwebClient
 
-from tests.conftest import (
+from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
+from tests.support.environment import (
     CT_DIR,
     DCMTK_ENV,
     ROOT,
-    Orthanc,
-    ct_body_node_sections,
-    ct_body_pipeline,
     ct_files,
     free_port,
     require,
-    start_orthanc,
-    store_with_ct,
-    storescu,
     wait_for,
     wait_port,
 )
-from tests.independent import body_lungs_bone, read_ct
+from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.node import ct_body_node_sections, ct_body_pipeline, store_with_ct, storescu
+from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
-DCIODVFY = "/usr/bin/dciodvfy"
 def make_node(node_factory: Any, pacs_port: int, **extra: Any) -> Any:
     return node_factory(**{**ct_body_node_sections(pacs_port), **extra})
 
 
-def fetch(pacs: Orthanc, study_uid: str, series: dict[str, Any]) -> list[pydicom.Dataset]:
-    client = DICOMwebClient(pacs.dicomweb)
-    return client.retrieve_series(study_uid, series["0020000E"]["Value"][0])
 
 
-def dciodvfy_errors(dataset: pydicom.Dataset, tmp_path: Path) -> list[str]:
-    path = tmp_path / f"{dataset.SOPInstanceUID}.dcm"
-    dataset.save_as(path, enforce_file_format=True)
-    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("Error")]
 
 
 PIXELMED = "/usr/share/java/pixelmed.jar"
@@ -336,7 +322,7 @@ def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
     """The real sagittal head MR (file order against position) through Orthanc -> node ->
     Orthanc with mr_head_mask: SEG, SR and SC pass dciodvfy, the SEG equals the independent
     computation on every source slice, and the SR reports the volume without Hounsfield units."""
-    from tests.independent import head_mask, read_series
+    from tests.support.independent import head_mask, read_series
 
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()
@@ -424,7 +410,7 @@ def test_chest_radiograph_lung_fields_reach_orthanc_valid_and_aligned(
     Orthanc -> node -> Orthanc with cxr_lung_seg: a single-frame SEG, an SR and an SC that
     pass dciodvfy, reference the one source image, and whose SEG equals the independent
     computation on every pixel; no area is claimed in mm² since the spacing is unknown."""
-    from tests.independent import lung_fields, read_radiograph
+    from tests.support.independent import lung_fields, read_radiograph
 
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()
@@ -519,7 +505,7 @@ def test_classification_triage_and_rule_out_reports_reach_orthanc(
     SEG; the film with a synthetic mass an urgent SR (present, p >= 0.8) sent first; the blank
     film a rule-out SR from the segmentation too (lungs absent). Every SR passes dciodvfy and
     PixelMed's TID 1500 validator and references only its own patient's image."""
-    from tests.radiographs import radiograph
+    from tests.support.radiographs import radiograph
 
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()
@@ -568,8 +554,8 @@ def test_heatmap_gives_fractional_seg_sc_and_sr_or_a_rule_out(
     (tests/independent.py ``mass_map``) to within one step of 1/255 on every pixel, a burned-in
     SC and an urgent findings SR (present, probability >= 0.9), sent first; the plain film only a
     rule-out SR (absent, routine). All pass dciodvfy, the SRs also PixelMed's validator."""
-    from tests.independent import mass_map, read_radiograph
-    from tests.radiographs import radiograph
+    from tests.support.independent import mass_map, read_radiograph
+    from tests.support.radiographs import radiograph
 
     require(DCIODVFY)
     http_port, dicom_port = free_port(), free_port()

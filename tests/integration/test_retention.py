@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import STORESCU, ct_files, require, storescu, wait_for
+from tests.support.environment import STORESCU, ct_files, require, wait_for
+from tests.support.node import storescu
 
 pytestmark = pytest.mark.integration
 

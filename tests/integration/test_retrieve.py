@@ -14,17 +14,10 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.conftest import (
-    ROOT,
-    NodeProcess,
-    ct_files,
-    free_port,
-    http_call,
-    start_orthanc,
-    wait_for,
-    wait_port,
-)
-from tests.radiographs import radiograph
+from tests.support.environment import ROOT, ct_files, free_port, wait_for, wait_port
+from tests.support.node import NodeProcess, http_call
+from tests.support.orthanc import start_orthanc
+from tests.support.radiographs import radiograph
 
 pytestmark = pytest.mark.integration
 

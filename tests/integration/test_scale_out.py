@@ -20,19 +20,9 @@ import pydicom
 import pytest
 
 from bench.ports import listening_sockets
-from tests.conftest import (
-    STORESCU,
-    NodeProcess,
-    Orthanc,
-    ct_body_node_sections,
-    ct_files,
-    free_port,
-    require,
-    start_orthanc,
-    storescu,
-    wait_for,
-    write_config,
-)
+from tests.support.environment import STORESCU, ct_files, free_port, require, wait_for
+from tests.support.node import NodeProcess, ct_body_node_sections, storescu, write_config
+from tests.support.orthanc import Orthanc, start_orthanc
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import ct_files, wait_for
+from tests.support.environment import ct_files, wait_for
 
 pytestmark = pytest.mark.integration
 

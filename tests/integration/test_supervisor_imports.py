@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.environment import wait_for
 
 pytestmark = pytest.mark.integration
 

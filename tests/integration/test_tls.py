@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import DCMTK_ENV, ct_files, free_port, require, wait_for, wait_port
+from tests.support.environment import DCMTK_ENV, ct_files, free_port, require, wait_for, wait_port
 
 ECHOSCU = "/usr/bin/echoscu"
 STORESCU = "/usr/bin/storescu"

@@ -25,21 +25,12 @@ from dicomweb_client.api import DICOMwebClient
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from tests.conftest import (
-    CT_DIR,
-    SEGMENTS,
-    NodeProcess,
-    ct_body_node_sections,
-    ct_files,
-    free_port,
-    require,
-    start_orthanc,
-    wait_for,
-    write_config,
-)
-from tests.independent import body_lungs_bone, read_ct
-from tests.ohif_page import CHROMIUM, OhifPage, ViewportState, ohif_browser
-from tests.viewer_site import OHIF_DIST, ohif_site
+from tests.support.environment import CT_DIR, ct_files, free_port, require, wait_for
+from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.node import SEGMENTS, NodeProcess, ct_body_node_sections, write_config
+from tests.support.ohif_page import CHROMIUM, OhifPage, ohif_browser, on_image, share
+from tests.support.orthanc import start_orthanc
+from tests.support.viewer_site import OHIF_DIST, ohif_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LABELS = {1: "body", 2: "lungs", 3: "bone"}  # the reference's label values
@@ -108,19 +99,8 @@ def ohif(loop: Loop, request: pytest.FixtureRequest) -> Iterator[OhifPage]:
         assert not errors, "viewer errors:\n" + "\n".join(e[:500] for e in errors)
 
 
-def share(part: NDArray[np.bool_], of: NDArray[np.bool_]) -> float:
-    """Fraction of `of` that is also in `part` (1.0 when `of` is empty)."""
-    return float((part & of).sum() / of.sum()) if of.any() else 1.0
 
 
-def on_image(state: ViewportState, canvas_mask: NDArray[np.bool_],
-             shape: tuple[int, int]) -> NDArray[np.bool_]:
-    """The image pixels under any marked canvas pixel."""
-    rows, columns, inside = state.image_pixels(shape)
-    marked = np.zeros(shape, dtype=bool)
-    keep = canvas_mask & inside
-    marked[rows[keep], columns[keep]] = True
-    return marked
 
 
 # --- SEG -------------------------------------------------------------------------------------

@@ -24,21 +24,13 @@ import pydicom
 import pytest
 from numpy.typing import NDArray
 
-from tests.conftest import (
-    CT_DIR,
-    NodeProcess,
-    ct_body_node_sections,
-    free_port,
-    require,
-    start_orthanc,
-    wait_for,
-    write_config,
-)
-from tests.independent import head_mask, lung_fields, read_radiograph, read_series
-from tests.integration.test_viewer import on_image, share
-from tests.ohif_page import CHROMIUM, OhifPage, ohif_browser
-from tests.radiographs import radiograph
-from tests.viewer_site import OHIF_DIST, ohif_site
+from tests.support.environment import CT_DIR, free_port, require, wait_for
+from tests.support.independent import head_mask, lung_fields, read_radiograph, read_series
+from tests.support.node import NodeProcess, ct_body_node_sections, write_config
+from tests.support.ohif_page import CHROMIUM, OhifPage, ohif_browser, on_image, share
+from tests.support.orthanc import start_orthanc
+from tests.support.radiographs import radiograph
+from tests.support.viewer_site import OHIF_DIST, ohif_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MR_DIR = CT_DIR.parent / "mr-brain"

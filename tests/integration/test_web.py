@@ -12,19 +12,17 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from tests.conftest import (
+from tests.support.environment import (
     DCMTK_ENV,
     ECHOSCU,
-    NodeProcess,
     ct_files,
     free_port,
-    http_call,
     require,
-    start_orthanc,
-    storescu,
     wait_for,
     wait_port,
 )
+from tests.support.node import NodeProcess, http_call, storescu
+from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
 TOKEN = "integration-test-token-0123"

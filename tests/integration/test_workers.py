@@ -18,16 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import (
-    CT_DIR,
-    ECHOSCU,
-    ROOT,
-    STORESCU,
-    ct_files,
-    require,
-    storescu,
-    wait_for,
-)
+from tests.support.environment import CT_DIR, ECHOSCU, ROOT, STORESCU, ct_files, require, wait_for
+from tests.support.node import child_processes, role_processes, storescu
 
 pytestmark = pytest.mark.integration
 CT_BODY = {"name": "ct-body", "match": {"modality": "CT"}, "model": "ct_body_seg",
@@ -36,35 +28,14 @@ MR_FILES = sorted((CT_DIR.parent / "mr-brain").glob("*.dcm"))
 IN_MODEL_LIBRARIES = ("libtorch", "onnxruntime", "libc10")
 
 
-def _children(parent: int) -> list[tuple[int, bytes]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            found.append((int(entry.name), command))
-    return found
 
 
-def role_processes(node_pid: int) -> dict[str, int]:
-    """The role processes ``ainode serve`` supervises, by role."""
-    roles = {}
-    for pid, command in _children(node_pid):
-        arguments = command.split(b"\0")
-        if b"--role" in arguments:
-            roles[arguments[arguments.index(b"--role") + 1].decode()] = pid
-    return roles
 
 
 def worker_processes(node_pid: int) -> list[int]:
     """The worker role's worker processes (multiprocessing spawn children)."""
     worker_role = role_processes(node_pid)["worker"]
-    return [pid for pid, command in _children(worker_role) if b"spawn_main" in command]
+    return [pid for pid, command in child_processes(worker_role) if b"spawn_main" in command]
 
 
 def no_model_anywhere_but_workers(node_pid: int) -> bool:

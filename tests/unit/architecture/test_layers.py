@@ -146,3 +146,13 @@ def test_sql_lives_in_the_store() -> None:
                     and SQL.search(node.value):
                 found.append(f"{path.relative_to(NODE)}:{node.lineno}")
     assert found == []
+
+
+def test_unit_tests_follow_the_tree() -> None:
+    """tests/unit/<package>/ for each package's tests; only the repository's own contracts
+    (README, compose.yaml) are tested at the top."""
+    units = NODE.parent / "tests" / "unit"
+    folders = {p.name for p in units.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= set(LAYERS) | {"architecture"}, sorted(folders - set(LAYERS))
+    loose = sorted(p.name for p in units.glob("test_*.py"))
+    assert loose == ["test_compose.py", "test_readme.py"]

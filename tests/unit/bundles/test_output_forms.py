@@ -15,7 +15,7 @@ import pytest
 
 from node.bundles.mapping import map_bundle
 from node.bundles.source import open_bundle
-from tests.bundles import BUNDLES
+from tests.support.bundles import BUNDLES
 
 ARGMAX = {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}
 

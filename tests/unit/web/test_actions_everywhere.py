@@ -20,9 +20,9 @@ from node.cli import app
 from node.domain import AuditEvent, JobState, SeriesKey
 from node.store.queue import JobQueue
 from node.web.context import WebContext
-from tests.conftest import ct_files, free_port
+from tests.support.dicomweb import multipart
+from tests.support.environment import ct_files, free_port
 from tests.unit.web.conftest import config_for, csrf_of
-from tests.unit.web.test_web_api import multipart
 
 
 @dataclass

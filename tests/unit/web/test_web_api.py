@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,13 @@ import pytest
 from node.domain import SeriesKey
 from node.settings import ConfigError, load_settings
 from node.store.queue import JobQueue
-from tests.conftest import ct_files
+from tests.support.dicomweb import multipart
+from tests.support.environment import ct_files
 from tests.unit.web.conftest import TOKEN
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def multipart(*parts: bytes, content_type: str = "application/dicom") -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: " + content_type.encode()
-                    + b"\r\n\r\n" + part + b"\r\n" for part in parts)
-    body += b"--" + boundary.encode() + b"--\r\n"
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def test_with_a_token_everything_but_the_probes_needs_it(make_client: Any) -> None:

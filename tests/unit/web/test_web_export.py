@@ -9,8 +9,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.conftest import ct_files
-from tests.unit.web.test_web_api import multipart
+from tests.support.dicomweb import multipart
+from tests.support.environment import ct_files
 
 
 @pytest.fixture

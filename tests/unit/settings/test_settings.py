@@ -6,7 +6,7 @@ import pytest
 
 from node.settings import ConfigError, load_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_shipped_config_is_valid() -> None:

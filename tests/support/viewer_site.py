@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.conftest import ROOT
+from tests.support.environment import ROOT
 
 OHIF_DIST = ROOT / "var" / "ohif" / "package" / "dist"
 PROXIED = ("/dicom-web/", "/wado")

@@ -18,7 +18,7 @@ from pydicom.tag import Tag
 
 from node.research.deidentify import BurnedInAnnotation, Profile, deidentify
 from node.research.pseudonym import Pseudonyms
-from tests.deid_check import OPTION_COLUMNS, TABLE
+from tests.support.deid_check import OPTION_COLUMNS, TABLE
 
 ROWS = json.loads(TABLE.read_text(encoding="utf-8"))
 COLUMNS = OPTION_COLUMNS  # the table's option columns, by research[].options name

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr" / "RG1_JLSN.dcm"
+SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr" / "RG1_JLSN.dcm"
 
 
 def radiograph(target: Path, kind: str, patient_id: str,

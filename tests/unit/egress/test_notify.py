@@ -90,7 +90,7 @@ def test_a_notification_names_one_channel_and_its_key_on_error(tmp_path: Path) -
         Notification(name="x", webhook="http://a", hl7="b:1")
     with pytest.raises(ValueError, match="give host:port"):
         Notification(name="x", hl7="ris")
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     section = readme.split("## Notifications for triage", 1)[1]
     snippet = yaml.safe_load(section.split("```yaml", 1)[1].split("```", 1)[0])
     environment = {"AINODE_WEBHOOK_SECRET": "s", "AINODE_FHIR_TOKEN": "t"}

@@ -238,3 +238,18 @@ def ohif_browser(base_url: str, artifacts: Path) -> Iterator[OhifPage]:
             yield page
         finally:
             browser.close()
+
+
+def share(part: NDArray[np.bool_], of: NDArray[np.bool_]) -> float:
+    """Fraction of `of` that is also in `part` (1.0 when `of` is empty)."""
+    return float((part & of).sum() / of.sum()) if of.any() else 1.0
+
+
+def on_image(state: ViewportState, canvas_mask: NDArray[np.bool_],
+             shape: tuple[int, int]) -> NDArray[np.bool_]:
+    """The image pixels under any marked canvas pixel."""
+    rows, columns, inside = state.image_pixels(shape)
+    marked = np.zeros(shape, dtype=bool)
+    keep = canvas_mask & inside
+    marked[rows[keep], columns[keep]] = True
+    return marked

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 BUNDLES = SHARED / "monai-bundles"
 CT_DIR = SHARED / "ct-abdomen"
 

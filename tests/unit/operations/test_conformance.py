@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from node.cli import app
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_conformance_statement_has_not_drifted(monkeypatch: pytest.MonkeyPatch) -> None:

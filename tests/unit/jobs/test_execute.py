@@ -13,7 +13,7 @@ import node.jobs.execute
 from node.jobs.execute import JobExecutor
 from node.settings import Settings
 
-MR = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mr-brain")
+MR = sorted((Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mr-brain")
             .glob("*.dcm"))
 
 

