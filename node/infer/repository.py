@@ -25,7 +25,6 @@ and a finding is present where its map reaches the threshold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from typing import Any
 from google.protobuf import text_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
+
+from node.infer.contract import FINDING_KINDS, ContractError, model_parameters
 
 
 class ModelNotFound(LookupError):
@@ -90,34 +91,6 @@ class ModelSpec:
         return self.labels if self.labels_are_findings else self.labels[1:]
 
 
-FINDING_KINDS = ("classification", "heatmap")
-_CHOICES = {
-    "ainode_output_kind": ("labels", "probabilities", *FINDING_KINDS),
-    "ainode_layout": ("kji", "ras"),
-    "ainode_activation": ("none", "softmax", "sigmoid"),
-    "ainode_invert": ("probabilities", "labels"),
-}
-
-
-def _choice(config: Any, key: str, model: str) -> str | None:
-    if key not in config.parameters:
-        return None
-    value = str(config.parameters[key].string_value)
-    if value not in _CHOICES[key]:
-        raise ModelConfigError(f"{model}: {key} must be one of {', '.join(_CHOICES[key])}")
-    return value
-
-
-def _json_parameter(config: Any, key: str, default: Any, model: str) -> Any:
-    if key not in config.parameters:
-        return default
-    raw = config.parameters[key].string_value
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelConfigError(f"{model}: parameter {key} is not valid JSON") from exc
-
-
 def model_names(repository: Path) -> list[str]:
     """The models of a repository: folders with a config.pbtxt."""
     if not repository.is_dir():
@@ -145,15 +118,11 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     model_file = model_dir / str(versions[-1]) / filename
     if not model_file.is_file():
         raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
-    labels = _json_parameter(config, "ainode_labels", [], name)
-    segments = _json_parameter(config, "ainode_segments", {}, name)
-    if not isinstance(segments, dict) or not all(isinstance(v, dict) for v in segments.values()):
-        raise ModelConfigError(f"{name}: ainode_segments must map label names to their codes")
-    output_kind = _choice(config, "ainode_output_kind", name) or "probabilities"
-    findings = labels if output_kind in FINDING_KINDS else labels[1:]
-    unknown = sorted(set(segments) - {str(label) for label in findings})
-    if unknown:
-        raise ModelConfigError(f"{name}: ainode_segments names unknown labels {', '.join(unknown)}")
+    try:
+        contract = model_parameters(
+            {key: str(value.string_value) for key, value in config.parameters.items()}, name)
+    except ContractError as exc:
+        raise ModelConfigError(str(exc)) from exc
     if len(config.input) != 1 or len(config.output) != 1:
         raise ModelConfigError(f"{name}: ainode runs models with one input and one output")
 
@@ -165,24 +134,23 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
 
     return ModelSpec(
         name=name,
-        version=config.parameters["ainode_version"].string_value
-        if "ainode_version" in config.parameters
-        else str(versions[-1]),
+        version=contract.version or str(versions[-1]),
         triton_version=versions[-1],
         platform=platform,
         inputs=tensors(config.input),
         outputs=tensors(config.output),
-        labels=tuple(str(label) for label in labels),
-        output_kind=output_kind,
-        preprocess=tuple(_json_parameter(config, "ainode_preprocess", [], name)),
-        postprocess=tuple(_json_parameter(config, "ainode_postprocess", [], name)),
-        sliding_window=_json_parameter(config, "ainode_sliding_window", None, name),
+        labels=contract.labels,
+        output_kind=contract.output_kind,
+        preprocess=contract.preprocess,
+        postprocess=contract.postprocess,
+        sliding_window=contract.sliding_window,
         model_file=model_file,
-        min_finding_ml=float(_json_parameter(config, "ainode_min_finding_ml", 0.0, name)),
-        segments=segments,
-        layout=_choice(config, "ainode_layout", name) or "kji",
-        activation=_choice(config, "ainode_activation", name) or "none",
-        invert=_choice(config, "ainode_invert", name) or "probabilities",
-        source=_json_parameter(config, "ainode_source", {}, name),
-        threshold=float(_json_parameter(config, "ainode_threshold", 0.5, name)),
+        min_finding_ml=contract.min_finding_ml,
+        segments=contract.segments,
+        layout=contract.layout,
+        activation=contract.activation,
+        invert=contract.invert,
+        source=contract.source,
+        threshold=contract.threshold,
     )
+

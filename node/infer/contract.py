@@ -1,0 +1,77 @@
+"""The model contract: the ``ainode_*`` parameters of a model's config.pbtxt (Triton ignores
+them), validated like the node's settings. Triton gives every parameter as a string; the
+structured ones are JSON. An ``ainode_`` parameter the node does not know is refused, so a
+misspelt one is found when the model is checked, not by a result that is silently wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PREFIX = "ainode_"
+FINDING_KINDS = ("classification", "heatmap")
+TEXT = {"version", "output_kind", "layout", "activation", "invert", "input_kind"}  # the rest: JSON
+
+
+class ContractError(ValueError):
+    """A parameter is not what the contract says (its message names the parameter)."""
+
+
+class ModelParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str | None = Field(None, description="semantic version, for result provenance")
+    labels: tuple[str, ...] = Field((), description="index = label value (or the findings)")
+    output_kind: Literal["labels", "probabilities", "classification", "heatmap"] = \
+        "probabilities"
+    segments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per label its meaning: category, type, colour")
+    preprocess: tuple[dict[str, Any], ...] = ()  # MONAI transforms (node.infer.runner)
+    postprocess: tuple[dict[str, Any], ...] = ()  # MONAI transforms on the label map
+    sliding_window: dict[str, Any] | None = None  # roi_size, overlap, sw_batch_size
+    min_finding_ml: float = Field(0.0, ge=0)  # a label smaller than this is reported absent
+    layout: Literal["kji", "ras"] = "kji"
+    activation: Literal["none", "softmax", "sigmoid"] = "none"
+    invert: Literal["probabilities", "labels"] = "probabilities"
+    source: dict[str, Any] = Field(default_factory=dict)  # provenance (the bundle imported)
+    threshold: float = Field(0.5, ge=0, le=1)  # a finding is present from this probability
+    input_kind: str | None = None  # what the input is (hounsfield, mr_signal): documentation
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        return tuple(str(label) for label in value) if isinstance(value, list) else value
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        return self.labels if self.output_kind in FINDING_KINDS else self.labels[1:]
+
+
+def model_parameters(parameters: Mapping[str, str], model: str) -> ModelParameters:
+    """The contract from config.pbtxt's parameters (key -> string value); raises
+    :class:`ContractError` naming the model and the parameter."""
+    raw: dict[str, Any] = {}
+    for key, text in parameters.items():
+        if not key.startswith(PREFIX):
+            continue  # Triton's own, or another tool's
+        name = key.removeprefix(PREFIX)
+        if name in TEXT:
+            raw[name] = text
+            continue
+        try:
+            raw[name] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"{model}: parameter {key} is not valid JSON") from exc
+    try:
+        contract = ModelParameters.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = PREFIX + ".".join(str(part) for part in first["loc"])
+        raise ContractError(f"{model}: {where}: {first['msg']}") from exc
+    unknown = sorted(set(contract.segments) - set(contract.findings))
+    if unknown:
+        raise ContractError(f"{model}: ainode_segments names unknown labels {', '.join(unknown)}")
+    return contract
