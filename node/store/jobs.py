@@ -30,6 +30,7 @@ from node.domain import (
     StoreOutcome,
 )
 from node.store.database import Connection, Database, SQLiteDatabase
+from node.store.lease import claim_rows
 from node.store.schema import migrate
 
 _AUDIT_COLUMNS = "id, at, actor, action, detail, address, objects, outcome"
@@ -138,13 +139,11 @@ class JobStore:
         are claimed again when the lease runs out. The lease is the negated claim time in
         ``forwarded`` (0: waiting, 1: forwarded)."""
         with self.transaction() as db:
-            rows = db.execute(
+            rows = claim_rows(
+                db, self.database,
                 f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE forwarded=0 OR"
-                " (forwarded<0 AND forwarded>?) ORDER BY id LIMIT ?"
-                + self.database.skip_locked,
-                (-int(now - lease_s), limit)).fetchall()
-            db.executemany("UPDATE audit SET forwarded=? WHERE id=?",
-                           [(-int(now), row[0]) for row in rows])
+                " (forwarded<0 AND forwarded>?) ORDER BY id LIMIT ?", (-int(now - lease_s), limit),
+                "UPDATE audit SET forwarded=? WHERE id=?", lambda row: (-int(now), row[0]))
         return [_audit_line(row) for row in rows]
 
     def audit_forwarded(self, ids: Sequence[int], forwarded: bool = True) -> None:

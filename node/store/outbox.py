@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from node.store.database import Connection
 from node.store.jobs import JobStore
+from node.store.lease import claim_rows
 from node.store.requeue import requeue_rows
 
 QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
@@ -87,15 +88,13 @@ class Outbox:
         sender for ``lease_s`` (another sender on the store skips them; if this one dies, they
         are ready again when the lease runs out)."""
         with self._store.transaction() as db:
-            rows = db.execute(
+            rows = claim_rows(
+                db, self._store.database,
                 "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
                 " first_failed_at, kind, job_id FROM outbox WHERE state=? AND not_before<=?"
                 " AND (lease_until IS NULL OR lease_until<?)"
-                " ORDER BY priority DESC, id LIMIT ?" + self._store.database.skip_locked,
-                (QUEUED, now, now, limit),
-            ).fetchall()
-            db.executemany("UPDATE outbox SET lease_until=? WHERE id=?",
-                           [(now + lease_s, row[0]) for row in rows])
+                " ORDER BY priority DESC, id LIMIT ?", (QUEUED, now, now, limit),
+                "UPDATE outbox SET lease_until=? WHERE id=?", lambda row: (now + lease_s, row[0]))
         grouped: dict[str, list[OutboxItem]] = {}
         for row in rows:
             grouped.setdefault(row[1], []).append(OutboxItem(*row))

@@ -22,6 +22,7 @@ from typing import Any
 from node.domain import Job, JobState, SeriesKey
 from node.store.database import Connection
 from node.store.jobs import JobStore
+from node.store.lease import claim_rows
 from node.store.requeue import requeue_rows
 
 RUNNING, QUEUED = JobState.RUNNING.value, JobState.QUEUED.value
@@ -83,26 +84,19 @@ class JobQueue:
                 " OR (state=? AND lease_until<?))",
                 (JobState.FAILED, now, max_attempts, QUEUED, now, RUNNING, now),
             )
-            row = db.execute(
+            owner = uuid.uuid4().hex
+            claimed = claim_rows(
+                db, self._store.database,
                 "SELECT id, series_uid, revision, pipeline, model, attempts - transient, state,"
                 " first_failed_at, transient FROM jobs"
                 " WHERE (state=? AND not_before<=?) OR (state=? AND lease_until<?)"
-                " ORDER BY priority DESC, id LIMIT 1" + self._store.database.skip_locked,
-                (QUEUED, now, RUNNING, now),
-            ).fetchone()
-            if row is None:
-                return None
-            owner = uuid.uuid4().hex
-            error = (
-                "the worker stopped during the previous attempt (crashed, killed or hung)"
-                if row[6] == RUNNING
-                else None
-            )
-            db.execute(
+                " ORDER BY priority DESC, id LIMIT 1", (QUEUED, now, RUNNING, now),
                 "UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, owner=?,"
                 " error=COALESCE(?, error), updated_at=? WHERE id=?",
-                (RUNNING, now + lease_s, owner, error, now, row[0]),
-            )
+                lambda row: (RUNNING, now + lease_s, owner, _dead_worker(row[6]), now, row[0]))
+            if not claimed:
+                return None
+            row = claimed[0]
         return Job(
             row[0], SeriesKey(row[1], row[2]), row[3], row[4], row[5] + 1, owner, row[7], row[8]
         )
@@ -270,3 +264,10 @@ class JobQueue:
         with self._store.reading() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {state.value: dict(rows).get(state.value, 0) for state in JobState}
+
+
+def _dead_worker(state: str) -> str | None:
+    """Why a job claimed while still running is claimed again: its lease ran out."""
+    if state == RUNNING:
+        return "the worker stopped during the previous attempt (crashed, killed or hung)"
+    return None
