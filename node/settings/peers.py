@@ -30,7 +30,9 @@ from node.settings.base import (
 
 
 class _WithSecrets(_Strict):
-    """A model whose secrets (``SecretStr`` fields) are read with :meth:`secret_value`."""
+    """A model with secrets, each a triple of fields (a :class:`SecretRef`): ``NAME`` given as
+    itself, or read from the file ``NAME_file`` or the variable ``NAME_env`` names (one of the
+    three), kept as the secret and read with :meth:`secret_value`. Secrets are never printed."""
 
     def secret_value(self, field_name: str) -> str | None:
         """The secret's text (given, or read from its file or variable; for the client that
@@ -38,8 +40,39 @@ class _WithSecrets(_Strict):
         value: SecretStr | None = getattr(self, field_name)
         return value.get_secret_value() if value is not None else None
 
+    @model_validator(mode="after")
+    def _resolve_secrets(self) -> _WithSecrets:
+        fields = type(self).model_fields
+        names = tuple(name for name in fields
+                      if f"{name}_file" in fields and f"{name}_env" in fields)
+        return _resolve_secrets(self, names)
 
-class Peer(_WithSecrets):
+
+class _Password(_WithSecrets):
+    """SecretRef ``password`` (HTTP basic authentication)."""
+
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+
+class _Token(_WithSecrets):
+    """SecretRef ``token`` (a bearer token)."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+
+
+class _SigningSecret(_WithSecrets):
+    """SecretRef ``secret`` (the key a webhook's HMAC is made with)."""
+
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+
+
+class Peer(_Password, _Token):
     """A known application entity: may send to us, and may receive results.
 
     Results go by C-STORE, or by STOW-RS when ``dicomweb_url`` is set (HTTP basic auth with
@@ -57,12 +90,6 @@ class Peer(_WithSecrets):
         None, description="result kinds this peer wants (e.g. [sc] for a viewer without SEG)"
     )
     username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    password_env: str | None = None
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    token_env: str | None = None
     hosts: list[str] = Field(
         default_factory=list,
         description="addresses, networks (10.1.2.0/24) or names this peer may call from, "
@@ -87,10 +114,6 @@ class Peer(_WithSecrets):
     @classmethod
     def _url(cls, url: str | None) -> str | None:
         return None if url is None else check_http_url(url)
-
-    @model_validator(mode="after")
-    def _resolve_secrets(self) -> Peer:
-        return _resolve_secrets(self, ("password", "token"))
 
 
 def _resolve_secrets(model: _SecretsT, names: tuple[str, ...]) -> _SecretsT:
@@ -117,7 +140,7 @@ def _resolve_secrets(model: _SecretsT, names: tuple[str, ...]) -> _SecretsT:
     return model
 
 
-class Notification(_WithSecrets):
+class Notification(_SigningSecret, _Token):
     """Where urgent results (or every result, ``every_result``) are announced, durably
     through the outbox like results: a JSON ``webhook`` (signed with HMAC-SHA256 when a
     ``secret`` is set), a FHIR R4 server (``fhir``: its base URL; a DiagnosticReport with
@@ -129,12 +152,6 @@ class Notification(_WithSecrets):
     fhir: str | None = None
     hl7: str | None = None
     every_result: bool = Field(False, description="also routine results (default: urgent)")
-    secret: SecretStr | None = None
-    secret_file: Path | None = None
-    secret_env: str | None = None
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    token_env: str | None = None
     sending_facility: str = Field("", description="HL7 MSH-4")
     receiving_application: str = Field("RIS", description="HL7 MSH-5")
     receiving_facility: str = Field("", description="HL7 MSH-6")
@@ -151,7 +168,7 @@ class Notification(_WithSecrets):
         for url in (self.webhook, self.fhir):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r}: give an http:// or https:// URL")
-        return _resolve_secrets(self, ("secret", "token"))
+        return self
 
     @property
     def channel(self) -> str:
