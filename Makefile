@@ -3,23 +3,28 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps chromium postgresql openssl
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps chromium postgresql openssl dcm2niix
 OHIF_VERSION := 3.13.2
 OHIF_DIR     := var/ohif
 
-.PHONY: install install-dev system-deps viewer-deps demo test lint bench-ingest bench-infer bench-e2e triton-up triton-down clean
+.PHONY: install install-dev models system-deps viewer-deps demo test lint bench-ingest bench-infer bench-e2e triton-up triton-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python  ## the node and what it needs at run time
+install: $(BIN)/python  ## the node and what it needs at run time (pretrained weights included)
 	$(BIN)/pip install --quiet -e .
+	$(MAKE) --no-print-directory models
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory models
 
-system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL, openssl (Debian)
+models:  ## pretrained weights from their PyPI wheels (model_repository/*/weights.json), checked by SHA-256
+	$(BIN)/python scripts/fetch_weights.py
+
+system-deps:  ## real peers for the tests: Orthanc, dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL, openssl, dcm2niix (Debian)
 	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \

@@ -16,17 +16,22 @@ SITE=$VENV/lib/python3.11/site-packages
 
 install() {
   # The server's python backend stub links Debian's libpython3.11: use that interpreter, and keep
-  # this venv apart from the project's (the wheel needs numpy<2).
+  # this venv apart from the project's (the wheel needs numpy<2). torch serves the stand-in
+  # pytorch backend; scipy is what staged models' model.py may use (as in deploy/triton/).
   if [ ! -x "$SITE/pytriton/tritonserver/bin/tritonserver" ]; then
     /usr/bin/python3.11 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
   fi
+  if [ ! -d "$SITE/torch" ] || [ ! -d "$SITE/scipy" ]; then
+    "$VENV/bin/pip" install --quiet "numpy<2" torch==2.13.0 scipy
+  fi
   mkdir -p "$RUN/backends"
-  rm -rf "$RUN/backends/python" "$RUN/backends/onnxruntime"
+  rm -rf "$RUN/backends/python" "$RUN/backends/onnxruntime" "$RUN/backends/pytorch"
   cp -r "$SITE/pytriton/tritonserver/backends/python" "$RUN/backends/python"
   cp "$SITE/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub" "$RUN/backends/python/"
   cp -r "$ROOT/tritonserver-backends/onnxruntime" "$RUN/backends/onnxruntime"
+  cp -r "$ROOT/tritonserver-backends/pytorch" "$RUN/backends/pytorch"
 }
 
 up() {

@@ -39,6 +39,8 @@ class ModelParameters(BaseModel):
     source: dict[str, Any] = Field(default_factory=dict)  # provenance (the bundle imported)
     threshold: float = Field(0.5, ge=0, le=1)  # a finding is present from this probability
     input_kind: str | None = None  # what the input is (hounsfield, mr_signal): documentation
+    stages: dict[str, str] = Field(
+        default_factory=dict, description="a staged model's networks: role -> model name")
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -21,6 +21,12 @@ probability from which a finding is reported present. A ``heatmap`` model output
 probability map per finding ([F, ...] like the input, after ``ainode_activation``), mapped back
 to the source grid with each transform's own interpolation; its labels also name findings only,
 and a finding is present where its map reaches the threshold.
+
+A model in stages (``ainode_stages``: JSON, role -> the name of another model in the repository,
+each a network) is a Python model (``backend: "python"``, ``<v>/model.py``) whose ``run(image,
+infer)`` computes what passes from one stage to the next (a crop from the first stage's output,
+say) and calls ``infer(role, tensor)`` for each network: on Triton through BLS, so every network
+runs on the server; embedded through the worker's own sessions. One file, both backends.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
 
 from node.infer.contract import FINDING_KINDS, ContractError, model_parameters
+
+# the file Triton loads per platform or backend when config.pbtxt names none
+DEFAULT_FILES = {"pytorch_libtorch": "model.pt", "pytorch": "model.pt", "python": "model.py"}
 
 
 class ModelNotFound(LookupError):
@@ -71,6 +80,12 @@ class ModelSpec:
     invert: str = "probabilities"
     source: dict[str, Any] = field(default_factory=dict)  # provenance, e.g. the bundle imported
     threshold: float = 0.5  # classification: a finding is present from this probability
+    stages: dict[str, str] = field(default_factory=dict)  # role -> model: a staged model
+
+    @property
+    def repository(self) -> Path:
+        """The model repository this model was read from."""
+        return self.model_file.parent.parent.parent
 
     @property
     def is_classifier(self) -> bool:
@@ -113,8 +128,7 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     if not versions:
         raise ModelNotFound(f"model {name!r} has no numbered version directory")
     platform = config.platform or config.backend
-    default_name = "model.pt" if platform in ("pytorch_libtorch", "pytorch") else "model.onnx"
-    filename = config.default_model_filename or default_name
+    filename = config.default_model_filename or DEFAULT_FILES.get(platform, "model.onnx")
     model_file = model_dir / str(versions[-1]) / filename
     if not model_file.is_file():
         raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
@@ -123,6 +137,9 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
             {key: str(value.string_value) for key, value in config.parameters.items()}, name)
     except ContractError as exc:
         raise ModelConfigError(str(exc)) from exc
+    if platform == "python" and not contract.stages:
+        raise ModelConfigError(f"{name}: a Python model runs here only as a staged model "
+                               "(ainode_stages)")
     if len(config.input) != 1 or len(config.output) != 1:
         raise ModelConfigError(f"{name}: ainode runs models with one input and one output")
 
@@ -152,5 +169,6 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         invert=contract.invert,
         source=contract.source,
         threshold=contract.threshold,
+        stages=contract.stages,
     )
 
