@@ -42,11 +42,24 @@ def checkpoint_path(bundle: Bundle) -> Path:
     return bundle.root / "models" / "model.pt"
 
 
+def distributed_torchscript(bundle: Bundle) -> Path | None:
+    """The bundle's own TorchScript network (``models/model.ts``, as the Model Zoo ships it
+    beside ``models/model.pt``), unless the bundle's settings load another checkpoint (a
+    low-resolution variant, say) that the TorchScript file is not."""
+    weights_ts = bundle.root / "models" / "model.ts"
+    if not weights_ts.is_file():
+        return None
+    checkpoint = checkpoint_path(bundle)
+    default = bundle.root / "models" / "model.pt"
+    same = checkpoint.resolve() == default.resolve()
+    return weights_ts if same or not checkpoint.is_file() else None
+
+
 def build_network(bundle: Bundle, reasons: list[str]) -> torch.nn.Module | None:
     """``network_def`` with the bundle's weights, in eval mode (or None with reasons)."""
-    weights_ts = bundle.root / "models" / "model.ts"
+    weights_ts = distributed_torchscript(bundle)
     weights_pt = checkpoint_path(bundle)
-    if weights_ts.is_file() and not bundle.has("checkpointloader"):
+    if weights_ts is not None:
         with torchscript_api():
             module: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(weights_ts), map_location="cpu")
@@ -152,13 +165,19 @@ def write_model(network: torch.nn.Module, example: torch.Tensor, contract: Contr
                 fmt: str, name: str, target_dir: Path, parameters: dict[str, Any],
                 header: str, bundle: Bundle) -> float:
     """Export into a temporary directory beside ``target_dir``, check, then move it in place.
-    Returns the largest difference between the export and the network on ``example``."""
+    Returns the largest difference between the export and the network on ``example``. A
+    TorchScript model from a bundle that ships ``models/model.ts`` is that file, byte for byte
+    (no export, nothing lost)."""
     _, filename = PLATFORMS[fmt]
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target_dir.parent))
     try:
         (staging / "1").mkdir()
-        _export(network, example, fmt, staging / "1" / filename, contract.spatial_dims)
+        shipped = distributed_torchscript(bundle)
+        if fmt == "torchscript" and shipped is not None:
+            shutil.copyfile(shipped, staging / "1" / filename)
+        else:
+            _export(network, example, fmt, staging / "1" / filename, contract.spatial_dims)
         with torch.inference_mode():
             expected = network(example).numpy()
         exported = _exported_output(staging / "1" / filename, fmt, example)

@@ -16,7 +16,12 @@ import yaml
 from pydantic import ValidationError
 
 from node.bundles.codes import known_codes
-from node.bundles.export import build_network, example_input, write_model
+from node.bundles.export import (
+    build_network,
+    distributed_torchscript,
+    example_input,
+    write_model,
+)
 from node.bundles.mapping import Contract, map_bundle
 from node.bundles.source import Bundle, BundleRefused, open_bundle
 from node.infer.repository import ModelSpec, load_model_spec
@@ -97,7 +102,7 @@ def _parameters(bundle: Bundle, contract: Contract, segments: dict[str, Any],
     return parameters
 
 
-def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: str = "onnx",
+def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: str = "auto",
                   codes_file: Path | None = None, replace: bool = False,
                   overrides: dict[str, Any] | None = None) -> ImportReport:
     """Import the bundle at ``path`` or raise :class:`BundleRefused` listing every reason."""
@@ -109,6 +114,8 @@ def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: st
         warnings.filterwarnings("ignore", category=UserWarning, module="monai")
         warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
         bundle = open_bundle(path, Path(workdir), overrides)
+        if fmt == "auto":  # the network as distributed when there is one, else an export
+            fmt = "torchscript" if distributed_torchscript(bundle) else "onnx"
         model_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.name)
         reasons: list[str] = []
         if not MODEL_NAME.match(model_name):

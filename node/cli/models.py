@@ -50,8 +50,9 @@ def models_import(
     bundle: Annotated[Path, typer.Argument(help="A MONAI bundle: its directory or a zip.")],
     name: Annotated[str | None, typer.Option(help="Model name (default: the bundle's).")] = None,
     format_: Annotated[str, typer.Option(
-        "--format", help="onnx (both backends) or torchscript (Triton pytorch_libtorch)."
-    )] = "onnx",
+        "--format", help="auto (the bundle's models/model.ts as is when it ships one, else "
+        "onnx), onnx or torchscript (both run on both backends)."
+    )] = "auto",
     codes: Annotated[Path | None, typer.Option(
         help="YAML: label -> {category, type, color}, for labels the built-in table lacks."
     )] = None,
@@ -67,8 +68,8 @@ def models_import(
     from node.bundles.importer import import_bundle
     from node.bundles.source import BundleRefused
 
-    if format_ not in PLATFORMS:
-        fail(f"--format must be one of {', '.join(PLATFORMS)}", USAGE)
+    if format_ not in ("auto", *PLATFORMS):
+        fail(f"--format must be auto or one of {', '.join(PLATFORMS)}", USAGE)
     overrides = {}
     for item in override or []:
         key, _, raw = item.partition("=")

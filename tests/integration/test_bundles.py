@@ -27,6 +27,7 @@ from node.infer.triton import TritonBackend
 from tests.support.bundles import (
     BUNDLES,
     dice,
+    load_network,
     on_node_grid,
     run_bundle_inference,
     spleen_calibration,
@@ -225,6 +226,37 @@ def test_torchscript_import_matches_the_onnx_import(
     part = _sub_volume(ct_volume, 40, 100)
     backend = EmbeddedBackend()
     from_ts = run_model(part, torchscript, backend)
+    from_onnx = run_model(part, load_model_spec(repository, SPLEEN), backend)
+    assert dice(from_ts == 1, from_onnx == 1) >= MIN_DICE
+
+
+def test_a_bundle_shipping_model_ts_is_imported_as_distributed(
+    spleen_bundle: Path, imported: tuple[Path, Path, str], ct_volume: Volume, tmp_path: Path,
+) -> None:
+    """A bundle with ``models/model.ts`` (as the Model Zoo ships them) and no ``model.pt``:
+    the default import keeps the TorchScript file byte for byte (no export), and it gives the
+    exported ONNX model's labels."""
+    import torch
+
+    from node.infer.embedded import torchscript_api
+
+    repository, config, _ = imported
+    bundle = tmp_path / "zoo_bundle"
+    shutil.copytree(spleen_bundle, bundle)
+    network = load_network(bundle)
+    with torchscript_api():
+        traced = torch.jit.trace(network, torch.rand(1, 1, 96, 96, 96), check_trace=False)
+        torch.jit.save(traced, str(bundle / "models" / "model.ts"))
+    (bundle / "models" / "model.pt").unlink()
+    result = ainode("models", "import", str(bundle), "--name", "spleen_zoo_ts",
+                    "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(pytorch_libtorch)" in result.stdout
+    spec = load_model_spec(repository, "spleen_zoo_ts")
+    assert spec.model_file.read_bytes() == (bundle / "models" / "model.ts").read_bytes()
+    part = _sub_volume(ct_volume, 40, 100)
+    backend = EmbeddedBackend()
+    from_ts = run_model(part, spec, backend)
     from_onnx = run_model(part, load_model_spec(repository, SPLEEN), backend)
     assert dice(from_ts == 1, from_onnx == 1) >= MIN_DICE
 

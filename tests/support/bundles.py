@@ -54,6 +54,15 @@ def with_weights(name: str, into: Path, seed: int = 0,
     return target
 
 
+def load_network(bundle: Path) -> torch.nn.Module:
+    """A bundle's ``network_def`` with its ``models/model.pt``, in eval mode."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    return network.eval()
+
+
 def spleen_calibration(voxels: np.ndarray) -> torch.Tensor:
     """A 96^3 block of the CT in the spleen bundle's intensity window ([-57, 164] HU -> [0, 1]),
     [x, y, z] as the bundle's network sees it."""
