@@ -122,7 +122,7 @@ def _export(network: torch.nn.Module, example: torch.Tensor, fmt: str, target: P
                       opset_version=17, dynamo=False)
 
 
-def _exported_output(target: Path, fmt: str, example: torch.Tensor) -> np.ndarray[Any, Any]:
+def exported_output(target: Path, fmt: str, example: torch.Tensor) -> np.ndarray[Any, Any]:
     if fmt == "torchscript":
         with torch.inference_mode(), torchscript_api():
             loaded = torch.jit.load(str(target))  # type: ignore[no-untyped-call]
@@ -130,30 +130,43 @@ def _exported_output(target: Path, fmt: str, example: torch.Tensor) -> np.ndarra
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {"image": example.numpy()})
+    (output,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     return np.asarray(output)
 
 
-def _tensor(name: str, channels: int, spatial_dims: int) -> Any:
-    tensor = model_config_pb2.ModelInput() if name in ("image", "INPUT__0") \
-        else model_config_pb2.ModelOutput()
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
+                "int8": "TYPE_INT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+                "bool": "TYPE_BOOL"}
+
+
+def _tensor(name: str, channels: int, spatial_dims: int, output: bool,
+            dtype: str = "float32") -> Any:
+    tensor = model_config_pb2.ModelOutput() if output else model_config_pb2.ModelInput()
     tensor.name = name
-    tensor.data_type = model_config_pb2.TYPE_FP32
+    tensor.data_type = model_config_pb2.DataType.Value(TRITON_TYPES[dtype])
     tensor.dims.extend([-1, channels, *[-1] * spatial_dims])
     return tensor
 
 
-def model_config(name: str, fmt: str, contract: Contract, parameters: dict[str, Any]) -> str:
+def model_config(name: str, fmt: str, contract: Contract, parameters: dict[str, Any],
+                 names: tuple[str, str] | None = None, output_dtype: str = "float32") -> str:
+    """config.pbtxt for one network; ``names``: its input and output tensors' (default: what
+    the export writes). A classifier's output is [N, findings]."""
     platform, _ = PLATFORMS[fmt]
     config: Any = model_config_pb2.ModelConfig()
     config.name = name
     config.platform = platform
     config.max_batch_size = 0
     config.version_policy.latest.num_versions = 1
-    input_name, output_name = ("image", "pred") if fmt == "onnx" else ("INPUT__0", "OUTPUT__0")
-    config.input.append(_tensor(input_name, contract.input_channels, contract.spatial_dims))
+    input_name, output_name = names or (
+        ("image", "pred") if fmt == "onnx" else ("INPUT__0", "OUTPUT__0"))
+    config.input.append(_tensor(input_name, contract.input_channels, contract.spatial_dims,
+                                output=False))
     config.output.append(_tensor(output_name, 1 if contract.output_kind == "labels"
-                                 else len(contract.labels), contract.spatial_dims))
+                                 else len(contract.labels),
+                                 0 if contract.output_kind == "classification"
+                                 else contract.spatial_dims, output=True,
+                                 dtype=output_dtype))
     config.instance_group.add(count=1)
     for key, value in parameters.items():
         config.parameters[key].string_value = value if isinstance(value, str) \
@@ -180,7 +193,7 @@ def write_model(network: torch.nn.Module, example: torch.Tensor, contract: Contr
             _export(network, example, fmt, staging / "1" / filename, contract.spatial_dims)
         with torch.inference_mode():
             expected = network(example).numpy()
-        exported = _exported_output(staging / "1" / filename, fmt, example)
+        exported = exported_output(staging / "1" / filename, fmt, example)
         scale = max(float(np.abs(expected).max()), 1.0)
         difference = float(np.abs(exported - expected).max()) / scale
         if exported.shape != expected.shape or difference > EXPORT_TOLERANCE:

@@ -58,8 +58,10 @@ def read_codes_file(path: Path) -> dict[str, dict[str, Any]]:
     return codes
 
 
-def _segments(labels: list[str], given: dict[str, dict[str, Any]],
+def segments_for(labels: list[str], given: dict[str, dict[str, Any]],
               reasons: list[str]) -> dict[str, dict[str, Any]]:
+    """Codes for ``labels[1:]`` (label 0 is background): given, or from the table of common
+    names; a label with neither is added to ``reasons``."""
     segments, missing = {}, []
     for label in labels[1:]:
         codes = given.get(label) or known_codes(label)
@@ -125,7 +127,7 @@ def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: st
             reasons.append(f"{target} exists; pass --replace to replace it")
         contract, mapping_reasons = map_bundle(bundle)
         reasons.extend(mapping_reasons)
-        segments = _segments(contract.labels, given, reasons)
+        segments = segments_for(contract.labels, given, reasons)
         network = build_network(bundle, reasons)
         if reasons or network is None:
             raise BundleRefused(bundle.name, reasons)

@@ -92,3 +92,37 @@ def models_import(
         f"{', '.join(spec.labels[1:])}; export checked (max relative difference "
         f"{report.export_difference:.1e})", highlight=False, markup=False,
     )
+
+
+@app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="The model's name in the repository.")],
+    contract: Annotated[Path, typer.Option(
+        help="YAML: what the network expects and outputs, its labels and their codes.")],
+    torchscript: Annotated[Path | None, typer.Option(help="A TorchScript file.")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="An ONNX file.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace a model of the same name.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add a network that is not a bundle (TorchScript or ONNX) with its contract."""
+    from node.bundles.own import add_model
+    from node.bundles.source import BundleRefused
+
+    if torchscript is not None and onnx is None:
+        fmt, network = "torchscript", torchscript
+    elif onnx is not None and torchscript is None:
+        fmt, network = "onnx", onnx
+    else:
+        fail("give exactly one of --torchscript FILE or --onnx FILE", USAGE)
+    settings = load(config)
+    try:
+        report = add_model(name, network, fmt, contract, settings.inference.model_repository,
+                           replace)
+    except BundleRefused as exc:
+        fail(f"refused: {exc}")
+    spec = report.spec
+    console.print(
+        f"added {spec.name} version {spec.version} ({spec.platform}) to "
+        f"{spec.model_file.parent.parent}; it ran on an example input (output "
+        f"{report.output_shape}); findings: {', '.join(spec.findings)}",
+        highlight=False, markup=False)

@@ -57,6 +57,7 @@ class ModelConfigError(ValueError):
 class TensorSpec:
     name: str
     data_type: str  # Triton name without TYPE_, e.g. FP32, UINT8
+    dims: tuple[int, ...] = ()  # as config.pbtxt declares them; -1: any size
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
 
     def tensors(items: Any) -> tuple[TensorSpec, ...]:
         return tuple(
-            TensorSpec(t.name, model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"))
+            TensorSpec(t.name, model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"),
+                       tuple(int(d) for d in t.dims))
             for t in items
         )
 

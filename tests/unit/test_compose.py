@@ -41,7 +41,12 @@ def test_compose_runs_the_node_on_triton_with_the_shipped_config() -> None:
     triton = services[host]
     assert port == "8001" and "profiles" not in triton
     assert service["depends_on"][host] == {"condition": "service_healthy"}
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", triton["image"])
+    # the NGC image, with scipy for the staged models' BLS step (deploy/triton/Dockerfile)
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3",
+                        triton["build"]["args"]["TRITON_IMAGE"])
+    dockerfile = (ROOT / triton["build"]["context"] / "Dockerfile").read_text()
+    assert "FROM ${TRITON_IMAGE}" in dockerfile and "scipy" in dockerfile
+    assert not triton["image"].startswith("nvcr.io/")  # never tag our build as NVIDIA's
     mount = next(v for v in triton["volumes"] if v.startswith("./model_repository:"))
     models = mount.split(":")[1]
     assert f"--model-repository={models}" in triton["command"]
