@@ -48,10 +48,11 @@ def wheel(manifest: dict[str, str]) -> Path:
     return path
 
 
-def fetch(manifest_path: Path, check: bool) -> list[str]:
+def fetch(manifest_path: Path, check: bool, repository: Path = REPOSITORY) -> list[str]:
+    """Write the manifest's missing or different files (or, with ``check``, list them)."""
     manifest = json.loads(manifest_path.read_text())
     missing = [item for item in manifest["files"]
-               if file_digest(REPOSITORY / item["to"]) != item["sha256"]]
+               if file_digest(repository / item["to"]) != item["sha256"]]
     if check or not missing:
         return [item["to"] for item in missing]
     with zipfile.ZipFile(wheel(manifest)) as archive:
@@ -60,7 +61,7 @@ def fetch(manifest_path: Path, check: bool) -> list[str]:
             if digest(data) != item["sha256"]:
                 raise SystemExit(f"{item['member']} in {manifest['wheel']} does not match its "
                                  "SHA-256 in the manifest")
-            target = REPOSITORY / item["to"]
+            target = repository / item["to"]
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             partial.write_bytes(data)
