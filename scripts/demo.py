@@ -30,6 +30,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 CT = ROOT.parent / "shared" / "data" / "ct-abdomen"
+MR = ROOT.parent / "shared" / "data" / "mr-brain"
 BIN = Path(sys.executable).parent
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -89,12 +90,12 @@ def orthanc(demo: Path, http_port: int, dicom_port: int, node_port: int) -> Iter
         proc.wait(timeout=30)
 
 
-def wait_for_results(db: Path, timeout: float = 900) -> None:
+def wait_for_results(db: Path, series: int, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(db) as conn:
             routed = conn.execute("SELECT COUNT(*) FROM series WHERE route_state IS NOT NULL"
-                                  ).fetchone()[0]
+                                  ).fetchone()[0] >= series
             pending = conn.execute("SELECT COUNT(*) FROM jobs WHERE state IN "
                                    "('queued', 'running')").fetchone()[0]
             unsent = conn.execute("SELECT COUNT(*) FROM outbox WHERE state='queued' AND "
@@ -122,6 +123,18 @@ def print_timings(db: Path) -> None:
             findings = "URGENT " + findings
         print(f"{pipeline:<12}{state:<8}" + "".join(
             f"{seconds.get(s, 0):>12.2f}" for s in stages) + f"  {findings or error or ''}")
+
+
+def print_brain(db: Path) -> None:
+    """The real pretrained network's answer: the brain's volume on the head MR."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT result FROM jobs WHERE pipeline='mr-brain' AND state='done'"
+                            ).fetchall()
+    for (result,) in rows:
+        summary = json.loads(result)
+        brain = summary.get("labels", {}).get("brain", {})
+        print(f"\nmr-brain: {summary.get('model')} {summary.get('model_version')} (deepbet 1.0.2,"
+              f" pretrained): brain volume {brain.get('volume_ml', 0):.1f} ml")
 
 
 def write_png(demo: Path, db: Path) -> None:
@@ -163,34 +176,40 @@ def main() -> int:
                             env=ENV)
     try:
         wait_port(node_port, node, "the node")
-        files = sorted(CT.glob("*.dcm"))
+        series = {"CT": sorted(CT.glob("*.dcm")), "MR": sorted(MR.glob("*.dcm"))}
+        studies = []
         stack = contextlib.ExitStack()
         with stack:
             if use_orthanc:
                 stack.enter_context(orthanc(demo, http_port, pacs_port, node_port))
-                for f in files:
-                    answer = orthanc_api(http_port, "/instances", f.read_bytes())
-                study = answer["ParentStudy"]
-                print(f"uploaded {len(files)} CT slices to Orthanc; Orthanc pushes the study "
-                      "to the node", flush=True)
+                for modality, files in series.items():
+                    for f in files:
+                        answer = orthanc_api(http_port, "/instances", f.read_bytes())
+                    studies.append(answer["ParentStudy"])
+                    print(f"uploaded {len(files)} {modality} images to Orthanc", flush=True)
+                print("Orthanc pushes the studies to the node", flush=True)
                 orthanc_api(http_port, "/modalities/ainode/store", json.dumps(
-                    {"Resources": [study], "Synchronous": True}).encode())
+                    {"Resources": studies, "Synchronous": True}).encode())
             else:
-                print(f"sending {len(files)} CT slices with dcmtk storescu", flush=True)
-                subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE",
-                                "127.0.0.1", str(node_port), *map(str, files)], env=ENV,
-                               check=True)
+                for modality, files in series.items():
+                    print(f"sending {len(files)} {modality} images with dcmtk storescu",
+                          flush=True)
+                    subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE",
+                                    "127.0.0.1", str(node_port), *map(str, files)], env=ENV,
+                                   check=True)
             sent = time.perf_counter()
-            wait_for_results(demo / "data" / "jobs.sqlite3")
+            wait_for_results(demo / "data" / "jobs.sqlite3", len(series))
             print(f"results ready {time.perf_counter() - sent:.1f} s after the last image")
             subprocess.run([str(BIN / "ainode"), "status", "--config", str(config_path)],
                            check=True)
             print_timings(demo / "data" / "jobs.sqlite3")
+            print_brain(demo / "data" / "jobs.sqlite3")
             if use_orthanc:
-                series = orthanc_api(http_port, f"/studies/{study}/series?expand")
+                held = [s for study in studies
+                        for s in orthanc_api(http_port, f"/studies/{study}/series?expand")]
                 print("\nin Orthanc now: " + ", ".join(
                     f"{s['MainDicomTags'].get('Modality')} '"
-                    f"{s['MainDicomTags'].get('SeriesDescription', '')}'" for s in series))
+                    f"{s['MainDicomTags'].get('SeriesDescription', '')}'" for s in held))
             write_png(demo, demo / "data" / "jobs.sqlite3")
         return 0
     finally:

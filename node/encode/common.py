@@ -58,11 +58,16 @@ class Provenance:
 
     def series_description(self, kind: str) -> str:
         """What a viewer lists for the result's series: the model, its version, the kind and
-        that it is not for primary diagnosis; the notice is kept whole within the 64
-        characters of LO (a long model name is cut instead; it is whole in the equipment)."""
+        that it is not for primary diagnosis; the notice and the version are kept whole within
+        the 64 characters of LO (a long model name is cut instead, ending in "~"; it is whole
+        in the equipment and the algorithm identification)."""
         revision = f" rev {self.revision}" if self.revision > 1 else ""
-        tail = f" {kind}{revision}, {NOTICE}"
-        return f"AI {self.model_name} {self.model_version}"[:64 - len(tail)] + tail
+        tail = f" {self.model_version} {kind}{revision}, {NOTICE}"
+        name = self.model_name
+        room = 64 - len(tail) - len("AI ")
+        if len(name) > room:
+            name = name[:max(room - 1, 0)] + "~"
+        return f"AI {name}{tail}"[-64:]  # an absurdly long version: the notice still whole
 
     def algorithm(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -18,6 +19,7 @@ import pytest
 from node.roles.node import Node
 from node.settings import load_settings
 from tests.support.environment import (
+    CT_DIR,
     DCMTK_ENV,
     ROOT,
     STORESCU,
@@ -213,16 +215,21 @@ def test_no_patient_data_in_any_line_the_demo_prints(tmp_path: Path) -> None:
     patient name highdicom used to print in a warning: no line of its output, the node's log
     included, carries the patient's name, ID or birth date."""
     require(ORTHANC)
-    source = pydicom.dcmread(ct_files()[0], stop_before_pixels=True)
-    identifying = {str(v) for v in (source.PatientName, source.PatientID,
-                                    source.get("PatientBirthDate", "")) if str(v)}
-    assert identifying
+    identifying = set()
+    for source in (pydicom.dcmread(path, stop_before_pixels=True)
+                   for path in (ct_files()[0], next((CT_DIR.parent / "mr-brain").glob("*.dcm")))):
+        identifying |= {str(v) for v in (source.PatientName, source.PatientID,
+                                         source.get("PatientBirthDate", "")) if str(v)}
+    assert len(identifying) >= 3
     demo = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")],
                           env={**os.environ, "AINODE_DEMO_DIR": str(tmp_path / "demo")},
                           capture_output=True, text=True, timeout=900)
     output = demo.stdout + demo.stderr
     assert demo.returncode == 0, output[-3000:]
     assert "in Orthanc now:" in output and "SEG" in output
+    # the head MR through the real pretrained network, its brain volume printed (deepbet: 1543)
+    assert re.search(r"mr-brain: mr_brain_extraction 1\.0\.2 .*brain volume 154\d\.\d ml",
+                     output), output[-3000:]
     leaks = [line for line in output.splitlines() if any(v in line for v in identifying)]
     assert leaks == []
 
