@@ -7,14 +7,10 @@ sent in reverse order with its rows encoded the other way round."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -25,55 +21,23 @@ from pydicom.uid import generate_uid
 from node.imaging.volume import load_series
 from node.infer.embedded import EmbeddedBackend
 from node.infer.repository import load_model_spec
-from node.infer.runner import LPS_TO_RAS, run_model
+from node.infer.runner import run_model
 from node.infer.triton import TritonBackend
-from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
-from tests.support.environment import CT_DIR, ROOT, free_port, require, wait_for
+from tests.support.deepbet_reference import MR_DIR, Reference, deepbet_reference, in_ras
+from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch, one_segment_mask
+from tests.support.environment import ROOT, free_port, require, wait_for
 from tests.support.node import ct_body_node_sections, storescu
 from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
 
-MR_DIR = CT_DIR.parent / "mr-brain"
-DCM2NIIX = "/usr/bin/dcm2niix"
 MIN_DICE = 0.98
 VOLUME_TOLERANCE = 0.01
 
 
-@dataclass(frozen=True)
-class Reference:
-    """deepbet's own answer: the mask in RAS voxel order (nibabel's closest canonical), its
-    affine, and the volume it reports (``tiv_cm3``, ml)."""
-
-    mask: NDArray[np.bool_]
-    affine: NDArray[np.float64]
-    volume_ml: float
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    require(DCM2NIIX)
-    folder = tmp_path_factory.mktemp("deepbet")
-    subprocess.run([DCM2NIIX, "-z", "y", "-f", "head", "-o", str(folder), str(MR_DIR)],
-                   check=True, capture_output=True, timeout=120)
-    script = ("import sys; from deepbet import run_bet; "
-              "run_bet([sys.argv[1]], mask_paths=[sys.argv[2]], tiv_paths=[sys.argv[3]], "
-              "no_gpu=True)")
-    subprocess.run([sys.executable, "-W", "ignore", "-c", script, str(folder / "head.nii.gz"),
-                    str(folder / "mask.nii.gz"), str(folder / "tiv.csv")],
-                   check=True, capture_output=True, timeout=300)
-    mask = nib.as_closest_canonical(nib.load(folder / "mask.nii.gz"))
-    tiv = float((folder / "tiv.csv").read_text().splitlines()[1].split(",")[1])
-    return Reference(np.asarray(mask.dataobj) > 0, mask.affine, tiv)
-
-
-def in_ras(labels: NDArray[Any], affine_lps: NDArray[np.float64]) -> tuple[NDArray[np.bool_],
-                                                                            NDArray[np.float64]]:
-    """A label map on a volume's grid ([k, j, i], LPS affine) in RAS voxel order, as deepbet's."""
-    image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8),
-                            LPS_TO_RAS @ affine_lps)
-    canonical = nib.as_closest_canonical(image)
-    return np.asarray(canonical.dataobj) > 0, canonical.affine
+    return deepbet_reference(tmp_path_factory.mktemp("deepbet"))
 
 
 def assert_matches(reference: Reference, labels: NDArray[Any],
@@ -171,13 +135,8 @@ def seg_labels(seg: hd.seg.Segmentation, files: list[Path]) -> tuple[NDArray[np.
     """The SEG's brain on the source volume's grid, and that grid's affine."""
     volume = load_series(files)
     uids = [ref.sop_instance_uid for ref in volume.slices]
-    (description,) = seg.SegmentSequence
-    assert description.SegmentLabel == "brain"
-    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "12738006"
-    masks = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=[1], ignore_spatial_locations=True,
-        assert_missing_frames_are_empty=True)
-    return (masks[..., 0] > 0).astype(np.uint8), volume.affine
+    mask = one_segment_mask(seg, uids, "brain", "12738006")
+    return mask.astype(np.uint8), volume.affine
 
 
 @pytest.mark.parametrize("backend", ["embedded", "triton"])

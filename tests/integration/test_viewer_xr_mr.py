@@ -2,8 +2,10 @@
 rendered pixels, mapped back to image pixels through the viewport's own transform, against the
 independent scipy computations (tests/independent.py), never against the node's own output.
 
-One loop for the module: both studies go Orthanc -> node (cxr-lungs and mr-head pipelines, SEG
-only) -> Orthanc; OHIF reads them from Orthanc's DICOMweb on one origin.
+One loop for the module: both studies go Orthanc -> node (cxr-lungs, mr-head and the shipped
+mr-brain pipelines, SEG only) -> Orthanc; OHIF reads them from Orthanc's DICOMweb on one origin.
+The brain SEG (mr_brain_extraction, a real pretrained network) is checked against deepbet's own
+mask (tests/support/deepbet_reference.py), mapped to the series' grid.
 
 The film is the shared CR with a Pixel Spacing of 0.15 mm instead of its ``0\\0``: a SEG of a
 film of unknown spacing has no Pixel Measures (both its attributes are conditional and neither
@@ -18,13 +20,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from numpy.typing import NDArray
 
-from tests.support.environment import CT_DIR, free_port, require, wait_for
+from node.imaging.volume import load_series
+from tests.support.deepbet_reference import MR_DIR, deepbet_reference, on_grid
+from tests.support.dicom_checks import fetch
+from tests.support.environment import free_port, require, wait_for
 from tests.support.independent import head_mask, lung_fields, read_radiograph, read_series
 from tests.support.node import NodeProcess, ct_body_node_sections, write_config
 from tests.support.ohif_page import CHROMIUM, OhifPage, ohif_browser, on_image, share
@@ -33,7 +39,6 @@ from tests.support.radiographs import radiograph
 from tests.support.viewer_site import OHIF_DIST, ohif_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-MR_DIR = CT_DIR.parent / "mr-brain"
 
 
 @dataclass
@@ -63,6 +68,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
          "outputs": ["seg"], "destinations": ["PACS"]},
         {"name": "mr-head", "match": {"modality": "MR"}, "model": "mr_head_mask",
          "outputs": ["seg"], "destinations": ["PACS"]},
+        {"name": "mr-brain", "match": {"modality": "MR"}, "model": "mr_brain_extraction",
+         "outputs": ["seg"], "destinations": ["PACS"]},
     ]
     write_config(tmp / "node.yaml", node_port, tmp / "var", **sections)
     node = NodeProcess(tmp / "node.yaml", tmp / "var", node_port, tmp / "node.log").start()
@@ -70,6 +77,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     film = radiograph(tmp, "plain", "P-VIEWER", pixel_spacing="0.15\\0.15")
     image, cxr_uid = read_radiograph(film)
     mr_image, mr_uids = read_series(MR_DIR)
+    volume = load_series(mr_files)
+    brain = on_grid(deepbet_reference(tmp), volume.voxels.shape, volume.affine)
+    brain_uids = [ref.sop_instance_uid for ref in volume.slices]
     try:
         with start_orthanc(tmp, http_port, dicom_port, node_port) as pacs:
             for files in ([film], mr_files):
@@ -77,20 +87,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 pacs.api("/modalities/ainode/store",
                          json.dumps({"Resources": [study], "Synchronous": True}))
             assert wait_for(lambda: len(node.query(
-                "SELECT * FROM outbox WHERE state='sent'")) == 2, 180, 0.5), node.log()[-3000:]
+                "SELECT * FROM outbox WHERE state='sent'")) == 3, 240, 0.5), node.log()[-3000:]
             studies = {}
-            for name, first, reference, uids in (
-                ("cxr", film, lung_fields(image)[None], [cxr_uid]),
-                ("mr", mr_files[0], head_mask(mr_image), mr_uids),
+            for name, first, label, reference, uids in (
+                ("cxr", film, "lungs", lung_fields(image)[None], [cxr_uid]),
+                ("mr", mr_files[0], "head", head_mask(mr_image), mr_uids),
+                ("mr-brain", mr_files[0], "brain", brain, brain_uids),
             ):
                 study_uid = str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
-                series = pacs.series_by_modality(study_uid)
-                studies[name] = Study(study_uid, series["SEG"][0]["0020000E"]["Value"][0],
+                studies[name] = Study(study_uid, seg_series(pacs, study_uid, label),
                                       reference, {u: i for i, u in enumerate(uids)})
             with ohif_site(http_port) as url:
                 yield Site(url, studies, tmp)
     finally:
         node.stop()
+
+
+def seg_series(pacs: Any, study_uid: str, label: str) -> str:
+    """The study's SEG series whose one segment is ``label``."""
+    (found,) = [series["0020000E"]["Value"][0]
+                for series in pacs.series_by_modality(study_uid)["SEG"]
+                if [s.SegmentLabel for s in fetch(pacs, study_uid, series)[0].SegmentSequence]
+                == [label]]
+    return str(found)
 
 
 @pytest.fixture
@@ -102,7 +121,7 @@ def ohif(site: Site, request: pytest.FixtureRequest) -> Iterator[OhifPage]:
         assert not errors, "viewer errors:\n" + "\n".join(e[:500] for e in errors)
 
 
-@pytest.mark.parametrize(("study", "label"), [("mr", "head")])
+@pytest.mark.parametrize(("study", "label"), [("mr", "head"), ("mr-brain", "brain")])
 def test_viewer_shows_the_seg_overlay_where_the_reference_is(
     site: Site, ohif: OhifPage, study: str, label: str
 ) -> None:
