@@ -23,7 +23,7 @@ from node.settings import load_settings
 from node.store.jobs import JobStore
 from node.store.queue import JobQueue
 from tests.support.environment import CT_DIR, ROOT, ct_files, free_port, require, wait_for
-from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.independent import body_gas_dense, read_ct
 from tests.support.node import store_with_ct, storescu
 from tests.support.triton import TritonProcess
 
@@ -45,16 +45,16 @@ def embedded_labels(ct_volume: Any) -> np.ndarray:
 def test_label_map_matches_an_independent_computation(ct_volume: Any,
                                                       embedded_labels: np.ndarray) -> None:
     hu, uids = read_ct(CT_DIR)
-    expected = body_lungs_bone(hu)
+    expected = body_gas_dense(hu)
     by_uid = {ref.sop_instance_uid: k for k, ref in enumerate(ct_volume.slices)}
     ours = np.stack([embedded_labels[by_uid[uid]] for uid in uids])
     assert ours.shape == expected.shape == (134, 512, 512)
     assert np.array_equal(ours, expected)
     counts = np.bincount(ours.ravel(), minlength=4)
     assert counts[1] > 5_000_000 and counts[2] > 300_000 and counts[3] > 100_000
-    # lungs only in the upper (cranial) part of this abdominal CT
-    lung_slices = np.flatnonzero((expected == 2).sum(axis=(1, 2)) > 5000)
-    assert lung_slices.min() > 80
+    # most gas is in the lung bases, in the upper (cranial) part of this abdominal CT
+    gas_slices = np.flatnonzero((expected == 2).sum(axis=(1, 2)) > 5000)
+    assert gas_slices.min() > 80
 
 
 @pytest.mark.parametrize(("protocol", "shared_memory"),
@@ -129,7 +129,7 @@ def test_triton_crash_mid_job_is_retried_and_succeeds(tmp_path: Path,
     (job,) = queue.jobs()
     assert job.state == JobState.DONE, job
     assert job.result and job.result["backend"] == "triton"
-    assert job.result["labels"]["lungs"]["volume_ml"] > 500
+    assert job.result["labels"]["gas"]["volume_ml"] > 500
     backend.close()
 
 
@@ -322,7 +322,7 @@ def test_node_runs_the_pipeline_end_to_end_and_records_geometry_reasons(node_fac
     slices = json.loads((Path(result["result_dir"]) / "slices.json").read_text())
     hu, uids = read_ct(CT_DIR)
     order = {uid: k for k, (uid, _frame) in enumerate(slices)}
-    assert np.array_equal(np.stack([labels[order[u]] for u in uids]), body_lungs_bone(hu))
+    assert np.array_equal(np.stack([labels[order[u]] for u in uids]), body_gas_dense(hu))
 
     errors = sorted(j[2] for j in jobs if j[4] != ct_uid)
     assert all(j[1] == "failed" for j in jobs if j[4] != ct_uid)

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
+from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch, one_segment_mask
 from tests.support.environment import (
     CT_DIR,
     DCMTK_ENV,
@@ -25,7 +25,7 @@ from tests.support.environment import (
     wait_for,
     wait_port,
 )
-from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.independent import body_gas_dense, read_ct
 from tests.support.node import ct_body_node_sections, ct_body_pipeline, store_with_ct, storescu
 from tests.support.orthanc import start_orthanc
 
@@ -77,7 +77,7 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
         trail = dict((action, detail) for action, detail in node.query(
             "SELECT action, detail FROM audit"))  # the audit trail of what happened
         assert trail["association released"].startswith("from 127.0.0.1: 134 instance(s)")
-        assert "ct-body on ct_body_seg 1.0.0" in trail["job done"]
+        assert "ct-body on ct_body_seg 1.1.0" in trail["job done"]
         def sent_to_pacs() -> int:
             return sum(int(detail.split()[0]) for (detail,) in node.query(
                 "SELECT detail FROM audit WHERE action='results sent'")
@@ -98,13 +98,13 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
         assert seg_ds.FrameOfReferenceUID == source.FrameOfReferenceUID
         seg = hd.seg.Segmentation.from_dataset(seg_ds)
         labels_by_name = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
-        assert set(labels_by_name) == {"body", "lungs", "bone"}
+        assert set(labels_by_name) == {"body", "gas", "dense"}
         assert all("RecommendedDisplayCIELabValue" in d for d in seg.SegmentSequence)
         hu, uids = read_ct(CT_DIR)
-        expected = body_lungs_bone(hu)
+        expected = body_gas_dense(hu)
         masks = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=uids, segment_numbers=[labels_by_name[n] for n in
-                                                            ("body", "lungs", "bone")],
+                                                            ("body", "gas", "dense")],
             ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
         for index, value in enumerate((1, 2, 3)):
             assert np.array_equal(masks[..., index] > 0, expected == value), value
@@ -118,7 +118,7 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
             (number,) = group.referenced_segment.referenced_segment_numbers
             value = {v: k for k, v in labels_by_name.items()}[number]
             volume = next(m for m in group.get_measurements() if m.name.meaning == "Volume")
-            count = int((expected == {"body": 1, "lungs": 2, "bone": 3}[value]).sum())
+            count = int((expected == {"body": 1, "gas": 2, "dense": 3}[value]).sum())
             assert volume.value == pytest.approx(count * voxel_ml, abs=1e-3)
             assert volume.unit.value == "ml"
         planar = sr.content.get_planar_roi_measurement_groups()
@@ -242,7 +242,7 @@ def test_outbox_routing_reply_to_sender_per_destination_kinds_and_urgency(tmp_pa
     config = tmp_path / "node.yaml"
     pipeline = {**ct_body_pipeline(), "reply_to_sender": True,
                 "destinations": ["PACS", "VIEWER"],
-                "urgent_if": [{"label": "lungs", "min_volume_ml": 100}]}
+                "urgent_if": [{"label": "gas", "min_volume_ml": 100}]}
     config.write_text(json.dumps({
         "node": {"data_dir": str(tmp_path / "var")},
         "peers": [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 1},
@@ -301,7 +301,7 @@ def test_the_readme_pipeline_as_written_delivers_seg_and_sr(
         (seg_ds,) = fetch(pacs, study_uid, found["SEG"][0])
         assert {d.SegmentLabel: d.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
                 for d in seg_ds.SegmentSequence} == {
-            "body": "Entire body", "lungs": "Lung", "bone": "Bone"}
+            "body": "Entire body", "gas": "Gas", "dense": "Substance"}
 
 
 MR_DIR = CT_DIR.parent / "mr-brain"
@@ -345,13 +345,7 @@ def test_mr_head_mask_results_reach_orthanc_valid_and_aligned(
     image, uids = read_series(MR_DIR)
     expected = head_mask(image)
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
-    (description,) = seg.SegmentSequence
-    assert description.SegmentLabel == "head"
-    assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == "69536005"
-    masks = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=[1], ignore_spatial_locations=True,
-        assert_missing_frames_are_empty=True)
-    assert np.array_equal(masks[..., 0] > 0, expected == 1)
+    assert np.array_equal(one_segment_mask(seg, uids, "head", "69536005"), expected == 1)
     source = pydicom.dcmread(files[0], stop_before_pixels=True)
     voxel_ml = float(source.SpacingBetweenSlices if "SpacingBetweenSlices" in source
                      else source.SliceThickness) * float(source.PixelSpacing[0]) * float(

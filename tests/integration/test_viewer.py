@@ -26,14 +26,14 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from tests.support.environment import CT_DIR, ct_files, free_port, require, wait_for
-from tests.support.independent import body_lungs_bone, read_ct
+from tests.support.independent import body_gas_dense, read_ct
 from tests.support.node import SEGMENTS, NodeProcess, ct_body_node_sections, write_config
 from tests.support.ohif_page import CHROMIUM, OhifPage, ohif_browser, on_image, share
 from tests.support.orthanc import start_orthanc
 from tests.support.viewer_site import OHIF_DIST, ohif_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-LABELS = {1: "body", 2: "lungs", 3: "bone"}  # the reference's label values
+LABELS = {1: "body", 2: "gas", 3: "dense"}  # the reference's label values
 
 
 @dataclass
@@ -84,7 +84,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[
             with ohif_site(http_port) as site:
                 yield Loop(site, str(first.StudyInstanceUID), series,
                            DICOMwebClient(pacs.dicomweb), hu,
-                           body_lungs_bone(hu), {u: i for i, u in enumerate(uids)},
+                           body_gas_dense(hu), {u: i for i, u in enumerate(uids)},
                            (float(first.SliceThickness), row_mm, column_mm), artifacts)
     finally:
         node.stop()
@@ -260,7 +260,7 @@ def test_viewer_shows_the_secondary_capture_of_the_right_slice(loop: Loop,
     capture = loop.client.retrieve_series(loop.study_uid, loop.series["OT"])[0]
     source_uid = str(capture.SourceImageSequence[0].ReferencedSOPInstanceUID)
     z = loop.slice_of[source_uid]
-    # the node captures the slice where its most specific finding (bone, highest label) is largest
+    # the node captures the slice where its most specific finding (dense, highest label) is largest
     assert z == int(np.argmax((loop.reference == 3).sum(axis=(1, 2))))
 
     ohif.open(loop.study_uid, loop.series["OT"])
@@ -289,6 +289,6 @@ def test_viewer_shows_the_secondary_capture_of_the_right_slice(loop: Loop,
                 assert precision >= 0.9 and recall >= 0.9, "\n".join(report)
     print("\n".join(report))
     for candidate, label in precisions:  # another slice's anatomy does not fit it as well
-        if candidate != z and label == "bone":
-            assert precisions[z, "bone"] > precisions[candidate, "bone"] + 0.1, "\n".join(report)
+        if candidate != z and label == "dense":
+            assert precisions[z, "dense"] > precisions[candidate, "dense"] + 0.1, "\n".join(report)
 

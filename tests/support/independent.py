@@ -55,25 +55,40 @@ def _geodesic(seed: NDArray[np.bool_], mask: NDArray[np.bool_], steps: int) -> N
 def _outside(free: NDArray[np.bool_], coarse_steps: int) -> NDArray[np.bool_]:
     """Reachable from each slice's border through ``free``: ``coarse_steps`` on the 4x coarser
     grid (a block free only if all of it is), then 6 full-resolution steps."""
-    d, h, w = free.shape
-    coarse = free.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
+    coarse = _coarse(free)
     outside = _geodesic(_ring(coarse), coarse, coarse_steps)
     outside = np.repeat(np.repeat(outside, 4, axis=1), 4, axis=2)
     outside = (outside & free) | _ring(free)
     return _geodesic(outside, free, 6)
 
 
-def body_lungs_bone(hu: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """0 background, 1 body, 2 lungs, 3 bone; H and W must be multiples of 4."""
+def _coarse(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    d, h, w = mask.shape
+    return mask.reshape(d, h // 4, 4, w // 4, 4).all(axis=(2, 4))
+
+
+def _core_connected(body: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Step 4: what 30 coarse 3x3x3 steps and 6 fine 1x3x3 steps reach from the coarse body
+    eroded by a 1x7x7 box."""
+    coarse = _coarse(body)
+    kept = _erode(coarse, (1, 7, 7))
+    for _ in range(30):
+        kept = _dilate(kept, (3, 3, 3)) & coarse
+    kept = np.repeat(np.repeat(kept, 4, axis=1), 4, axis=2) & body
+    return _geodesic(kept, body, 6)
+
+
+def body_gas_dense(hu: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """0 background, 1 body, 2 gas, 3 dense; H and W must be multiples of 4."""
     air = hu < -500
     free = ~_open(~air, (1, 7, 7))
     outside = _outside(free, 80)
-    body = _open(~outside, (3, 7, 7))
-    lungs = _open(air & body, (3, 3, 3))
-    bone = _open((hu > 250) & body, (3, 3, 3))
-    lungs &= ~bone
-    body &= ~lungs & ~bone
-    return (body * 1 + lungs * 2 + bone * 3).astype(np.uint8)
+    body = _core_connected(_open(~outside, (3, 7, 7)))
+    gas = _open(air & body, (3, 3, 3))
+    dense = _open((hu > 250) & body, (3, 3, 3))
+    gas &= ~dense
+    body &= ~gas & ~dense
+    return (body * 1 + gas * 2 + dense * 3).astype(np.uint8)
 
 
 def read_series(folder: Path) -> tuple[NDArray[np.float32], list[str]]:
@@ -152,4 +167,10 @@ def lung_fields(image: NDArray[np.float32]) -> NDArray[np.uint8]:
     outside = _dilate(outside, box) & dark
     lungs = _open(dark & ~outside, (5, 5))
     lungs = _erode(_dilate(lungs, (7, 7)), (7, 7))  # closing
+    edge = np.zeros_like(lungs)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    touching = ndimage.binary_dilation(edge & lungs, np.ones((3, 3), bool), iterations=60,
+                                       mask=lungs)
+    lungs &= ~touching
     return _full_size(lungs, before, image.shape).astype(np.uint8)

@@ -225,10 +225,10 @@ def store_with_ct(tmp_path: Path, calling_ae: str = "MOD") -> tuple[Any, Any]:
 SEGMENTS = {
     "body": {"category": ["SCT", "123037004", "Anatomical Structure"],
              "type": ["SCT", "38266002", "Entire body"], "color": [230, 190, 60]},
-    "lungs": {"category": ["SCT", "123037004", "Anatomical Structure"],
-              "type": ["SCT", "39607008", "Lung"], "color": [40, 140, 255]},
-    "bone": {"category": ["SCT", "123037004", "Anatomical Structure"],
-             "type": ["SCT", "272673000", "Bone"], "color": [250, 80, 80]},
+    "gas": {"category": ["SCT", "91720002", "Body Substance"],
+            "type": ["SCT", "74947009", "Gas"], "color": [40, 140, 255]},
+    "dense": {"category": ["SCT", "105590001", "Substance"],
+              "type": ["SCT", "105590001", "Substance"], "color": [250, 80, 80]},
 }
 
 

@@ -59,39 +59,39 @@ def _config(tmp_path: Path, repository: Path, segments: dict[str, object] | None
 
 
 def test_a_label_without_codes_stops_config_check_and_serve(tmp_path: Path) -> None:
-    repository = _repository_without(tmp_path, "lungs")
+    repository = _repository_without(tmp_path, "gas")
     config = _config(tmp_path, repository)
     (problem,) = missing_codes(load_settings(config, environ={}))
     assert "pipelines.0 (ct-body)" in problem and "ct_body_seg" in problem
-    assert "lungs" in problem and "body" not in problem.split("label(s)")[1]
+    assert "gas" in problem and "body" not in problem.split("label(s)")[1]
     result = CliRunner().invoke(app, ["config", "check", str(config)])
-    assert result.exit_code == 2 and "lungs" in result.output
+    assert result.exit_code == 2 and "gas" in result.output
     ainode = str(Path(sys.executable).parent / "ainode")
     served = subprocess.run([ainode, "serve", "--config", str(config)], capture_output=True,
                             text=True, timeout=60)
     assert served.returncode == 2, served.stdout + served.stderr
-    assert "ct_body_seg" in served.stderr and "lungs" in served.stderr
+    assert "ct_body_seg" in served.stderr and "gas" in served.stderr
     assert not (tmp_path / "var" / "jobs.sqlite3").exists(), "refused before starting"
 
 
 def test_a_pipeline_may_supply_or_override_a_label_s_codes(tmp_path: Path) -> None:
-    repository = _repository_without(tmp_path, "lungs")
-    lung = {"category": ["SCT", "123037004", "Anatomical Structure"],
-            "type": ["SCT", "39607008", "Lung"], "color": [1, 2, 3]}
-    bone = {"category": ["SCT", "91723000", "Anatomical Structure"],
-            "type": ["SCT", "272673000", "Bone"], "color": [9, 9, 9]}
-    settings = load_settings(_config(tmp_path, repository, {"lungs": lung, "bone": bone}),
+    repository = _repository_without(tmp_path, "gas")
+    gas = {"category": ["SCT", "91720002", "Body Substance"],
+           "type": ["SCT", "74947009", "Gas"], "color": [1, 2, 3]}
+    dense = {"category": ["SCT", "91723000", "Anatomical Structure"],
+             "type": ["SCT", "272673000", "Bone"], "color": [9, 9, 9]}
+    settings = load_settings(_config(tmp_path, repository, {"gas": gas, "dense": dense}),
                              environ={})
     assert missing_codes(settings) == []
     meanings = effective_segments(load_model_spec(repository, "ct_body_seg"),
                                   settings.pipelines[0])
-    assert meanings["lungs"].color == (1, 2, 3)
-    assert meanings["bone"].color == (9, 9, 9)  # the pipeline's override wins
+    assert meanings["gas"].color == (1, 2, 3)
+    assert meanings["dense"].color == (9, 9, 9)  # the pipeline's override wins
     assert meanings["body"].type.meaning == "Entire body"  # the model's own
 
 
 def test_invalid_codes_in_a_model_name_the_model_and_label(tmp_path: Path) -> None:
-    repository = _repository_without(tmp_path, "lungs")
+    repository = _repository_without(tmp_path, "gas")
     config = repository / "ct_body_seg" / "config.pbtxt"
     config.write_text(config.read_text().replace('\\"Entire body\\"', '\\"\\"'))
     (problem,) = missing_codes(load_settings(_config(tmp_path, repository), environ={}))
