@@ -58,6 +58,17 @@ def read_codes_file(path: Path) -> dict[str, dict[str, Any]]:
     return codes
 
 
+def target_reasons(name: str, repository: Path, replace: bool) -> list[str]:
+    """Why ``<repository>/<name>/`` cannot be written: a name Triton would not take, or an
+    entry that exists and is not to be replaced."""
+    reasons: list[str] = []
+    if not MODEL_NAME.match(name):
+        reasons.append(f"model name {name!r} must be letters, digits, _ . -")
+    if (repository / name).exists() and not replace:
+        reasons.append(f"{repository / name} exists; pass --replace to replace it")
+    return reasons
+
+
 def segments_for(labels: list[str], given: dict[str, dict[str, Any]],
               reasons: list[str]) -> dict[str, dict[str, Any]]:
     """Codes for ``labels[1:]`` (label 0 is background): given, or from the table of common
@@ -119,12 +130,8 @@ def import_bundle(path: Path, repository: Path, name: str | None = None, fmt: st
         if fmt == "auto":  # the network as distributed when there is one, else an export
             fmt = "torchscript" if distributed_torchscript(bundle) else "onnx"
         model_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", bundle.name)
-        reasons: list[str] = []
-        if not MODEL_NAME.match(model_name):
-            reasons.append(f"model name {model_name!r} must be letters, digits, _ . -")
+        reasons = target_reasons(model_name, repository, replace)
         target = repository / model_name
-        if target.exists() and not replace:
-            reasons.append(f"{target} exists; pass --replace to replace it")
         contract, mapping_reasons = map_bundle(bundle)
         reasons.extend(mapping_reasons)
         segments = segments_for(contract.labels, given, reasons)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from node.bundles.export import PLATFORMS, TRITON_TYPES, exported_output, model_config
-from node.bundles.importer import MODEL_NAME, segments_for
+from node.bundles.importer import segments_for, target_reasons
 from node.bundles.mapping import Contract
 from node.bundles.source import BundleRefused
 from node.infer.gpu_config import gpu_variant, gpu_variant_path
@@ -103,12 +103,8 @@ def add_model(name: str, network_file: Path, fmt: str, contract_file: Path, repo
               replace: bool = False) -> AddReport:
     """Write ``<repository>/<name>/`` for ``network_file`` or raise :class:`BundleRefused`."""
     contract = read_contract(contract_file)
-    reasons: list[str] = []
-    if not MODEL_NAME.match(name):
-        reasons.append(f"model name {name!r} must be letters, digits, _ . -")
+    reasons = target_reasons(name, repository, replace)
     target = repository / name
-    if target.exists() and not replace:
-        reasons.append(f"{target} exists; pass --replace to replace it")
     if not network_file.is_file():
         reasons.append(f"{network_file} is not a file")
     preprocess = _preprocess(contract, reasons)
