@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Inference benchmark: per-stage seconds, embedded vs Triton, same run, for each model on its
-shared data: ct_body_seg (134-slice CT), mr_head_mask (35-slice head MR), cxr_lung_seg,
+shared data: ct_body_seg (134-slice CT), mr_head_mask and mr_brain_extraction (the 35-slice head
+MR; the latter deepbet's two pretrained TorchScript networks in stages), cxr_lung_seg,
 cxr_mass_cls and cxr_mass_map (the chest radiograph), and optionally a MONAI bundle imported for
 the run
 (`--bundle spleen`: the shared spleen_ct_segmentation configuration with seeded weights,
 imported by `ainode models import`; its import time is reported).
 
-Backends: embedded (onnxruntime in-process), Triton gRPC, Triton gRPC + system shared memory,
-Triton HTTP; rounds alternate their order. Needs a tritonserver serving model_repository/
-(`make triton-up`; ports TRITON_GRPC_PORT / TRITON_HTTP_PORT); the bundle gets a private one on
-free ports, serving the temporary repository it was imported into. Prints one JSON object:
-medians per model, stage and backend, Triton's overhead over embedded inference, and peak RSS.
+Backends: embedded (onnxruntime or TorchScript in-process), Triton gRPC, Triton gRPC + system
+shared memory, Triton HTTP; rounds alternate their order. Needs a tritonserver serving
+model_repository/ (`make triton-up`; ports TRITON_GRPC_PORT / TRITON_HTTP_PORT); the bundle
+gets a private one on free ports, serving the temporary repository it was imported into.
+Prints one JSON object: medians per model, stage and backend, Triton's overhead over embedded
+inference, and peak RSS.
 
     .venv/bin/python bench/infer.py [--rounds 3] [--models ct_body_seg,…] [--bundle spleen]
 """
@@ -44,6 +46,7 @@ MODEL_DATA = {
     "ct_body_seg": DATA / "ct-abdomen",
     "ct_lesion_unet": DATA / "ct-abdomen",
     "mr_head_mask": DATA / "mr-brain",
+    "mr_brain_extraction": DATA / "mr-brain",
     "cxr_lung_seg": DATA / "cxr" / "RG1_JLSN.dcm",
     "cxr_mass_cls": DATA / "cxr" / "RG1_JLSN.dcm",
     "cxr_mass_map": DATA / "cxr" / "RG1_JLSN.dcm",
@@ -151,7 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--models", default="ct_body_seg,mr_head_mask,cxr_lung_seg,cxr_mass_cls,cxr_mass_map")
+        "--models", default="ct_body_seg,mr_head_mask,mr_brain_extraction,cxr_lung_seg,"
+                            "cxr_mass_cls,cxr_mass_map")
     parser.add_argument("--bundle", choices=["spleen"], help="also a bundle imported for the run")
     args = parser.parse_args()
     grpc = f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
