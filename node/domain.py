@@ -41,6 +41,7 @@ class AuditEvent(StrEnum):
     JOB_CANCELLED = "job cancelled"
     JOBS_REQUEUED = "requeue jobs"
     RESULTS_REQUEUED = "requeue results"
+    RESULT_WITHDRAWN = "result withdrawn"
     SERIES_COMPLETED = "series completed"
     RESULTS_SENT = "results sent"
     DELIVERY_GIVEN_UP = "delivery given up"

@@ -124,6 +124,8 @@ MESSAGES: dict[AuditEvent, _Event] = {
     AuditEvent.STUDY_RETRIEVED: _RETRIEVED,
     AuditEvent.STUDY_RETRIEVE_FAILED: _RETRIEVED,
     AuditEvent.DELETED: _Event(STUDY_DELETED, "D", None, None, APPLICATION),
+    # a result rejected in the PACS by an IOCM note (the instances are to be removed there)
+    AuditEvent.RESULT_WITHDRAWN: _Event(INSTANCES_ACCESSED, "D", None, None, APPLICATION),
     AuditEvent.RESEARCH_EXPORT: _Event(EXPORT, "R", None, None, SOURCE),
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from node import __version__
-from node.cli import config, models, operate, overview, peers, research, serve, transfer
+from node.cli import config, models, operate, overview, peers, research, results, serve, transfer
 from node.cli.console import console
 
 app = typer.Typer(help="ainode: PACS-integrated AI inference node.", no_args_is_help=True)
@@ -35,3 +35,4 @@ app.add_typer(config.app, name="config")
 app.add_typer(models.app, name="models")
 app.add_typer(operate.requeue_app, name="requeue")
 app.add_typer(peers.app, name="peers")
+app.add_typer(results.app, name="results")

@@ -3,4 +3,4 @@
 composition root) and records each :class:`~node.domain.Outcome`; :mod:`.notify` builds the
 webhook, FHIR and HL7 notifications."""
 
-__all__ = ["delivery", "notify", "targets"]
+__all__ = ["delivery", "notify", "rejections", "targets"]

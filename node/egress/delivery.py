@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import AuditEvent, Outcome
 from node.egress.notify import Notifier
+from node.egress.rejections import RejectionNotes
 from node.egress.targets import Target, TargetFinder, builtin_targets
 from node.runtime import metrics
 from node.runtime.loops import Loop
@@ -51,12 +52,14 @@ class Delivery:
         self._probed: dict[str, float] = {}  # destination -> when one item was last tried
         self._targets = [*targets,
                          *builtin_targets(Notifier(outbox.store, settings.node.ae_title))]
+        self._notes = RejectionNotes(outbox.store, self._current, clock)
         self.wake = self._loop.wake
 
     def deliver_ready(self) -> int:
         """One pass over ready items; returns how many were sent."""
         sent = 0
         settings = self._current()
+        self._notes.write_pending()  # withdrawn results: their rejection notes join the outbox
         self._probe_waiting(settings.egress.probe_s)
         for destination, items in self._outbox.ready(self._clock()).items():
             target = self._target(settings, destination)

@@ -1,3 +1,3 @@
 """Findings -> standard DICOM: Segmentation, TID 1500 Comprehensive 3D SR, Secondary Capture."""
 
-__all__ = ["common", "outputs", "report", "sc", "seg", "sr"]
+__all__ = ["common", "outputs", "rejection", "report", "sc", "seg", "sr"]

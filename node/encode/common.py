@@ -28,6 +28,12 @@ NOTICE = "not for primary diagnosis"
 UID_NAMESPACE = uuid.UUID("5b0b6a3e-6f3c-5d7e-9a51-a1c0de0a1de0")  # ainode's, for uuid5
 
 
+def name_uid(*parts: str) -> str:
+    """A UID that is the same for the same ``parts``: a name-based (SHA-1) UUID as a ``2.25.``
+    UID (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, chr(10).join(parts)).int}"
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a result comes from: the model, and the exact source images."""
@@ -40,13 +46,10 @@ class Provenance:
     revision: int = 1  # of the source series (a series re-sent with more images: 2, 3 ...)
 
     def uid(self, kind: str) -> str:
-        """A UID that is the same whenever the same model sees the same images: a name-based
-        (SHA-1) UUID as a ``2.25.`` UID (PS3.5 B.2)."""
+        """A UID that is the same whenever the same model sees the same images."""
         digest = hashlib.sha256("\n".join(sorted(self.sop_instance_uids)).encode()).hexdigest()
-        name = "\n".join(
-            [self.model_name, self.model_version, self.series_instance_uid, digest, kind]
-        )
-        return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+        return name_uid(self.model_name, self.model_version, self.series_instance_uid, digest,
+                        kind)
 
     @property
     def software_versions(self) -> list[str]:

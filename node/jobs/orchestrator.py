@@ -27,7 +27,7 @@ from node.jobs.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDi
 from node.runtime import metrics
 from node.runtime.loops import Loop
 from node.settings import Settings
-from node.store import outbox
+from node.store import outbox, rejections
 from node.store.database import Connection
 from node.store.durable import free_disk_bytes
 from node.store.jobs import JobStore
@@ -266,6 +266,16 @@ class Orchestrator:
             def queue_deliveries(db: Connection) -> None:
                 for item in deliveries:
                     outbox.put(db, job.id, item, now)
+                if job.series.revision > 1:  # the older revisions' results are stale now
+                    stale = rejections.supersede(db, job.id, job.series.series_instance_uid,
+                                                 job.series.revision, job.pipeline, now)
+                    for old in stale:
+                        self._store.audit("node", AuditEvent.RESULT_WITHDRAWN,
+                                          f"job {old}: superseded by job {job.id}", now, db)
+                    if stale:
+                        log.info("job %d: results of job(s) %s superseded", job.id,
+                                 ", ".join(map(str, stale)))
+                        self._store.notify(db, "outbox")
                 if deliveries:
                     self._store.notify(db, "outbox")
                 self._store.audit("node", AuditEvent.JOB_DONE, _job_text(

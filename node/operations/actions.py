@@ -98,6 +98,25 @@ class Actions:
             self._audit(who, AuditEvent.RESULTS_REQUEUED, ", ".join(map(str, sorted(done))))
         return sorted(done)
 
+    def withdraw_result(self, job_id: int, reason: str, who: Operator) -> None:
+        """Withdraw a job's results from the PACS as wrong: every destination that received
+        them and acts on IHE IOCM rejection notes gets one, (113037, DCM, "Rejected for
+        Patient Safety Reasons"); results not sent yet are not sent. Once per job."""
+        from node.store.rejections import SAFETY, Rejections
+
+        reason = " ".join(reason.split())
+        if not reason or len(reason) > 500:
+            raise ActionRefused(422, "say why the result is withdrawn (1 to 500 characters)")
+        now = self._clock()
+        outcome = Rejections(self._store).withdraw(
+            job_id, SAFETY, reason, who.name, now, lambda db: self._store.audit(
+                who.name, AuditEvent.RESULT_WITHDRAWN, f"job {job_id}: rejected for patient"
+                " safety reasons", now, db, address=who.address))
+        if outcome == "unknown":
+            raise ActionRefused(404, f"job {job_id} is unknown or has no results")
+        if outcome == "already":
+            raise ActionRefused(409, f"the results of job {job_id} are withdrawn already")
+
     def requeue_result(self, item_id: int, who: Operator) -> None:
         if not self.requeue_results([item_id], who):
             raise ActionRefused(409, f"result {item_id} is unknown, sent, or already being sent")

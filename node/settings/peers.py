@@ -89,6 +89,9 @@ class Peer(_Password, _Token):
     results: list[Literal["seg", "sr", "sc"]] | None = Field(
         None, description="result kinds this peer wants (e.g. [sc] for a viewer without SEG)"
     )
+    iocm: bool = Field(
+        False, description="acts on IHE IOCM rejection notes: results the node withdraws or "
+                           "supersedes are rejected there with a Key Object Selection note")
     username: str | None = None
     hosts: list[str] = Field(
         default_factory=list,

@@ -1,8 +1,8 @@
 """Durable state. The data directory's layout (:mod:`.layout`), files written atomically
 (:mod:`.durable`, :mod:`.spool`), and the job store on SQLite or PostgreSQL
 (:mod:`.database`, :mod:`.schema`): instances and series (:mod:`.jobs`, :mod:`.series`), the job
-queue (:mod:`.queue`), the outbox (:mod:`.outbox`), requeues (:mod:`.requeue`), start-up
-recovery (:mod:`.recovery`)."""
+queue (:mod:`.queue`), the outbox (:mod:`.outbox`), withdrawn results (:mod:`.rejections`),
+requeues (:mod:`.requeue`), start-up recovery (:mod:`.recovery`)."""
 
 __all__ = [
     "database",
@@ -12,6 +12,7 @@ __all__ = [
     "outbox",
     "queue",
     "recovery",
+    "rejections",
     "requeue",
     "schema",
     "series",

@@ -44,15 +44,20 @@ class ResultToSend:
     priority: int
 
 
-def put(db: Connection, job_id: int, item: ResultToSend, now: float) -> None:
-    """Queue ``item`` inside the caller's transaction (the job's completion)."""
+def put(db: Connection, job_id: int, item: ResultToSend, now: float,
+        after_job: int | None = None) -> None:
+    """Queue ``item`` inside the caller's transaction (the job's completion). With
+    ``after_job``, it is not ready while that job's results for the same destination are
+    still queued or dead (a rejection note follows the results that replace what it
+    rejects)."""
     db.execute(
         "INSERT INTO outbox (job_id, destination, path, sop_instance_uid, kind, priority,"
-        " state, not_before, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        " state, not_before, created_at, updated_at, after_job) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET"
         " job_id=excluded.job_id, path=excluded.path, priority=excluded.priority,"
         " state=excluded.state, attempts=0, not_before=excluded.not_before, error=NULL,"
-        " first_failed_at=NULL, lease_until=NULL, updated_at=excluded.updated_at",
+        " first_failed_at=NULL, lease_until=NULL, updated_at=excluded.updated_at,"
+        " after_job=excluded.after_job",
         (
             job_id,
             item.destination,
@@ -64,6 +69,7 @@ def put(db: Connection, job_id: int, item: ResultToSend, now: float) -> None:
             now,
             now,
             now,
+            after_job,
         ),
     )
 
@@ -93,7 +99,10 @@ class Outbox:
                 "SELECT id, destination, path, sop_instance_uid, attempts, priority,"
                 " first_failed_at, kind, job_id FROM outbox WHERE state=? AND not_before<=?"
                 " AND (lease_until IS NULL OR lease_until<?)"
-                " ORDER BY priority DESC, id LIMIT ?", (QUEUED, now, now, limit),
+                " AND (after_job IS NULL OR NOT EXISTS (SELECT 1 FROM outbox AS earlier"
+                " WHERE earlier.job_id=outbox.after_job AND earlier.destination=outbox.destination"
+                " AND earlier.state IN (?, ?)))"
+                " ORDER BY priority DESC, id LIMIT ?", (QUEUED, now, now, QUEUED, DEAD, limit),
                 "UPDATE outbox SET lease_until=? WHERE id=?", lambda row: (now + lease_s, row[0]))
         grouped: dict[str, list[OutboxItem]] = {}
         for row in rows:

@@ -6,7 +6,8 @@ version is newer than :data:`VERSION`. Version 1 is the first release's schema (
 before versioning has its tables already and gains the columns added since); version 2 adds
 what several receivers and senders on one store need; version 3 structured audit lines (for
 DICOM audit messages), their forwarding state, the configuration digests and retention;
-version 4 the peers changed while the node runs; version 5 the research exports' crosswalk.
+version 4 the peers changed while the node runs; version 5 the research exports' crosswalk;
+version 6 withdrawn results (IHE IOCM rejection notes) and deliveries that wait for others.
 """
 
 from __future__ import annotations
@@ -181,8 +182,28 @@ CREATE TABLE IF NOT EXISTS deid_crosswalk (
 """
 
 
+# a job's results withdrawn from the PACS (IHE IOCM): one row per job; ``replaced_by`` is the
+# job of a newer revision whose results supersede them. An outbox row with ``after_job`` waits
+# until that job's results have reached the same destination (new objects before the note).
+_V6 = """
+CREATE TABLE IF NOT EXISTS rejections (
+    job_id INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    replaced_by INTEGER,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_state ON rejections (state);
+ALTER TABLE outbox ADD COLUMN after_job INTEGER
+"""
+
+
 MIGRATIONS: tuple[Callable[[Database, Connection], None], ...] = (
-    _version_1, _script(_V2), _script(_V3), _script(_V4), _script(_V5))
+    _version_1, _script(_V2), _script(_V3), _script(_V4), _script(_V5), _script(_V6))
 VERSION = len(MIGRATIONS)
 
 

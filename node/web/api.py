@@ -112,6 +112,19 @@ def cancel_job(request: Request, job_id: int) -> dict[str, Any]:
     return {"id": job_id, "state": "cancelled"}
 
 
+class WithdrawRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500, description="why (kept, never logged)")
+
+
+@router.post("/jobs/{job_id}/withdraw", tags=["results"])
+def withdraw_results(request: Request, job_id: int, body: WithdrawRequest) -> dict[str, Any]:
+    """Withdraw a job's results as wrong (IHE IOCM): every destination that received them and
+    has ``iocm: true`` gets a rejection note, "Rejected for Patient Safety Reasons"; results
+    not sent yet are not sent. 404: no finished job; 409: withdrawn already."""
+    _act(lambda a, who: a.withdraw_result(job_id, body.reason, who), request)
+    return {"id": job_id, "withdrawn": True}
+
+
 # -- results (the outbox) ------------------------------------------------------------------
 @router.get("/results", tags=["results"])
 def list_results(request: Request, state: str | None = None,

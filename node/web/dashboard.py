@@ -241,6 +241,14 @@ async def cancel_job(request: Request, job_id: int) -> RedirectResponse:
                       f"job {job_id} cancelled")
 
 
+@router.post("/jobs/{job_id}/withdraw")
+async def withdraw_results(request: Request, job_id: int) -> RedirectResponse:
+    form = await _checked_form(request)
+    return await _act(request, lambda a, who: a.withdraw_result(
+        job_id, form.get("reason", ""), who), "/ui/jobs",
+        f"job {job_id}: results withdrawn", checked=True)
+
+
 @router.post("/results/{item_id}/requeue")
 async def requeue_result(request: Request, item_id: int) -> RedirectResponse:
     return await _act(request, lambda a, who: a.requeue_result(item_id, who),

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from node.cli import app
 from node.domain import AuditEvent, JobState, SeriesKey
 from node.store.queue import JobQueue
+from node.store.rejections import Rejections
 from node.web.context import WebContext
 from tests.support.dicomweb import multipart
 from tests.support.environment import ct_files, free_port
@@ -182,4 +183,31 @@ def test_export(node: Callable[..., Node], tmp_path: Path) -> None:
     (folder,) = (tmp_path / "cohort").iterdir()
     assert folder.name.startswith("2.25.") and len(list(folder.rglob("*.dcm"))) == 1
     actors = n.audited(AuditEvent.RESEARCH_EXPORT)
+    assert len(actors) == 3 and actors[1:] == ["admin-api", "admin-api (dashboard)"]
+
+
+def test_withdraw(node: Callable[..., Node]) -> None:
+    n = node()
+    queue = JobQueue(n.context.store)
+    ways = {"cli": lambda j, why: n.cli("results", "withdraw", str(j), "--reason", why),
+            "api": lambda j, why: n.api(f"/jobs/{j}/withdraw", {"reason": why}),
+            "dashboard": lambda j, why: n.dashboard(f"/jobs/{j}/withdraw", {"reason": why})}
+    for index, entry in enumerate(ENTRIES):
+        queue.enqueue(SeriesKey(f"1.2.826.0.3.{index}", 1), [("ct", "ct_body_seg")], now=1)
+        job = queue.claim(now=2, lease_s=60)
+        assert job is not None
+        done, said = ways[entry](job.id, "wrong patient")  # still running: nothing to withdraw
+        assert not done and "no results" in said, (entry, said)
+        queue.complete(job, {"outputs": {"seg": "2.25.1"}}, now=3)
+        assert f"/ui/jobs/{job.id}/withdraw" in n.client.get("/ui/jobs").text  # its button
+        done, said = ways[entry](job.id, "  ")
+        assert not done, (entry, "a withdrawal says why")
+        done, said = ways[entry](job.id, "wrong  patient")
+        assert done, (entry, said)
+        withdrawn = Rejections(n.context.store).get(job.id)
+        assert withdrawn is not None and (withdrawn.reason, withdrawn.comment, withdrawn.state) \
+            == ("safety", "wrong patient", "pending"), entry
+        done, said = ways[entry](job.id, "wrong patient")
+        assert not done and "withdrawn already" in said, (entry, said)
+    actors = n.audited(AuditEvent.RESULT_WITHDRAWN)
     assert len(actors) == 3 and actors[1:] == ["admin-api", "admin-api (dashboard)"]

@@ -1,0 +1,56 @@
+"""``ainode results``: AI results once they are in the PACS. ``withdraw`` takes wrong results
+back (IHE IOCM rejection notes, audited with the OS account); ``list`` shows what was
+withdrawn and whom it was told to."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from node.cli.console import ConfigOption, console, load, open_existing_store, row, when
+from node.cli.operate import _with_actions
+
+if TYPE_CHECKING:
+    from node.operations.actions import Actions, Operator
+
+app = typer.Typer(help="AI results in the PACS: withdraw wrong ones (IHE IOCM), list "
+                       "withdrawals.", no_args_is_help=True)
+
+
+@app.command("withdraw")
+def withdraw(
+    jobs: Annotated[list[int], typer.Argument(help="Job ids (`ainode status`).")],
+    reason: Annotated[str, typer.Option(
+        "--reason", help="Why (kept, sent in the note's description, never logged).")],
+    config: ConfigOption = None,
+) -> None:
+    """Withdraw jobs' results as wrong: each destination that received them and has
+    ``iocm: true`` gets a rejection note ("Rejected for Patient Safety Reasons"); results not
+    sent yet are not sent."""
+    for job in jobs:
+        _with_actions(config, functools.partial(_withdraw, job, reason))
+        console.print(f"job {job}: results withdrawn; the rejection notes go with the outbox")
+
+
+def _withdraw(job: int, reason: str, actions: Actions, who: Operator) -> None:
+    actions.withdraw_result(job, reason, who)
+
+
+@app.command("list")
+def list_withdrawn(config: ConfigOption = None) -> None:
+    """Withdrawn results, newest first: why, by whom, and which destinations were told."""
+    from node.store.rejections import Rejections
+
+    store = open_existing_store(load(config))
+    try:
+        rows = Rejections(store).listing()
+    finally:
+        store.close()
+    listing = Table("job", "when", "reason", "by", "state", "told", title="withdrawn results")
+    for rejection in rows:
+        row(listing, rejection.job_id, when(rejection.created_at), rejection.reason,
+            rejection.actor, rejection.state, rejection.detail)
+    console.print(listing)
