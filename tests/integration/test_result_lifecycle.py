@@ -19,16 +19,26 @@ from typing import Any
 
 import pydicom
 import pytest
+import yaml
 from pydicom.uid import generate_uid
 
 from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
-from tests.support.environment import CT_DIR, free_port, require, wait_for
+from tests.support.environment import CT_DIR, ROOT, free_port, require, wait_for
 from tests.support.node import ct_body_node_sections, storescu
 from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
 MR_DIR = CT_DIR.parent / "mr-brain"
 AINODE = str(Path(sys.executable).parent / "ainode")
+
+
+def readme_peer() -> dict[str, Any]:
+    """The README's peer with ``iocm: true``, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("**Withdrawing results (IHE IOCM).**", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (peer,) = yaml.safe_load(snippet)["peers"]
+    return dict(peer)
 
 
 def referenced(note: pydicom.Dataset) -> set[str]:
@@ -72,7 +82,9 @@ def test_a_revision_rejects_the_stale_results_and_an_operator_withdraws_once(
     require(DCIODVFY)
     http_port, pacs_port = free_port(), free_port()
     sections = ct_body_node_sections(pacs_port)
-    sections["peers"][0]["iocm"] = True
+    sections["peers"][0] = {**readme_peer(), "ae_title": "ORTHANC", "host": "127.0.0.1",
+                            "port": pacs_port}
+    assert sections["peers"][0]["iocm"] is True
     sections["peers"].append({"name": "OLDPACS", "ae_title": "ORTHANC", "host": "127.0.0.1",
                               "port": pacs_port, "results": ["seg"]})  # iocm: false
     sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
