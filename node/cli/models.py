@@ -17,6 +17,26 @@ from node.runtime import logs
 app = typer.Typer(help="Model repository commands.", no_args_is_help=True)
 
 
+@app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """The repository's models: their numbered versions (the newest first, with its semantic
+    version), the pipelines that use each (and the version they pin), and whether it runs."""
+    from node.operations.readiness import models
+
+    settings = load(config)
+    table = Table("model", "version", "versions", "pipelines", "ready")
+    for entry in models(settings):
+        pinned = entry.get("pinned", {})
+        uses = [f"{name} (v{pinned[name]})" if name in pinned else name
+                for name in entry.get("pipelines", [])]
+        versions = ", ".join(f"v{v}" for v in sorted(entry.get("versions", []), reverse=True))
+        row(table, entry["name"], entry.get("version", "-"), versions or "-",
+            ", ".join(uses) or "-",
+            "ready" if entry["ready"] else Text(logs.printable(str(entry["reason"])),
+                                                style="red"))
+    console.print(table)
+
+
 @app.command("check")
 def models_check(config: ConfigOption = None) -> None:
     """Check every model the pipelines use: in the repository, and ready on the backend."""

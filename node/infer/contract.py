@@ -24,6 +24,9 @@ class ModelParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str | None = Field(None, description="semantic version, for result provenance")
+    versions: dict[int, str] = Field(
+        default_factory=dict, description="semantic version of each numbered version directory "
+                                          "kept beside the newest (which has ``version``)")
     labels: tuple[str, ...] = Field((), description="index = label value (or the findings)")
     output_kind: Literal["labels", "probabilities", "classification", "heatmap"] = \
         "probabilities"

@@ -82,6 +82,15 @@ class ModelSpec:
     source: dict[str, Any] = field(default_factory=dict)  # provenance, e.g. the bundle imported
     threshold: float = 0.5  # classification: a finding is present from this probability
     stages: dict[str, str] = field(default_factory=dict)  # role -> model: a staged model
+    available: tuple[int, ...] = ()  # every numbered version directory of the model
+
+    @property
+    def exact_version(self) -> str:
+        """How a result names the version: the semantic one, and the numbered directory when
+        the repository keeps more than one (``1.1.0 v2``), so that both always agree."""
+        if len(self.available) > 1:
+            return f"{self.version} v{self.triton_version}"
+        return self.version
 
     @property
     def repository(self) -> Path:
@@ -114,8 +123,10 @@ def model_names(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
 
 
-def load_model_spec(repository: Path, name: str) -> ModelSpec:
-    """Read ``name``'s config.pbtxt and locate its newest numbered version."""
+def load_model_spec(repository: Path, name: str, version: int | None = None) -> ModelSpec:
+    """Read ``name``'s config.pbtxt and locate its numbered ``version`` (default: the
+    newest). Its semantic version is ``ainode_versions[N]``, else ``ainode_version`` for the
+    newest, else ``N``."""
     model_dir = repository / name
     config_path = model_dir / "config.pbtxt"
     if not config_path.is_file():
@@ -128,11 +139,15 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise ModelNotFound(f"model {name!r} has no numbered version directory")
+    chosen = versions[-1] if version is None else version
+    if chosen not in versions:
+        raise ModelNotFound(f"model {name!r} has no version {chosen} (it has "
+                            f"{', '.join(map(str, versions))})")
     platform = config.platform or config.backend
     filename = config.default_model_filename or DEFAULT_FILES.get(platform, "model.onnx")
-    model_file = model_dir / str(versions[-1]) / filename
+    model_file = model_dir / str(chosen) / filename
     if not model_file.is_file():
-        raise ModelNotFound(f"model {name!r} version {versions[-1]} lacks {filename}")
+        raise ModelNotFound(f"model {name!r} version {chosen} lacks {filename}")
     try:
         contract = model_parameters(
             {key: str(value.string_value) for key, value in config.parameters.items()}, name)
@@ -153,8 +168,9 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
 
     return ModelSpec(
         name=name,
-        version=contract.version or str(versions[-1]),
-        triton_version=versions[-1],
+        version=contract.versions.get(chosen) or (
+            contract.version if chosen == versions[-1] and contract.version else str(chosen)),
+        triton_version=chosen,
         platform=platform,
         inputs=tensors(config.input),
         outputs=tensors(config.output),
@@ -172,5 +188,6 @@ def load_model_spec(repository: Path, name: str) -> ModelSpec:
         source=contract.source,
         threshold=contract.threshold,
         stages=contract.stages,
+        available=tuple(versions),
     )
 

@@ -54,15 +54,18 @@ def missing_codes(settings: Settings) -> list[str]:
                 f"pipelines.{index} ({pipeline.name}): model {pipeline.model!r} is not in the "
                 f"model repository {repository} (it has: {', '.join(present) or 'none'})")
             continue
-        if not pipeline.outputs:
-            continue
         try:
-            spec = load_model_spec(settings.inference.model_repository, pipeline.model)
+            spec = load_model_spec(settings.inference.model_repository, pipeline.model,
+                                   pipeline.version)
             known = effective_segments(spec, pipeline)
-        except ModelNotFound:
+        except ModelNotFound as exc:
+            if pipeline.version is not None:  # a pinned version that is not there
+                problems.append(f"pipelines.{index} ({pipeline.name}): {exc}")
             continue
         except ModelConfigError as exc:
             problems.append(f"pipelines.{index} ({pipeline.name}): {exc}")
+            continue
+        if not pipeline.outputs:
             continue
         if spec.is_classifier and set(pipeline.outputs) - {"sr", "research"}:
             problems.append(

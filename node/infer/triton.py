@@ -155,9 +155,11 @@ class TritonBackend:
         try:
             if not self._client.is_server_ready():
                 raise BackendUnavailable(f"Triton at {self._url} is not ready")
-            if not self._client.is_model_ready(model.name):
-                raise ModelNotFound(f"Triton at {self._url} has no ready model {model.name!r}")
-            metadata = self._client.get_model_metadata(model.name)
+            version = str(model.triton_version)
+            if not self._client.is_model_ready(model.name, version):
+                raise ModelNotFound(f"Triton at {self._url} has no ready model {model.name!r} "
+                                    f"version {version} (version_policy in its config.pbtxt)")
+            metadata = self._client.get_model_metadata(model.name, version)
         except InferenceServerException as exc:
             message = str(exc)
             if "unknown model" in message.lower() or "not found" in message.lower():
@@ -235,7 +237,7 @@ class TritonBackend:
             kwargs["client_timeout"] = self._timeout_s
         with metrics.TRITON_SECONDS.time():
             result = self._client.infer(model.name, [request_in], outputs=[request_out],
-                                        **kwargs)
+                                        model_version=str(model.triton_version), **kwargs)
         if self._shared_memory:
             from tritonclient.utils import shared_memory as shm
 

@@ -179,9 +179,11 @@ class JobExecutor:
     def backend_name(self) -> str:
         return self._backend.name
 
-    def check(self, model: str) -> None:
-        """Raise why ``model`` cannot run now (not found, misconfigured, backend down)."""
-        self._backend.check(load_model_spec(self._settings.inference.model_repository, model))
+    def check(self, model: str, version: int | None = None) -> None:
+        """Raise why ``model`` (its ``version``, default the newest) cannot run now (not
+        found, misconfigured, backend down)."""
+        self._backend.check(load_model_spec(self._settings.inference.model_repository, model,
+                                            version))
 
     def close(self) -> None:
         self._backend.close()
@@ -197,13 +199,15 @@ class JobExecutor:
 
         times = StageTimes()
         started = time.perf_counter()
-        spec = load_model_spec(self._settings.inference.model_repository, job.model)
+        spec = load_model_spec(self._settings.inference.model_repository, job.model,
+                               self._pipeline(job.pipeline).version)
         self._backend.check(spec)
         volume = self._load(paths)
         times.add("load", started)
         summary: dict[str, Any] = {
             "model": spec.name,
-            "model_version": spec.version,
+            "model_version": spec.exact_version,
+            "model_repository_version": spec.triton_version,
             "backend": self._backend.name,
         }
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
@@ -272,7 +276,7 @@ class JobExecutor:
             return []
         provenance = Provenance(
             job.model,
-            spec.version,
+            spec.exact_version,
             volume.series_instance_uid,
             tuple(s.sop_instance_uid for s in volume.slices),
             self._settings.node.ae_title,

@@ -344,15 +344,16 @@ class Orchestrator:
         does not stop the node."""
         states: dict[str, str] = {}
         executor = self._executors[worker]
-        for name in sorted({p.model for p in self._settings.pipelines}):
+        for name, version in sorted({(p.model, p.version or 0) for p in self._settings.pipelines}):
+            label = f"{name}/{version}" if version else name
             try:
-                executor.check(name)
-                states[name] = "ready"
+                executor.check(name, version or None)
+                states[label] = "ready"
             except (ModelNotFound, ModelConfigError, BackendUnavailable, WorkerDied,
                     JobTimedOut) as exc:
-                states[name] = str(exc)
+                states[label] = str(exc)
                 if worker == 0:
-                    log.error("model %s is not ready on the %s backend: %s", name,
+                    log.error("model %s is not ready on the %s backend: %s", label,
                               executor.backend_name, exc)
         return states
 

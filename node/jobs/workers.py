@@ -55,7 +55,7 @@ class Executor(Protocol):
 
     def warm_up(self) -> None: ...
 
-    def check(self, model: str) -> None: ...
+    def check(self, model: str, version: int | None = None) -> None: ...
 
     def execute(self, job: Job, paths: list[str]) -> JobResult: ...
 
@@ -139,7 +139,7 @@ def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
             if kind == "run":
                 reply: Any = executor.execute(*payload)
             elif kind == "check":
-                executor.check(payload)
+                executor.check(*payload)
                 reply = None
             else:
                 raise RuntimeError(f"unknown request {kind!r}")
@@ -190,9 +190,9 @@ class ProcessExecutor:
         with self._lock:
             self._ensure_started()
 
-    def check(self, model: str) -> None:
+    def check(self, model: str, version: int | None = None) -> None:
         with self._lock:
-            self._request("check", model, CHECK_TIMEOUT_S, "checking a model")
+            self._request("check", (model, version), CHECK_TIMEOUT_S, "checking a model")
 
     def execute(self, job: Job, paths: list[str]) -> JobResult:
         timeout_s = self._settings.inference.job_timeout_s

@@ -138,8 +138,10 @@ def models(settings: Settings) -> list[dict[str, Any]]:
             try:
                 spec = load_model_spec(repository, name)
                 entry.update(version=spec.version, output_kind=spec.output_kind,
-                             labels=list(spec.labels),
-                             pipelines=[p.name for p in settings.pipelines if p.model == name])
+                             labels=list(spec.labels), versions=list(spec.available),
+                             pipelines=[p.name for p in settings.pipelines if p.model == name],
+                             pinned={p.name: p.version for p in settings.pipelines
+                                     if p.model == name and p.version is not None})
                 if backend is not None:
                     backend.check(spec)
                 entry["ready"], entry["reason"] = True, None

@@ -129,6 +129,8 @@ class Pipeline(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: MatchRule = MatchRule()
     model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: int | None = Field(
+        None, ge=1, description="the model's numbered version directory (default: the newest)")
     outputs: list[Literal["seg", "sr", "sc", "research"]] = ["seg", "sr"]
     research: str | None = Field(
         None, description="the research[] entry the output kind research exports the series to")
