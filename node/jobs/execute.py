@@ -232,6 +232,8 @@ class JobExecutor:
             summary["shape"] = list(labels.shape)
             findings = {name: _finding(int(counts[value]), volume, spec.min_finding_ml)
                         for value, name in enumerate(spec.labels) if value > 0}
+            summary["label_values"] = {name: value for value, name in enumerate(spec.labels)
+                                       if value > 0}
             write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
         summary["labels"] = {name: finding.as_json() for name, finding in findings.items()}
         summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
@@ -271,6 +273,9 @@ class JobExecutor:
         report_negative = (spec.labels_are_findings if pipeline.report_negative is None
                            else pipeline.report_negative)
         summary["outputs"] = {}
+        if pipeline.mode == "shadow":  # compared with its live pipeline, never delivered
+            summary["shadow_of"] = pipeline.shadow_of
+            return []
         if not pipeline.outputs or (not found and not (report_negative
                                                        and "sr" in pipeline.outputs)):
             return []

@@ -23,6 +23,7 @@ from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
 from node.jobs.rules import route
+from node.jobs.shadow import compare
 from node.jobs.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
 from node.runtime import metrics
 from node.runtime.loops import Loop
@@ -33,6 +34,7 @@ from node.store.durable import free_disk_bytes
 from node.store.jobs import JobStore
 from node.store.outbox import ResultToSend
 from node.store.queue import JobQueue, LeaseLost
+from node.store.shadow import ShadowComparisons
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,7 @@ class Orchestrator:
                     objects=self._store.series_objects(job.series.series_instance_uid, db))
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
+            self._compare_shadows(job, now)
             metrics.JOBS_FINISHED.labels("done").inc()
             for stage, seconds in (result.summary.get("seconds") or {}).items():
                 if stage in metrics.JOB_STAGES:
@@ -291,6 +294,26 @@ class Orchestrator:
             log.info("job %d (%s on %s) done", job.id, job.pipeline, job.model)
             if deliveries and self._on_outbox is not None:
                 self._on_outbox()
+
+    def _compare_shadows(self, job: Job, now: float) -> None:
+        """When a live pipeline and its shadow have both finished a series revision, keep
+        their comparison (whichever finished second records it; a failure is logged, the job
+        stays done)."""
+        pipelines = self._current().pipelines
+        pipeline = next((p for p in pipelines if p.name == job.pipeline), None)
+        if pipeline is None:
+            return
+        pairs = ([(pipeline.shadow_of, pipeline.name)] if pipeline.shadow_of else
+                 [(pipeline.name, p.name) for p in pipelines if p.shadow_of == pipeline.name])
+        comparisons = ShadowComparisons(self._store)
+        for live, shadow in pairs:
+            try:
+                done = comparisons.done_results(job.series, [live, shadow])
+                if live in done and shadow in done:
+                    comparisons.record(job.series, shadow, live, done[live][0], done[shadow][0],
+                                       compare(done[live][1], done[shadow][1]), now)
+            except Exception:  # the comparison is lost, never the job
+                log.exception("job %d: shadow %s not compared with %s", job.id, shadow, live)
 
     def _addressed(self, job: Job, result: JobResult) -> list[ResultToSend]:
         """The job's objects for the destinations in effect now (peers changed live)."""

@@ -41,5 +41,9 @@ def matches(rule: MatchRule, series: SeriesAttributes) -> bool:
 
 
 def route(series: SeriesAttributes, pipelines: list[Pipeline]) -> list[Pipeline]:
-    """Every pipeline whose rule matches, in configuration order."""
-    return [pipeline for pipeline in pipelines if matches(pipeline.match, series)]
+    """Every live pipeline whose rule matches, in configuration order, and every shadow of
+    one of those (a shadow runs where its live pipeline runs, whatever its own rule)."""
+    live = [p for p in pipelines if p.mode == "live" and matches(p.match, series)]
+    names = {p.name for p in live}
+    return [p for p in pipelines
+            if p.name in names or (p.mode == "shadow" and p.shadow_of in names)]

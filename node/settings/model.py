@@ -79,6 +79,7 @@ class Settings(_Strict):
             if pipeline.research and self.research_destination(pipeline.research) is None:
                 raise ValueError(f"pipelines.{index}.research: no research entry named "
                                  f"{pipeline.research!r}")
+            _check_shadow(index, pipeline, self.pipelines)
         for index, research in enumerate(self.research):
             if research.peer is not None and research.peer not in known:
                 raise ValueError(f"research.{index}.peer: unknown peer {research.peer!r}")
@@ -100,6 +101,23 @@ class Settings(_Strict):
             if candidate.ae_title == ae_title.strip():
                 return candidate
         return None
+
+
+def _check_shadow(index: int, pipeline: Pipeline, pipelines: list[Pipeline]) -> None:
+    """A shadow names a live pipeline and delivers nothing; a live one names none."""
+    where = f"pipelines.{index} ({pipeline.name})"
+    if pipeline.mode == "live":
+        if pipeline.shadow_of is not None:
+            raise ValueError(f"{where}: shadow_of goes with mode: shadow")
+        return
+    live = next((p for p in pipelines if p.name == pipeline.shadow_of), None)
+    if live is None or live.mode != "live":
+        raise ValueError(f"{where}: a shadow pipeline names the live pipeline it runs beside "
+                         f"(shadow_of: NAME); {pipeline.shadow_of!r} is not one")
+    if pipeline.destinations or pipeline.reply_to_sender or "research" in pipeline.outputs \
+            or pipeline.urgent_if:
+        raise ValueError(f"{where}: a shadow pipeline delivers nothing: no destinations, "
+                         "reply_to_sender, research output or urgent_if")
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -131,6 +131,10 @@ class Pipeline(_Strict):
     model: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     version: int | None = Field(
         None, ge=1, description="the model's numbered version directory (default: the newest)")
+    mode: Literal["live", "shadow"] = Field(
+        "live", description="shadow: runs on every series the pipeline shadow_of runs on, "
+                            "delivers nothing, and is compared with it")
+    shadow_of: str | None = Field(None, description="the live pipeline a shadow runs beside")
     outputs: list[Literal["seg", "sr", "sc", "research"]] = ["seg", "sr"]
     research: str | None = Field(
         None, description="the research[] entry the output kind research exports the series to")

@@ -7,7 +7,8 @@ before versioning has its tables already and gains the columns added since); ver
 what several receivers and senders on one store need; version 3 structured audit lines (for
 DICOM audit messages), their forwarding state, the configuration digests and retention;
 version 4 the peers changed while the node runs; version 5 the research exports' crosswalk;
-version 6 withdrawn results (IHE IOCM rejection notes) and deliveries that wait for others.
+version 6 withdrawn results (IHE IOCM rejection notes), deliveries that wait for others and
+shadow runs' comparisons.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ CREATE TABLE IF NOT EXISTS deid_crosswalk (
 # a job's results withdrawn from the PACS (IHE IOCM): one row per job; ``replaced_by`` is the
 # job of a newer revision whose results supersede them. An outbox row with ``after_job`` waits
 # until that job's results have reached the same destination (new objects before the note).
+# A shadow pipeline's result compared with its live pipeline's: one row per series revision.
 _V6 = """
 CREATE TABLE IF NOT EXISTS rejections (
     job_id INTEGER PRIMARY KEY,
@@ -198,7 +200,19 @@ CREATE TABLE IF NOT EXISTS rejections (
     updated_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejections_state ON rejections (state);
-ALTER TABLE outbox ADD COLUMN after_job INTEGER
+ALTER TABLE outbox ADD COLUMN after_job INTEGER;
+CREATE TABLE IF NOT EXISTS shadow_comparisons (
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    live_pipeline TEXT NOT NULL,
+    live_job INTEGER NOT NULL,
+    shadow_job INTEGER NOT NULL,
+    comparison TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    PRIMARY KEY (series_uid, revision, pipeline)
+);
+CREATE INDEX IF NOT EXISTS shadow_by_pipeline ON shadow_comparisons (pipeline, created_at)
 """
 
 

@@ -11,10 +11,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from node.domain import JobState, SeriesState
+from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.operations.actions import ActionRefused, Actions, Operator
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.store.shadow import ShadowComparisons
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 
@@ -123,6 +125,20 @@ def withdraw_results(request: Request, job_id: int, body: WithdrawRequest) -> di
     not sent yet are not sent. 404: no finished job; 409: withdrawn already."""
     _act(lambda a, who: a.withdraw_result(job_id, body.reason, who), request)
     return {"id": job_id, "withdrawn": True}
+
+
+@router.get("/shadow", tags=["results"])
+def shadow_runs(request: Request, pipeline: str | None = None,
+                limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+    """Shadow pipelines compared with their live pipelines: a summary per shadow pipeline
+    (series compared, median Dice per label, agreement rate per label or finding) and the
+    comparisons, oldest first."""
+    comparisons = ShadowComparisons(_context(request).store).listing(pipeline, limit)
+    return {"summary": summarise(comparisons),
+            "comparisons": [{"series_instance_uid": c.series_uid, "revision": c.revision,
+                             "pipeline": c.pipeline, "live_pipeline": c.live_pipeline,
+                             "live_job": c.live_job, "shadow_job": c.shadow_job,
+                             "at": c.created_at, **c.comparison} for c in comparisons]}
 
 
 # -- results (the outbox) ------------------------------------------------------------------

@@ -27,6 +27,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from node.domain import JobState
+from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.operations.actions import ActionRefused, Actions, Operator
 from node.operations.peers import PeerChangeRefused
@@ -34,6 +35,7 @@ from node.runtime.metrics import JOB_STAGES
 from node.store import outbox
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.store.shadow import ShadowComparisons
 from node.web.auth import (
     actor,
     auth_failures,
@@ -42,6 +44,7 @@ from node.web.auth import (
     refuse_if_locked,
     token_matches,
 )
+from node.web.charts import line_chart
 from node.web.context import WebContext
 from node.web.peers import echo_result
 from node.web.session import (
@@ -203,6 +206,22 @@ def studies_page(request: Request) -> HTMLResponse:
     settings = _context(request).peers.settings()
     return _page(request, "studies.html", "Studies", "/ui/studies", peers=settings.peers,
                  research=settings.research)
+
+
+@router.get("/shadow")
+def shadow_page(request: Request, pipeline: str | None = None) -> HTMLResponse:
+    comparisons = ShadowComparisons(_context(request).store).listing(pipeline)
+    summary = summarise(comparisons)
+    charts = {}
+    for name in summary:
+        dice: dict[str, list[tuple[float, float]]] = {}
+        for item in (c for c in comparisons if c.pipeline == name):
+            for label, entry in item.comparison.get("labels", {}).items():
+                if entry.get("dice") is not None:
+                    dice.setdefault(label, []).append((item.created_at, float(entry["dice"])))
+        charts[name] = line_chart(dice)
+    return _page(request, "shadow.html", "Shadow runs", "/ui/shadow", summary=summary,
+                 charts=charts, comparisons=comparisons[::-1][:100])
 
 
 @router.get("/peers")

@@ -15,11 +15,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from node import __version__
 from node.domain import JobState
+from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.store import outbox
 from node.store.index import InstanceIndex
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
+from node.store.shadow import ShadowComparisons
 from node.web.auth import require_token
 from node.web.context import WebContext
 
@@ -58,9 +60,24 @@ class StoreCollector:
         yield depth
         yield GaugeMetricFamily("ainode_disk_free_bytes", "Free bytes under node.data_dir",
                                 value=readiness.free_bytes(self._context.settings))
+        yield self._shadow()
         info = InfoMetricFamily("ainode_build", "The running ainode")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info
+
+
+    def _shadow(self) -> Metric:
+        """Per shadow pipeline and label: the median Dice with the live result, or for a
+        finding (no mask) the share of series where both agreed (the last 500 series)."""
+        agreement = GaugeMetricFamily(
+            "ainode_shadow_agreement", "Shadow vs live: median Dice per label, or agreement "
+            "rate per finding", labels=["pipeline", "label"])
+        summary = summarise(ShadowComparisons(self._context.store).listing(None, 500))
+        for pipeline, values in summary.items():
+            for label, rate in values["agreement_rate"].items():
+                agreement.add_metric([pipeline, label],
+                                     values["median_dice"].get(label, rate))
+        return agreement
 
 
 class _ThisProcess:
