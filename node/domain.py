@@ -42,6 +42,7 @@ class AuditEvent(StrEnum):
     JOBS_REQUEUED = "requeue jobs"
     RESULTS_REQUEUED = "requeue results"
     RESULT_WITHDRAWN = "result withdrawn"
+    RESULT_ASSESSED = "result assessed"
     SERIES_COMPLETED = "series completed"
     RESULTS_SENT = "results sent"
     DELIVERY_GIVEN_UP = "delivery given up"

@@ -126,6 +126,8 @@ MESSAGES: dict[AuditEvent, _Event] = {
     AuditEvent.DELETED: _Event(STUDY_DELETED, "D", None, None, APPLICATION),
     # a result rejected in the PACS by an IOCM note (the instances are to be removed there)
     AuditEvent.RESULT_WITHDRAWN: _Event(INSTANCES_ACCESSED, "D", None, None, APPLICATION),
+    # a radiologist's verdict on a result (accept, reject, modify): its assessment updated
+    AuditEvent.RESULT_ASSESSED: _Event(INSTANCES_ACCESSED, "U", None, None, APPLICATION),
     AuditEvent.RESEARCH_EXPORT: _Event(EXPORT, "R", None, None, SOURCE),
 }
 

@@ -39,6 +39,23 @@ def _withdraw(job: int, reason: str, actions: Actions, who: Operator) -> None:
     actions.withdraw_result(job, reason, who)
 
 
+@app.command("assess")
+def assess(
+    job: Annotated[int, typer.Argument(help="A job id (`ainode status`).")],
+    verdict: Annotated[str, typer.Argument(help="accept, reject or modify.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (optional).")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Record the radiologist's verdict on a job's results (reported per model version as
+    the acceptance rate, and in /metrics)."""
+    _with_actions(config, functools.partial(_assess, job, verdict, reason))
+    console.print(f"job {job}: {verdict} recorded")
+
+
+def _assess(job: int, verdict: str, reason: str, actions: Actions, who: Operator) -> None:
+    actions.assess_result(job, verdict, reason, who, "cli")
+
+
 @app.command("list")
 def list_withdrawn(config: ConfigOption = None) -> None:
     """Withdrawn results, newest first: why, by whom, and which destinations were told."""

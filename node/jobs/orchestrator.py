@@ -21,6 +21,7 @@ from node.audit.trail import SERIOUS_FAILURE, Audit, no_audit
 from node.domain import AuditEvent, Job, SeriesKey
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
+from node.jobs.assessments import verdicts_from_notes
 from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
 from node.jobs.rules import route
 from node.jobs.shadow import compare
@@ -35,6 +36,7 @@ from node.store.jobs import JobStore
 from node.store.outbox import ResultToSend
 from node.store.queue import JobQueue, LeaseLost
 from node.store.shadow import ShadowComparisons
+from node.store.verdicts import Verdicts
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class Router:
         attributes = self._store.series_attributes(key)
         if attributes is None:
             return 0
+        if attributes.modality == "KO" and self._rejection_notes(key, attributes.calling_ae):
+            return 0
         matched = route(attributes, self._settings.pipelines)
         if not matched:
             self._store.set_route(key, "skipped", "no pipeline matched")
@@ -112,6 +116,22 @@ class Router:
         if queued and self._on_queued is not None:
             self._on_queued()
         return queued
+
+    def _rejection_notes(self, key: SeriesKey, sender: str) -> bool:
+        """A series of rejection notes from a PACS for the node's results: verdicts, audited,
+        the series recorded as such (not routed)."""
+        now = self._clock()
+        found = verdicts_from_notes(self._store.instance_paths(key), Verdicts(self._store),
+                                    sender, now)
+        for job, title in found.items():
+            self._store.audit(sender, AuditEvent.RESULT_ASSESSED,
+                              f"job {job}: reject ({title})", now)
+        if found:
+            self._store.set_route(key, "assessed", "rejection note for job(s) "
+                                  + ", ".join(map(str, sorted(found))))
+            log.info("series %s rev %d: a rejection note for the results of job(s) %s",
+                     key.series_instance_uid, key.revision, ", ".join(map(str, sorted(found))))
+        return bool(found)
 
     def route_pending(self) -> int:
         """Route complete revisions not routed yet: completed just now, left by a crash, or

@@ -117,6 +117,23 @@ class Actions:
         if outcome == "already":
             raise ActionRefused(409, f"the results of job {job_id} are withdrawn already")
 
+    def assess_result(self, job_id: int, verdict: str, reason: str, who: Operator,
+                      source: str = "operator") -> None:
+        """The radiologist's verdict on a job's results: ``accept``, ``reject`` or ``modify``
+        (IHE AIRAI's three), with an optional reason; a later verdict replaces an earlier one
+        in the acceptance rate."""
+        from node.store.verdicts import VERDICTS, Verdicts
+
+        reason = " ".join(reason.split())
+        if verdict not in VERDICTS:
+            raise ActionRefused(422, f"a verdict is one of {', '.join(VERDICTS)}")
+        if len(reason) > 500:
+            raise ActionRefused(422, "a reason has at most 500 characters")
+        now = self._clock()
+        if not Verdicts(self._store).record(job_id, verdict, reason, who.name, source, now):
+            raise ActionRefused(404, f"job {job_id} is unknown or has no results")
+        self._audit(who, AuditEvent.RESULT_ASSESSED, f"job {job_id}: {verdict}")
+
     def requeue_result(self, item_id: int, who: Operator) -> None:
         if not self.requeue_results([item_id], who):
             raise ActionRefused(409, f"result {item_id} is unknown, sent, or already being sent")

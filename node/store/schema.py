@@ -7,8 +7,8 @@ before versioning has its tables already and gains the columns added since); ver
 what several receivers and senders on one store need; version 3 structured audit lines (for
 DICOM audit messages), their forwarding state, the configuration digests and retention;
 version 4 the peers changed while the node runs; version 5 the research exports' crosswalk;
-version 6 withdrawn results (IHE IOCM rejection notes), deliveries that wait for others and
-shadow runs' comparisons.
+version 6 withdrawn results (IHE IOCM rejection notes), deliveries that wait for others,
+shadow runs' comparisons and the radiologists' verdicts on results.
 """
 
 from __future__ import annotations
@@ -212,7 +212,20 @@ CREATE TABLE IF NOT EXISTS shadow_comparisons (
     created_at {real} NOT NULL,
     PRIMARY KEY (series_uid, revision, pipeline)
 );
-CREATE INDEX IF NOT EXISTS shadow_by_pipeline ON shadow_comparisons (pipeline, created_at)
+CREATE INDEX IF NOT EXISTS shadow_by_pipeline ON shadow_comparisons (pipeline, created_at);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id {serial_key},
+    job_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reference TEXT NOT NULL DEFAULT '',
+    created_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_by_job ON verdicts (job_id, id)
 """
 
 

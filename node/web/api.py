@@ -5,7 +5,7 @@ address."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -17,6 +17,7 @@ from node.operations.actions import ActionRefused, Actions, Operator
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.store.shadow import ShadowComparisons
+from node.store.verdicts import Verdicts
 from node.web.auth import actor, require_token
 from node.web.context import WebContext
 
@@ -139,6 +140,34 @@ def shadow_runs(request: Request, pipeline: str | None = None,
                              "pipeline": c.pipeline, "live_pipeline": c.live_pipeline,
                              "live_job": c.live_job, "shadow_job": c.shadow_job,
                              "at": c.created_at, **c.comparison} for c in comparisons]}
+
+
+class VerdictRequest(BaseModel):
+    verdict: Literal["accept", "reject", "modify"]
+    reason: str = Field("", max_length=500)
+
+
+@router.post("/jobs/{job_id}/verdict", tags=["results"])
+def assess_results(request: Request, job_id: int, body: VerdictRequest) -> dict[str, Any]:
+    """The radiologist's verdict on a job's results (accept, reject, modify; IHE AIRAI's
+    assessments), audited; 404: no finished job with results."""
+    _act(lambda a, who: a.assess_result(job_id, body.verdict, body.reason, who, "api"),
+         request)
+    return {"id": job_id, "verdict": body.verdict}
+
+
+@router.get("/verdicts", tags=["results"])
+def verdicts(request: Request, limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
+    """Acceptance per model and version (by each result's latest verdict) and the verdicts,
+    newest first."""
+    found = Verdicts(_context(request).store)
+    return {
+        "acceptance": [{"model": model, "version": version, **values}
+                       for (model, version), values in sorted(found.acceptance().items())],
+        "verdicts": [{"job": v.job_id, "model": v.model, "version": v.version,
+                      "verdict": v.verdict, "reason": v.reason, "by": v.actor,
+                      "source": v.source, "at": v.created_at} for v in found.listing(limit)],
+    }
 
 
 # -- results (the outbox) ------------------------------------------------------------------

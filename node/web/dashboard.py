@@ -268,6 +268,15 @@ async def withdraw_results(request: Request, job_id: int) -> RedirectResponse:
         f"job {job_id}: results withdrawn", checked=True)
 
 
+@router.post("/jobs/{job_id}/verdict")
+async def assess_results(request: Request, job_id: int) -> RedirectResponse:
+    form = await _checked_form(request)
+    verdict = form.get("verdict", "")
+    return await _act(request, lambda a, who: a.assess_result(
+        job_id, verdict, form.get("reason", ""), who, "dashboard"), "/ui/jobs",
+        f"job {job_id}: {verdict} recorded", checked=True)
+
+
 @router.post("/results/{item_id}/requeue")
 async def requeue_result(request: Request, item_id: int) -> RedirectResponse:
     return await _act(request, lambda a, who: a.requeue_result(item_id, who),

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from node import __version__
@@ -22,6 +27,7 @@ from node.store.index import InstanceIndex
 from node.store.outbox import Outbox
 from node.store.queue import JobQueue
 from node.store.shadow import ShadowComparisons
+from node.store.verdicts import Verdicts
 from node.web.auth import require_token
 from node.web.context import WebContext
 
@@ -61,6 +67,12 @@ class StoreCollector:
         yield GaugeMetricFamily("ainode_disk_free_bytes", "Free bytes under node.data_dir",
                                 value=readiness.free_bytes(self._context.settings))
         yield self._shadow()
+        assessed = CounterMetricFamily(
+            "ainode_results_assessed", "Verdicts given on results, by model, version and "
+            "verdict (accept, reject, modify)", labels=["model", "version", "verdict"])
+        for (model, version, verdict), count in Verdicts(store).totals().items():
+            assessed.add_metric([model, version, verdict], count)
+        yield assessed
         info = InfoMetricFamily("ainode_build", "The running ainode")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info

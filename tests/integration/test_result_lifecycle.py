@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
 from tests.support.environment import CT_DIR, ROOT, free_port, require, wait_for
-from tests.support.node import ct_body_node_sections, storescu
+from tests.support.node import ct_body_node_sections, http_call, storescu
 from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
@@ -152,3 +152,68 @@ def test_a_revision_rejects_the_stale_results_and_an_operator_withdraws_once(
                                  capture_output=True, text=True, timeout=60)
         assert listing.returncode == 0 and "OLDPACS" in listing.stdout, listing.stdout
     assert json.loads(json.dumps(audit))  # plain values
+
+
+def pacs_rejection_note(seg: pydicom.Dataset, folder: Path) -> Path:
+    """What a PACS sends when its user rejects a result: a KOS titled (113037, DCM,
+    "Rejected for Patient Safety Reasons") referencing it, made here with highdicom."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    content = hd.ko.KeyObjectSelection(
+        document_title=Code("113037", "DCM", "Rejected for Patient Safety Reasons"),
+        referenced_objects=[seg])
+    note = hd.ko.KeyObjectSelectionDocument(
+        evidence=[seg], content=content, series_instance_uid=generate_uid(), series_number=77,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="a PACS")
+    path = folder / "rejection.dcm"
+    note.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_verdicts_from_the_api_and_a_pacs_rejection_note_make_the_acceptance_rate(
+    tmp_path: Path, node_factory: Any,
+) -> None:
+    http_port, pacs_port = free_port(), free_port()
+    sections = ct_body_node_sections(pacs_port)
+    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
+                              "model": "mr_head_mask", "outputs": ["seg", "sr"],
+                              "destinations": ["PACS"]}]
+    node = node_factory(**sections).start()
+    files = sorted(MR_DIR.glob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with start_orthanc(tmp_path, http_port, pacs_port, node.port) as pacs:
+        assert storescu(node, *files).returncode == 0
+        assert wait_for(lambda: len(sent(node)) == 2, 120, 0.3), node.log()[-3000:]
+        (job,) = {row[1] for row in sent(node)}
+        status, answer = http_call(node.http_port, f"/api/jobs/{job}/verdict",
+                                   {"verdict": "accept", "reason": "as I read it"})
+        assert status == 200, answer
+        assert len(pacs.series_by_modality(study_uid)["SEG"]) == 1
+    (result,) = node.query("SELECT result FROM jobs WHERE id=?", job)
+    seg = pydicom.dcmread(Path(json.loads(result[0])["result_dir"]) / "seg.dcm")
+    seg.PatientName = f"{seg.PatientName}^"  # highdicom wants a name with components
+    status, report = http_call(node.http_port, "/api/verdicts")
+    assert report["acceptance"] == [{"model": "mr_head_mask", "version": "1.0.0",
+                                     "assessed": 1, "accept": 1, "reject": 0, "modify": 0,
+                                     "acceptance_rate": 1.0}]
+    # the radiologist rejects it in the PACS, which sends the node its rejection note
+    note = pacs_rejection_note(seg, tmp_path)
+    assert storescu(node, note).returncode == 0
+    assert wait_for(lambda: node.query("SELECT route_state FROM series WHERE modality='KO'")
+                    == [("assessed",)], 60, 0.3), node.log()[-3000:]
+    status, report = http_call(node.http_port, "/api/verdicts")
+    (acceptance,) = report["acceptance"]
+    assert (acceptance["assessed"], acceptance["reject"], acceptance["acceptance_rate"]) == (
+        1, 1, 0.0)
+    latest = report["verdicts"][0]
+    assert (latest["verdict"], latest["source"], latest["by"]) == ("reject", "pacs", "STORESCU")
+    assert "Rejected for Patient Safety Reasons" in latest["reason"]
+    status, metrics = http_call(node.http_port, "/metrics")
+    for verdict in ("accept", "reject"):
+        line = (f'ainode_results_assessed_total{{model="mr_head_mask",verdict="{verdict}",'
+                f'version="1.0.0"}} 1.0')
+        assert line in metrics, [m for m in metrics.splitlines() if "assessed" in m]
+    # the same note again is not a second verdict
+    assert storescu(node, note).returncode == 0
+    assert node.query("SELECT COUNT(*) FROM verdicts") == [(2,)]

@@ -20,6 +20,7 @@ from node.cli import app
 from node.domain import AuditEvent, JobState, SeriesKey
 from node.store.queue import JobQueue
 from node.store.rejections import Rejections
+from node.store.verdicts import Verdicts
 from node.web.context import WebContext
 from tests.support.dicomweb import multipart
 from tests.support.environment import ct_files, free_port
@@ -211,3 +212,32 @@ def test_withdraw(node: Callable[..., Node]) -> None:
         assert not done and "withdrawn already" in said, (entry, said)
     actors = n.audited(AuditEvent.RESULT_WITHDRAWN)
     assert len(actors) == 3 and actors[1:] == ["admin-api", "admin-api (dashboard)"]
+
+
+def test_assess(node: Callable[..., Node]) -> None:
+    n = node()
+    queue = JobQueue(n.context.store)
+    ways = {"cli": lambda j, v: n.cli("results", "assess", str(j), v, "--reason", "fine"),
+            "api": lambda j, v: n.api(f"/jobs/{j}/verdict", {"verdict": v, "reason": "fine"}),
+            "dashboard": lambda j, v: n.dashboard(f"/jobs/{j}/verdict",
+                                                  {"verdict": v, "reason": "fine"})}
+    for index, entry in enumerate(ENTRIES):
+        queue.enqueue(SeriesKey(f"1.2.826.0.4.{index}", 1), [("ct", "ct_body_seg")], now=1)
+        job = queue.claim(now=2, lease_s=60)
+        assert job is not None
+        assert not ways[entry](job.id, "accept")[0], (entry, "nothing to assess yet")
+        queue.complete(job, {"outputs": {"seg": "2.25.1"}, "model_version": "1.1.0"}, now=3)
+        assert f"/ui/jobs/{job.id}/verdict" in n.client.get("/ui/jobs").text
+        assert not ways[entry](job.id, "maybe")[0], (entry, "accept, reject or modify only")
+        done, said = ways[entry](job.id, "accept")
+        assert done, (entry, said)
+        done, said = ways[entry](job.id, "reject")  # the latest verdict counts
+        assert done, (entry, said)
+    acceptance = Verdicts(n.context.store).acceptance()
+    assert acceptance == {("ct_body_seg", "1.1.0"): {
+        "assessed": 3, "accept": 0, "reject": 3, "modify": 0, "acceptance_rate": 0.0}}
+    assert Verdicts(n.context.store).totals()[("ct_body_seg", "1.1.0", "accept")] == 3
+    sources = {v.source for v in Verdicts(n.context.store).listing()}
+    assert sources == {"cli", "api", "dashboard"}
+    actors = n.audited(AuditEvent.RESULT_ASSESSED)
+    assert len(actors) == 6 and actors[2:] == ["admin-api"] * 2 + ["admin-api (dashboard)"] * 2
