@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+import yaml
 
 from tests.support.dicom_checks import fetch
 from tests.support.environment import CT_DIR, ROOT, free_port, wait_for
@@ -49,6 +50,14 @@ def two_versions(repository: Path) -> None:
                       f'{{ string_value: "{versions}" }} }}\n')
 
 
+def readme_pipelines() -> list[dict[str, Any]]:
+    """The README's shadow example, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("**Versions side by side, and shadow runs.**", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return list(yaml.safe_load(snippet)["pipelines"])
+
+
 def test_a_shadow_version_runs_beside_the_live_one_and_delivers_nothing(
     tmp_path: Path, node_factory: Any,
 ) -> None:
@@ -57,12 +66,8 @@ def test_a_shadow_version_runs_beside_the_live_one_and_delivers_nothing(
     http_port, pacs_port = free_port(), free_port()
     sections = ct_body_node_sections(pacs_port)
     sections["inference"] = {"model_repository": str(repository)}
-    sections["pipelines"] = [
-        {"name": "mr-head", "match": {"modality": "MR"}, "model": "mr_head_mask",
-         "version": 1, "outputs": ["seg", "sr"], "destinations": ["PACS"]},
-        {"name": "mr-head-next", "mode": "shadow", "shadow_of": "mr-head",
-         "model": "mr_head_mask", "outputs": ["seg", "sr"]},
-    ]
+    sections["pipelines"] = readme_pipelines()
+    assert [p.get("mode", "live") for p in sections["pipelines"]] == ["live", "shadow"]
     node = node_factory(**sections).start()
     listing = node_cli(node, "models", "list")
     assert re.search(r"mr_head_mask .*1\.1\.0 .*v2, v1 .*mr-head \(v1\), mr-head-next", listing)
