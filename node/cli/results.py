@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from node.cli.console import ConfigOption, console, load, open_existing_store, row, when
+from node.cli.console import ConfigOption, console, fail, load, open_existing_store, row, when
 from node.cli.operate import _with_actions
 
 if TYPE_CHECKING:
@@ -71,3 +71,35 @@ def list_withdrawn(config: ConfigOption = None) -> None:
         row(listing, rejection.job_id, when(rejection.created_at), rejection.reason,
             rejection.actor, rejection.state, rejection.detail)
     console.print(listing)
+
+
+def replay_command(
+    job: Annotated[int, typer.Argument(help="A finished job (`ainode status`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Run a job again from its spooled instances with the model version it recorded, and say
+    whether every output object is identical (pixel data and content; UIDs and times aside).
+    Exit 0: identical; 1: different, or it cannot be replayed as recorded."""
+    from node.jobs.workers import make_backend
+    from node.operations.replay import ReplayRefused, replay
+
+    settings = load(config)
+    store = open_existing_store(settings)
+    backend = make_backend(settings)
+    try:
+        report = replay(settings, store, job, backend)
+    except ReplayRefused as exc:
+        fail(str(exc))
+    finally:
+        backend.close()
+        store.close()
+    table = Table("object", "identical", "differs in", title=f"replay of job {job}: "
+                  f"{report.model} {report.version}")
+    for kind, found in report.compared.items():
+        row(table, kind.upper(), "yes" if not found else "no", ", ".join(found[:8]) or "-")
+    if report.labels_identical is not None:
+        row(table, "label map", "yes" if report.labels_identical else "no", "-")
+    console.print(table)
+    if not report.identical:
+        fail(f"job {job}: the replay differs from what was delivered")
+    console.print(f"job {job}: every output object is identical")

@@ -44,6 +44,7 @@ class Provenance:
     sop_instance_uids: tuple[str, ...]
     device_ae_title: str = "AINODE"
     revision: int = 1  # of the source series (a series re-sent with more images: 2, 3 ...)
+    model_digest: str = ""  # SHA-256 of the model's files (node.jobs.provenance)
 
     def uid(self, kind: str) -> str:
         """A UID that is the same whenever the same model sees the same images."""
@@ -73,12 +74,21 @@ class Provenance:
         return f"AI {name}{tail}"[-64:]  # an absurdly long version: the notice still whole
 
     def algorithm(self) -> hd.AlgorithmIdentificationSequence:
+        """The SEG's Algorithm Identification (PS3.3 C.8.20.2), its parameters naming the
+        digest of the model's files."""
         return hd.AlgorithmIdentificationSequence(
             name=self.model_name,
             version=self.model_version,
             family=codes.cid7162.ArtificialIntelligence,
             source=MANUFACTURER,
+            parameters={"model_sha256": self.model_digest} if self.model_digest else None,
         )
+
+    def sr_algorithm(self) -> hd.sr.AlgorithmIdentification:
+        """TID 4019 Algorithm Identification for the SR's measurements: name, version and, as
+        an Algorithm Parameter, the digest of the model's files."""
+        parameters = [f"model_sha256={self.model_digest}"] if self.model_digest else None
+        return hd.sr.AlgorithmIdentification(self.model_name, self.model_version, parameters)
 
     def instance_attributes(self, kind: str) -> dict[str, Any]:
         """What every result object of ``kind`` (seg, sr, sc) says about itself and its

@@ -38,7 +38,7 @@ class ImageFinding:
 
 def build_findings_sr(sources: list[Dataset], findings: list[ImageFinding],
                       provenance: Provenance, urgent: bool) -> Dataset:
-    algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
+    algorithm = provenance.sr_algorithm()
     priority = hd.sr.QualitativeEvaluation(PRIORITY, URGENT if urgent else ROUTINE)
     references = [
         hd.sr.SourceImageForMeasurementGroup(

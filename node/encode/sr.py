@@ -97,7 +97,7 @@ def build_sr(
     reference = sources[0]
     modality = str(reference.get("Modality", ""))
     intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
-    algorithm = hd.sr.AlgorithmIdentification(provenance.model_name, provenance.model_version)
+    algorithm = provenance.sr_algorithm()
 
     def measured(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
         return hd.sr.Measurement(name, value, unit, algorithm_id=algorithm)

@@ -41,6 +41,7 @@ from node.imaging.volume import Volume, VolumeError, load_series
 from node.infer.backend import Backend, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
 from node.infer.segments import effective_segments
+from node.jobs import provenance
 from node.runtime import logs
 from node.settings import RESEARCH_PREFIX, Pipeline, Settings
 from node.store.durable import write_atomically
@@ -210,8 +211,12 @@ class JobExecutor:
             "model_repository_version": spec.triton_version,
             "backend": self._backend.name,
         }
+        summary["provenance"], inputs = provenance.record(
+            spec, self._pipeline(job.pipeline), self._backend.name, paths)
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
+        write_atomically(target / "provenance.json", lambda handle: handle.write(json.dumps(
+            {**summary["provenance"], "input_files": inputs}, indent=1).encode()))
         maps: NDArray[np.float32] | None = None
         if spec.is_classifier:
             probabilities = run_classifier(volume, spec, self._backend, times)
@@ -279,26 +284,27 @@ class JobExecutor:
         if not pipeline.outputs or (not found and not (report_negative
                                                        and "sr" in pipeline.outputs)):
             return []
-        provenance = Provenance(
+        made_by = Provenance(
             job.model,
             spec.exact_version,
             volume.series_instance_uid,
             tuple(s.sop_instance_uid for s in volume.slices),
             self._settings.node.ae_title,
             job.series.revision,
+            summary["provenance"]["model_sha256"],
         )
         started = time.perf_counter()
         segments = effective_segments(spec, pipeline)
         if spec.is_classifier or not found:
             summary["negative"] = not found
-            objects = encode_findings_report(volume, findings, segments, provenance,
+            objects = encode_findings_report(volume, findings, segments, made_by,
                                              urgent)
         elif maps is not None:
             objects = encode_heatmap_outputs(volume, maps, findings, pipeline, segments,
-                                             provenance, urgent, spec.threshold)
+                                             made_by, urgent, spec.threshold)
         else:
             objects = encode_outputs(
-                volume, labels, spec.labels, findings, pipeline, segments, provenance,
+                volume, labels, spec.labels, findings, pipeline, segments, made_by,
                 urgent,
             )
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)

@@ -217,3 +217,49 @@ def test_verdicts_from_the_api_and_a_pacs_rejection_note_make_the_acceptance_rat
     # the same note again is not a second verdict
     assert storescu(node, note).returncode == 0
     assert node.query("SELECT COUNT(*) FROM verdicts") == [(2,)]
+
+
+def text_values(item: pydicom.Dataset) -> list[str]:
+    """Every TEXT content item's value, anywhere in an SR's content tree."""
+    found = [str(item.TextValue)] if "TextValue" in item else []
+    for child in item.get("ContentSequence", []):
+        found.extend(text_values(child))
+    return found
+
+
+def test_a_job_records_what_made_it_and_replays_to_identical_objects(
+    tmp_path: Path, node_factory: Any,
+) -> None:
+    sections = ct_body_node_sections(free_port())
+    sections["pipelines"] = [{"name": "mr-head", "match": {"modality": "MR"},
+                              "model": "mr_head_mask", "outputs": ["seg", "sr", "sc"]}]
+    node = node_factory(**sections).start()
+    files = sorted(MR_DIR.glob("*.dcm"))
+    assert storescu(node, *files).returncode == 0
+    assert wait_for(lambda: node.query("SELECT COUNT(*) FROM jobs WHERE state='done'")
+                    == [(1,)], 120, 0.3), node.log()[-3000:]
+    ((job, result),) = node.query("SELECT id, result FROM jobs")
+    made = json.loads(result)["provenance"]
+    assert (made["model"], made["version"], made["repository_version"], made["backend"],
+            made["inputs"]) == ("mr_head_mask", "1.0.0", 1, "embedded", 35)
+    assert all(len(made[k]) == 64 for k in ("model_sha256", "pipeline_sha256",
+                                            "inputs_sha256"))
+    folder = Path(json.loads(result)["result_dir"])
+    recorded = json.loads((folder / "provenance.json").read_text())
+    assert len(recorded["input_files"]) == 35
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    assert f"model_sha256={made['model_sha256']}" in text_values(sr)  # TID 4019
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0] \
+        .AlgorithmParameters == f"model_sha256={made['model_sha256']}"
+
+    replayed = subprocess.run([AINODE, "replay", str(job), "--config", str(node.config_path)],
+                              capture_output=True, text=True, timeout=300)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "every output object is identical" in replayed.stdout
+    # a delivered object that no longer matches what the model makes is found out
+    seg.SegmentSequence[0].SegmentLabel = "something else"
+    seg.save_as(folder / "seg.dcm", enforce_file_format=True)
+    replayed = subprocess.run([AINODE, "replay", str(job), "--config", str(node.config_path)],
+                              capture_output=True, text=True, timeout=300)
+    assert replayed.returncode == 1 and "SegmentLabel" in replayed.stdout, replayed.stdout

@@ -1,0 +1,79 @@
+"""What made a result, recorded with every job: the model (name, semantic and numbered version,
+and a SHA-256 of its files: the version's folder, its config.pbtxt and, for a staged model, its
+stages'), the node's version, a digest of the pipeline's configuration, the backend, and a
+SHA-256 of each input instance file (``provenance.json`` beside the results; their combined
+digest in the job's summary). ``ainode replay`` checks a job against it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from node import __version__
+from node.infer.repository import ModelSpec, load_model_spec
+from node.settings import Pipeline
+
+_CHUNK = 1 << 20
+_file_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, remembered while it is unchanged (size and modification time)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _file_digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(_CHUNK):
+                digest.update(block)
+        _file_digests[key] = digest.hexdigest()
+    return _file_digests[key]
+
+
+def model_digest(spec: ModelSpec) -> str:
+    """SHA-256 over the model version's files and its config.pbtxt (names and contents), and
+    over its stages' digests."""
+    digest = hashlib.sha256()
+    folder = spec.model_file.parent
+    for path in sorted([*folder.rglob("*"), folder.parent / "config.pbtxt"]):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(f"{path.relative_to(folder.parent)}\0{file_digest(path)}\n".encode())
+    for role, name in sorted(spec.stages.items()):
+        stage = load_model_spec(spec.repository, name)
+        digest.update(f"stage {role} {name}\0{model_digest(stage)}\n".encode())
+    return digest.hexdigest()
+
+
+def pipeline_digest(pipeline: Pipeline) -> str:
+    """SHA-256 of the pipeline's configuration as the node read it (canonical JSON)."""
+    canonical = json.dumps(pipeline.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def input_digests(paths: list[str]) -> dict[str, str]:
+    """file name -> SHA-256 of each input instance file."""
+    return {Path(path).name: file_digest(Path(path)) for path in paths}
+
+
+def combined(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(digests.items()))
+                          .encode()).hexdigest()
+
+
+def record(spec: ModelSpec, pipeline: Pipeline, backend: str, paths: list[str]
+           ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The job summary's ``provenance`` and the per-instance input digests."""
+    inputs = input_digests(paths)
+    return {
+        "model": spec.name,
+        "version": spec.version,
+        "repository_version": spec.triton_version,
+        "model_sha256": model_digest(spec),
+        "node_version": __version__,
+        "pipeline_sha256": pipeline_digest(pipeline),
+        "backend": backend,
+        "inputs": len(inputs),
+        "inputs_sha256": combined(inputs),
+    }, inputs
