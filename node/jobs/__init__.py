@@ -2,4 +2,5 @@
 routes series and runs jobs from the queue (:mod:`.orchestrator`), one job's execution
 (:mod:`.execute`) and the worker processes it runs in (:mod:`.workers`)."""
 
-__all__ = ["execute", "orchestrator", "rules", "workers"]
+__all__ = ["assessments", "drift", "execute", "orchestrator", "provenance", "rules", "shadow",
+           "workers"]

@@ -205,12 +205,14 @@ class JobExecutor:
         self._backend.check(spec)
         volume = self._load(paths)
         times.add("load", started)
+        inputs_profile = provenance.inputs_profile(volume.headers[0] if volume.headers else None)
         summary: dict[str, Any] = {
             "model": spec.name,
             "model_version": spec.exact_version,
             "model_repository_version": spec.triton_version,
             "backend": self._backend.name,
         }
+        summary["inputs_profile"] = inputs_profile
         summary["provenance"], inputs = provenance.record(
             spec, self._pipeline(job.pipeline), self._backend.name, paths)
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)

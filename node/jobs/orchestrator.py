@@ -22,6 +22,7 @@ from node.domain import AuditEvent, Job, SeriesKey
 from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.jobs.assessments import verdicts_from_notes
+from node.jobs.drift import DriftWatch
 from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
 from node.jobs.rules import route
 from node.jobs.shadow import compare
@@ -195,6 +196,7 @@ class Orchestrator:
         self._current = current or (lambda: settings)
         self._store = store
         self._queue = JobQueue(store)
+        self._drift = DriftWatch(store)
         self._on_outbox = on_outbox
         self._audit = audit
         if executor_factory is not None:
@@ -307,6 +309,10 @@ class Orchestrator:
 
             self._queue.complete(job, result.summary, now, also=queue_deliveries)
             self._compare_shadows(job, now)
+            try:
+                self._drift.after_job(self._current(), job.pipeline, now)
+            except Exception:  # watching is best effort; the job is done
+                log.exception("drift of %s not checked", job.pipeline)
             metrics.JOBS_FINISHED.labels("done").inc()
             for stage, seconds in (result.summary.get("seconds") or {}).items():
                 if stage in metrics.JOB_STAGES:

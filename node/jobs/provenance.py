@@ -62,6 +62,30 @@ def combined(digests: dict[str, str]) -> str:
                           .encode()).hexdigest()
 
 
+def inputs_profile(header: Any) -> dict[str, Any]:
+    """What the input series was, as drift monitoring compares it (no patient data): the
+    scanner's manufacturer and model, slice thickness, pixel spacing, kVp, series
+    description."""
+    if header is None:
+        return {}
+
+    def number(value: Any) -> float | None:
+        try:
+            return round(float(value), 3)
+        except (TypeError, ValueError):
+            return None
+
+    spacing = header.get("PixelSpacing")
+    return {
+        "manufacturer": str(header.get("Manufacturer", "") or ""),
+        "model_name": str(header.get("ManufacturerModelName", "") or ""),
+        "slice_thickness_mm": number(header.get("SliceThickness")),
+        "pixel_spacing_mm": number(spacing[0]) if spacing else None,
+        "kvp": number(header.get("KVP")),
+        "series_description": str(header.get("SeriesDescription", "") or ""),
+    }
+
+
 def record(spec: ModelSpec, pipeline: Pipeline, backend: str, paths: list[str]
            ) -> tuple[dict[str, Any], dict[str, str]]:
     """The job summary's ``provenance`` and the per-instance input digests."""

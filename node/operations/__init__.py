@@ -3,4 +3,4 @@ called by the CLI, the admin API and the dashboard), peers changed live (:mod:`.
 readiness (:mod:`.readiness`), retention (:mod:`.retention`) and the Conformance Statement
 (:mod:`.conformance`)."""
 
-__all__ = ["actions", "conformance", "peers", "readiness", "retention"]
+__all__ = ["actions", "conformance", "peers", "readiness", "replay", "retention"]

@@ -37,6 +37,7 @@ from node.settings.peers import (
 from node.settings.sections import (
     AuditSection,
     CodeSpec,
+    DriftSection,
     EgressSection,
     InferenceSection,
     MatchRule,
@@ -60,6 +61,7 @@ __all__ = [
     "CodeSpec",
     "ConfigError",
     "DeidOption",
+    "DriftSection",
     "EgressSection",
     "InferenceSection",
     "MatchRule",

@@ -20,6 +20,7 @@ from node.settings.node import NodeSection, StoreSection
 from node.settings.peers import Notification, Peer, Research
 from node.settings.sections import (
     AuditSection,
+    DriftSection,
     EgressSection,
     InferenceSection,
     Pipeline,
@@ -44,6 +45,7 @@ class Settings(_Strict):
     store: StoreSection = StoreSection()
     audit: AuditSection = AuditSection()
     retention: RetentionSection = RetentionSection()
+    drift: DriftSection = DriftSection()
     notify: list[Notification] = []
     research: list[Research] = []
 

@@ -170,6 +170,22 @@ class EgressSection(_Strict):
         return RetryPolicy(self.retry_s, self.max_retry_s, self.retry_window_s)
 
 
+class DriftSection(_Strict):
+    """Watching each pipeline for drift: today's inputs and outputs against a baseline (its
+    first ``baseline_days``, or its first ``baseline_jobs`` jobs when given), by the
+    Population Stability Index of each feature's distribution."""
+
+    baseline_days: float = Field(7, gt=0, description="the pipeline's first days are the "
+                                                         "baseline")
+    baseline_jobs: int | None = Field(None, ge=1, description="instead: its first N jobs")
+    window_days: float = Field(1, gt=0, description="the recent jobs compared with it")
+    psi_warning: float = Field(0.25, gt=0, description="PSI from which a feature has "
+                                                         "drifted (0.1-0.25: moderate)")
+    min_jobs: int = Field(3, ge=1, description="fewer recent jobs than this: no verdict")
+    check_interval_s: float = Field(60, gt=0, description="how often, at most, a pipeline's "
+                                                            "drift is checked after its jobs")
+
+
 class SeriesSection(_Strict):
     """When a series counts as complete (any of these, whichever comes first)."""
 

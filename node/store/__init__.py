@@ -16,5 +16,7 @@ __all__ = [
     "requeue",
     "schema",
     "series",
+    "shadow",
     "spool",
+    "verdicts",
 ]

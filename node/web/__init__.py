@@ -5,6 +5,7 @@ __all__ = [
     "api",
     "app",
     "auth",
+    "charts",
     "context",
     "dashboard",
     "dicomweb",

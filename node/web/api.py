@@ -4,6 +4,8 @@ address."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -11,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from node.domain import JobState, SeriesState
+from node.jobs.drift import drift
 from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.operations.actions import ActionRefused, Actions, Operator
@@ -154,6 +157,15 @@ def assess_results(request: Request, job_id: int, body: VerdictRequest) -> dict[
     _act(lambda a, who: a.assess_result(job_id, body.verdict, body.reason, who, "api"),
          request)
     return {"id": job_id, "verdict": body.verdict}
+
+
+@router.get("/drift", tags=["results"])
+def drift_report(request: Request, pipeline: str | None = None) -> list[dict[str, Any]]:
+    """Per pipeline: the PSI of each feature (inputs, findings, measures, latency) in the
+    recent window against the baseline, the drifted ones, and per-day figures."""
+    context = _context(request)
+    return [dataclasses.asdict(report)
+            for report in drift(context.settings, context.store, time.time(), pipeline)]
 
 
 @router.get("/verdicts", tags=["results"])

@@ -27,6 +27,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from node.domain import JobState
+from node.jobs.drift import drift
 from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.operations.actions import ActionRefused, Actions, Operator
@@ -222,6 +223,32 @@ def shadow_page(request: Request, pipeline: str | None = None) -> HTMLResponse:
         charts[name] = line_chart(dice)
     return _page(request, "shadow.html", "Shadow runs", "/ui/shadow", summary=summary,
                  charts=charts, comparisons=comparisons[::-1][:100])
+
+
+@router.get("/drift")
+def drift_page(request: Request) -> HTMLResponse:
+    context = _context(request)
+    reports = drift(context.settings, context.store, time.time())
+    charts = {}
+    for report in reports:
+        per_day = list(enumerate(report.days))
+        studies = max([day["studies"] for _, day in per_day] or [1])
+        latency = max([day.get("median latency.infer_s", 0.0) for _, day in per_day] or [1.0])
+        charts[report.pipeline] = [
+            ("studies per day", line_chart(
+                {"studies": [(i, day["studies"]) for i, day in per_day]}, 0, studies)),
+            ("share with a finding present", line_chart(
+                {"present": [(i, day["present_rate"]) for i, day in per_day]})),
+            ("median inference seconds", line_chart(
+                {"inference": [(i, day["median latency.infer_s"]) for i, day in per_day
+                               if "median latency.infer_s" in day]}, 0, latency or 1.0)),
+        ]
+    drift_settings = context.settings.drift
+    baseline = (f"{drift_settings.baseline_jobs} jobs" if drift_settings.baseline_jobs
+                else f"{drift_settings.baseline_days:g} days")
+    return _page(request, "drift.html", "Drift", "/ui/drift", reports=reports, charts=charts,
+                 baseline=baseline, window_days=f"{drift_settings.window_days:g}",
+                 warning=drift_settings.psi_warning)
 
 
 @router.get("/peers")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from node import __version__
 from node.domain import JobState
+from node.jobs.drift import drift
 from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.store import outbox
@@ -67,6 +69,7 @@ class StoreCollector:
         yield GaugeMetricFamily("ainode_disk_free_bytes", "Free bytes under node.data_dir",
                                 value=readiness.free_bytes(self._context.settings))
         yield self._shadow()
+        yield from self._drift()
         assessed = CounterMetricFamily(
             "ainode_results_assessed", "Verdicts given on results, by model, version and "
             "verdict (accept, reject, modify)", labels=["model", "version", "verdict"])
@@ -77,6 +80,20 @@ class StoreCollector:
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info
 
+
+    def _drift(self) -> Iterator[Metric]:
+        """Per pipeline and feature, the PSI of the recent window against the baseline."""
+        index = GaugeMetricFamily(
+            "ainode_drift_psi", "Population Stability Index of a pipeline's recent inputs and "
+            "outputs against its baseline, per feature", labels=["pipeline", "feature"])
+        drifted = GaugeMetricFamily("ainode_drift_features", "Features of a pipeline at or "
+                                    "above drift.psi_warning", labels=["pipeline"])
+        for report in drift(self._context.settings, self._context.store, time.time()):
+            for feature, value in report.psi.items():
+                index.add_metric([report.pipeline, feature], value)
+            drifted.add_metric([report.pipeline], len(report.drifted))
+        yield index
+        yield drifted
 
     def _shadow(self) -> Metric:
         """Per shadow pipeline and label: the median Dice with the live result, or for a
