@@ -73,9 +73,16 @@ class StoreCollector:
         assessed = CounterMetricFamily(
             "ainode_results_assessed", "Verdicts given on results, by model, version and "
             "verdict (accept, reject, modify)", labels=["model", "version", "verdict"])
-        for (model, version, verdict), count in Verdicts(store).totals().items():
+        verdicts = Verdicts(store)
+        for (model, version, verdict), count in verdicts.totals().items():
             assessed.add_metric([model, version, verdict], count)
         yield assessed
+        rate = GaugeMetricFamily(
+            "ainode_results_acceptance_rate", "Share of a model version's assessed results "
+            "whose latest verdict is accept", labels=["model", "version"])
+        for (model, version), values in verdicts.acceptance().items():
+            rate.add_metric([model, version], values["acceptance_rate"])
+        yield rate
         info = InfoMetricFamily("ainode_build", "The running ainode")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info

@@ -1,8 +1,9 @@
 """Model versions side by side and a shadow run (README: *Managing models and results*):
-mr_head_mask kept as version 1 and a version 2 whose threshold differs; the live pipeline
-pins version 1 and delivers to Orthanc, a shadow pipeline runs version 2 on the same series
-and delivers nothing. The comparison (Dice, volume difference, agreement) is kept and shown by
-the API, the dashboard (an SVG plot) and ``/metrics``; results name the exact version."""
+ct_body_seg kept as version 1 and a version 2 whose dense-matter threshold is 300 HU instead of
+250; the live pipeline pins version 1 and delivers to Orthanc, a shadow pipeline runs version 2
+on the shared CT and delivers nothing. The comparison (Dice, volume difference, agreement) is
+kept and shown by the API, the dashboard (an SVG plot) and ``/metrics``; results name the
+exact version."""
 
 from __future__ import annotations
 
@@ -28,24 +29,24 @@ from tests.support.node import ct_body_node_sections, http_call, storescu
 from tests.support.orthanc import start_orthanc
 
 pytestmark = pytest.mark.integration
-MR_DIR = CT_DIR.parent / "mr-brain"
 
 
 def two_versions(repository: Path) -> None:
-    """mr_head_mask as shipped (v1, 1.0.0) and with a threshold of 0.35 instead of 0.25
-    (v2, 1.1.0), one config.pbtxt naming both."""
-    shutil.copytree(ROOT / "model_repository" / "mr_head_mask", repository / "mr_head_mask")
+    """ct_body_seg as shipped (v1, 1.1.0) and with dense matter from 300 HU (v2, 1.2.0), one
+    config.pbtxt naming both."""
+    shutil.copytree(ROOT / "model_repository" / "ct_body_seg", repository / "ct_body_seg")
     sys.path.insert(0, str(ROOT / "models"))
     try:
-        module = importlib.import_module("mr_head_mask")
-        module.THRESHOLD_FRACTION = 0.35  # read when the module is traced for export
+        module = importlib.import_module("ct_body_seg")
+        module.DENSE_HU = 300.0  # read when the module is traced for export
         with warnings.catch_warnings():  # torch's notice about its legacy ONNX exporter
             warnings.simplefilter("ignore")
-            module.export(repository / "mr_head_mask" / "2" / "model.onnx")
+            module.export(repository / "ct_body_seg" / "2" / "model.onnx")
     finally:
         sys.path.remove(str(ROOT / "models"))
-    config = repository / "mr_head_mask" / "config.pbtxt"
-    versions = json.dumps({"1": "1.0.0", "2": "1.1.0"}).replace('"', '\\"')
+        sys.modules.pop("ct_body_seg", None)
+    config = repository / "ct_body_seg" / "config.pbtxt"
+    versions = json.dumps({"1": "1.1.0", "2": "1.2.0"}).replace('"', '\\"')
     config.write_text(config.read_text() + 'parameters: { key: "ainode_versions" value: '
                       f'{{ string_value: "{versions}" }} }}\n')
 
@@ -70,8 +71,8 @@ def test_a_shadow_version_runs_beside_the_live_one_and_delivers_nothing(
     assert [p.get("mode", "live") for p in sections["pipelines"]] == ["live", "shadow"]
     node = node_factory(**sections).start()
     listing = node_cli(node, "models", "list")
-    assert re.search(r"mr_head_mask .*1\.1\.0 .*v2, v1 .*mr-head \(v1\), mr-head-next", listing)
-    files = sorted(MR_DIR.glob("*.dcm"))
+    assert re.search(r"ct_body_seg .*1\.2\.0 .*v2, v1 .*ct-body \(v1\), ct-body-next", listing)
+    files = sorted(CT_DIR.glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     with start_orthanc(tmp_path, http_port, pacs_port, node.port) as pacs:
         assert storescu(node, *files).returncode == 0
@@ -81,33 +82,34 @@ def test_a_shadow_version_runs_beside_the_live_one_and_delivers_nothing(
             "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(2,)], 60, 0.3)
         results = {row[0]: json.loads(row[1]) for row in node.query(
             "SELECT pipeline, result FROM jobs WHERE state='done'")}
-        assert results["mr-head"]["model_version"] == "1.0.0 v1"
-        assert results["mr-head-next"]["model_version"] == "1.1.0 v2"
+        assert results["ct-body"]["model_version"] == "1.1.0 v1"
+        assert results["ct-body-next"]["model_version"] == "1.2.0 v2"
         assert node.query("SELECT COUNT(*) FROM outbox WHERE job_id IN (SELECT id FROM jobs"
-                          " WHERE pipeline='mr-head-next')") == [(0,)]
+                          " WHERE pipeline='ct-body-next')") == [(0,)]
         found = pacs.series_by_modality(study_uid)
         assert len(found["SEG"]) == 1 and len(found["SR"]) == 1  # the live results only
         (seg,) = fetch(pacs, study_uid, found["SEG"][0])
-        assert "mr_head_mask 1.0.0 v1" in seg.SeriesDescription
+        assert "ct_body_seg 1.1.0 v1" in seg.SeriesDescription
 
     # the comparison, from its masks: the same labels as independent numbers
-    live_dir, shadow_dir = (Path(results[p]["result_dir"]) for p in ("mr-head", "mr-head-next"))
-    live, shadow = (np.load(d / "labels.npy") == 1 for d in (live_dir, shadow_dir))
-    dice = 2 * float((live & shadow).sum()) / float(live.sum() + shadow.sum())
+    live_dir, shadow_dir = (Path(results[p]["result_dir"]) for p in ("ct-body", "ct-body-next"))
+    dense, dense_next = (np.load(d / "labels.npy") == 3 for d in (live_dir, shadow_dir))
+    dice = 2 * float((dense & dense_next).sum()) / float(dense.sum() + dense_next.sum())
     assert 0.5 < dice < 0.9999, dice  # the versions differ, and not by much
-    status, answer = http_call(node.http_port, "/api/shadow?pipeline=mr-head-next")
+    status, answer = http_call(node.http_port, "/api/shadow?pipeline=ct-body-next")
     assert status == 200, answer
     (comparison,) = answer["comparisons"]
-    assert comparison["labels"]["head"]["dice"] == pytest.approx(dice, abs=1e-4)
-    assert comparison["labels"]["head"]["volume_difference_ml"] == pytest.approx(
-        results["mr-head-next"]["labels"]["head"]["volume_ml"]
-        - results["mr-head"]["labels"]["head"]["volume_ml"], abs=1e-2)
+    assert comparison["labels"]["dense"]["dice"] == pytest.approx(dice, abs=1e-4)
+    assert comparison["labels"]["dense"]["volume_difference_ml"] == pytest.approx(
+        results["ct-body-next"]["labels"]["dense"]["volume_ml"]
+        - results["ct-body"]["labels"]["dense"]["volume_ml"], abs=1e-2)
+    assert comparison["labels"]["gas"]["dice"] == 1.0  # 300 HU does not change the gas
     assert comparison["agreement"] == 1.0
-    summary = answer["summary"]["mr-head-next"]
-    assert summary["series_compared"] == 1 and summary["live_pipeline"] == "mr-head"
-    assert summary["median_dice"]["head"] == pytest.approx(dice, abs=1e-4)
+    summary = answer["summary"]["ct-body-next"]
+    assert summary["series_compared"] == 1 and summary["live_pipeline"] == "ct-body"
+    assert summary["median_dice"]["dense"] == pytest.approx(dice, abs=1e-4)
     status, metrics = http_call(node.http_port, "/metrics")
-    line = 'ainode_shadow_agreement{label="head",pipeline="mr-head-next"} '
+    line = 'ainode_shadow_agreement{label="dense",pipeline="ct-body-next"} '
     value = next(entry for entry in metrics.splitlines() if entry.startswith(line))
     assert float(value.split()[-1]) == pytest.approx(dice, abs=1e-4)
     status, page = http_call(node.http_port, "/ui/shadow")

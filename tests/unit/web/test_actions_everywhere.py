@@ -237,6 +237,10 @@ def test_assess(node: Callable[..., Node]) -> None:
     assert acceptance == {("ct_body_seg", "1.1.0"): {
         "assessed": 3, "accept": 0, "reject": 3, "modify": 0, "acceptance_rate": 0.0}}
     assert Verdicts(n.context.store).totals()[("ct_body_seg", "1.1.0", "accept")] == 3
+    metrics = n.client.get("/metrics").text  # the dashboard's rejections lowered it
+    assert ('ainode_results_assessed_total{model="ct_body_seg",verdict="reject",'
+            'version="1.1.0"} 3.0') in metrics
+    assert 'ainode_results_acceptance_rate{model="ct_body_seg",version="1.1.0"} 0.0' in metrics
     sources = {v.source for v in Verdicts(n.context.store).listing()}
     assert sources == {"cli", "api", "dashboard"}
     actors = n.audited(AuditEvent.RESULT_ASSESSED)
