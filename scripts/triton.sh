@@ -34,11 +34,9 @@ install() {
   cp -r "$ROOT/tritonserver-backends/pytorch" "$RUN/backends/pytorch"
 }
 
-up() {
-  install
-  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then echo "tritonserver already running"; return; fi
-  export PATH=$VENV/bin:$PATH
-  export LD_LIBRARY_PATH=$SITE/nvidia_pytriton.libs:$SITE/pytriton/tritonserver/external_libs:${LD_LIBRARY_PATH:-}
+# Start the server and wait until it is ready: 0 ready, 1 it died while starting, 2 not ready
+# in 60 s.
+start_once() {
   "$SITE/pytriton/tritonserver/bin/tritonserver" \
     --model-repository "${TRITON_MODEL_REPOSITORY:-$ROOT/model_repository}" --backend-directory "$RUN/backends" \
     --http-address 127.0.0.1 --http-port "$HTTP" --grpc-address 127.0.0.1 --grpc-port "$GRPC" \
@@ -46,11 +44,31 @@ up() {
     ${TRITON_EXTRA_ARGS:-} > "$RUN/tritonserver.log" 2>&1 &
   echo $! > "$RUN/pid"
   for _ in $(seq 1 120); do
-    if curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" >/dev/null 2>&1; then echo "tritonserver ready on $HTTP/$GRPC"; return; fi
-    kill -0 "$(cat "$RUN/pid")" 2>/dev/null || { tail -30 "$RUN/tritonserver.log"; exit 1; }
+    if curl -sf "http://127.0.0.1:$HTTP/v2/health/ready" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$(cat "$RUN/pid")" 2>/dev/null || return 1
     sleep 0.5
   done
-  echo "tritonserver not ready after 60 s"; tail -30 "$RUN/tritonserver.log"; exit 1
+  return 2
+}
+
+up() {
+  install
+  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then echo "tritonserver already running"; return; fi
+  export PATH=$VENV/bin:$PATH
+  export LD_LIBRARY_PATH=$SITE/nvidia_pytriton.libs:$SITE/pytriton/tritonserver/external_libs:${LD_LIBRARY_PATH:-}
+  # A server that dies while loading its models is started once more (the Python backend has
+  # been seen to abort on a boost::interprocess::lock_exception while stubs of a server that
+  # had just been stopped were still exiting); a second death, or a timeout, is the answer.
+  for attempt in 1 2; do
+    status=0; start_once || status=$?
+    if [ "$status" = 0 ]; then echo "tritonserver ready on $HTTP/$GRPC"; return; fi
+    tail -30 "$RUN/tritonserver.log"
+    if [ "$status" = 2 ]; then echo "tritonserver not ready after 60 s"; exit 1; fi
+    echo "tritonserver died while starting (attempt $attempt)"
+    rm -f "$RUN/pid"
+    sleep 2
+  done
+  exit 1
 }
 
 down() {

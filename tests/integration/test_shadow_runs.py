@@ -23,6 +23,11 @@ import pydicom
 import pytest
 import yaml
 
+from node.imaging.volume import load_series
+from node.infer.embedded import EmbeddedBackend
+from node.infer.repository import load_model_spec
+from node.infer.runner import run_model
+from node.infer.triton import TritonBackend
 from tests.support.dicom_checks import fetch
 from tests.support.environment import CT_DIR, ROOT, free_port, wait_for
 from tests.support.node import ct_body_node_sections, http_call, storescu
@@ -123,3 +128,31 @@ def node_cli(node: Any, *arguments: str) -> str:
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def test_triton_serves_the_pinned_version_as_the_embedded_backend_does(
+    tmp_path: Path, private_triton: Any,
+) -> None:
+    """Both versions loaded by a real tritonserver (``version_policy: all``): each pinned
+    version gives on Triton the label map it gives in-process, and the two differ."""
+    repository = tmp_path / "repository"
+    two_versions(repository)
+    config = repository / "ct_body_seg" / "config.pbtxt"
+    config.write_text(config.read_text().replace(
+        "version_policy: { latest: { num_versions: 1 } }", "version_policy: { all { } }"))
+    private_triton.repository = repository
+    private_triton.up()
+    volume = load_series(sorted(CT_DIR.glob("*.dcm")))
+    embedded, triton = EmbeddedBackend(), TritonBackend(private_triton.grpc_url)
+    dense = {}
+    try:
+        for version in (1, 2):
+            spec = load_model_spec(repository, "ct_body_seg", version)
+            triton.check(spec)
+            here, there = run_model(volume, spec, embedded), run_model(volume, spec, triton)
+            assert np.array_equal(here, there), version
+            dense[version] = int((here == 3).sum())
+    finally:
+        embedded.close()
+        triton.close()
+    assert dense[2] < dense[1]  # from 300 HU there is less dense matter than from 250
