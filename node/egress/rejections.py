@@ -74,8 +74,9 @@ class RejectionNotes:
         if skipped:
             parts.append(f"not told (iocm off, or no such peer): {', '.join(skipped)}")
         detail = "; ".join(parts) or "nothing had been delivered"
-        self._rejections.queue(rejection.job_id, notes, rejection.replaced_by, detail,
-                               self._clock())
+        if not self._rejections.queue(rejection.job_id, notes, rejection.replaced_by, detail,
+                                      self._clock()):
+            return 0  # another sender on the store wrote and queued them first
         log.info("job %d: results withdrawn (%s): %s", rejection.job_id, rejection.reason,
                  detail)
         return len(notes)

@@ -129,13 +129,19 @@ class Rejections:
                        (FAILED, detail, now, job_id))
 
     def queue(self, job_id: int, notes: list[ResultToSend], after_job: int | None,
-              detail: str, now: float) -> None:
+              detail: str, now: float) -> bool:
         """The rejection notes go to the outbox (each after ``after_job``'s results for its
-        destination) and the withdrawal is settled, in one transaction."""
+        destination) and the withdrawal is settled, in one transaction; False (nothing done)
+        when another sender on the store settled it first, so a note sent is never queued
+        again."""
         with self._store.transaction() as db:
+            settled = db.execute(
+                "UPDATE rejections SET state=?, detail=?, updated_at=? WHERE job_id=?"
+                " AND state=?", (QUEUED if notes else NONE, detail, now, job_id, PENDING))
+            if not settled.rowcount:
+                return False
             for note in notes:
                 put(db, job_id, note, now, after_job=after_job)
-            db.execute("UPDATE rejections SET state=?, detail=?, updated_at=? WHERE job_id=?",
-                       (QUEUED if notes else NONE, detail, now, job_id))
             if notes:
                 self._store.notify(db, "outbox")
+            return True

@@ -65,3 +65,18 @@ def test_withdrawing_holds_back_what_was_not_sent_and_happens_once(new_store: Ne
     assert withdraw.withdraw(job, "safety", "again", "ops", 15, lambda db: None) == "withdrawn"
     (pending,) = withdraw.pending()
     assert (pending.job_id, pending.comment, pending.state) == (job, "again", "pending")
+
+
+def test_a_note_settled_by_one_sender_is_not_queued_again_by_another(new_store: NewStore) -> None:
+    store = new_store()
+    outbox = Outbox(store)
+    job = _done_job(store, 1, ["2.25.1"])
+    outbox.sent(outbox.ready(10)["PACS"][0].id, 11)
+    both = rejections.Rejections(store)
+    assert both.withdraw(job, "safety", "wrong", "ops", 12, lambda db: None) == "withdrawn"
+    note = [ResultToSend("PACS", "/r/kos.dcm", "2.25.9", "kos", 10)]
+    assert both.queue(job, note, None, "note for PACS", 13)  # the first sender
+    (queued,) = outbox.ready(20)["PACS"]
+    outbox.sent(queued.id, 21)
+    assert not both.queue(job, note, None, "note for PACS", 22)  # a second, late sender
+    assert outbox.ready(700) == {}  # the note sent stays sent
