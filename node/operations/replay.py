@@ -20,10 +20,10 @@ from node.infer.repository import load_model_spec
 from node.jobs import provenance
 from node.settings import Settings
 from node.store.jobs import JobStore
+from node.store.outbox import RESULT_KINDS
 from node.store.queue import JobQueue
 
 IGNORED_VRS = {"UI", "DA", "TM", "DT"}  # UIDs, dates and times
-OUTPUTS = ("seg", "sr", "sc")
 
 
 class ReplayRefused(Exception):
@@ -103,7 +103,7 @@ def replay(settings: Settings, store: JobStore, job_id: int, backend: Any) -> Re
         job = Job(job_id, SeriesKey(series_uid, revision), pipeline_name, model, attempts=1)
         fresh = Path(executor.execute(job, paths).summary["result_dir"])
         report = Replay(job_id, model, recorded["version"])
-        for kind in OUTPUTS:
+        for kind in RESULT_KINDS:
             old, new = folder / f"{kind}.dcm", fresh / f"{kind}.dcm"
             if old.is_file() or new.is_file():
                 report.compared[kind] = (["(missing on one side)"] if not (

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from node.store.database import Connection
 from node.store.jobs import JobStore
-from node.store.outbox import SENT, SUPERSEDED, ResultToSend, put
+from node.store.outbox import RESULT_KINDS, SENT, SUPERSEDED, ResultToSend, put
 
 PENDING, QUEUED, NONE, FAILED = "pending", "queued", "none", "failed"
 QUALITY, SAFETY = "quality", "safety"
-RESULT_KINDS = ("seg", "sr", "sc")
 
 
 @dataclass(frozen=True)

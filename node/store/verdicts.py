@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass
 
 from node.store.jobs import JobStore
+from node.store.outbox import RESULT_KINDS
 
 VERDICTS = ("accept", "reject", "modify")
-RESULT_KINDS = ("seg", "sr", "sc")
 
 
 @dataclass(frozen=True)
