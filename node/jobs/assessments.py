@@ -10,11 +10,11 @@ import logging
 from collections.abc import Iterable
 
 from pydicom import dcmread
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from node.store.verdicts import Verdicts
 
 log = logging.getLogger(__name__)
-KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 # CID 7011 Rejected for Quality Reasons, Rejected for Patient Safety Reasons, Incorrect
 # Modality Worklist Entry, Data Retention Policy Expired
 REJECTION_TITLES = {"113001", "113037", "113038", "113039"}
@@ -40,7 +40,7 @@ def verdicts_from_notes(paths: Iterable[str], verdicts: Verdicts, sender: str,
                         exc.__class__.__name__)
             continue
         titles = note.get("ConceptNameCodeSequence") or []
-        if str(note.get("SOPClassUID", "")) != KEY_OBJECT_SELECTION or not titles:
+        if note.get("SOPClassUID") != KeyObjectSelectionDocumentStorage or not titles:
             continue
         title = titles[0]
         if title.get("CodingSchemeDesignator") != "DCM" \

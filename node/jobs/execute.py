@@ -200,21 +200,22 @@ class JobExecutor:
 
         times = StageTimes()
         started = time.perf_counter()
+        pipeline = self._pipeline(job.pipeline)
         spec = load_model_spec(self._settings.inference.model_repository, job.model,
-                               self._pipeline(job.pipeline).version)
+                               pipeline.version)
         self._backend.check(spec)
         volume = self._load(paths)
         times.add("load", started)
-        inputs_profile = provenance.inputs_profile(volume.headers[0] if volume.headers else None)
         summary: dict[str, Any] = {
             "model": spec.name,
             "model_version": spec.exact_version,
             "model_repository_version": spec.triton_version,
             "backend": self._backend.name,
+            "inputs_profile": provenance.inputs_profile(
+                volume.headers[0] if volume.headers else None),
         }
-        summary["inputs_profile"] = inputs_profile
-        summary["provenance"], inputs = provenance.record(
-            spec, self._pipeline(job.pipeline), self._backend.name, paths)
+        summary["provenance"], inputs = provenance.record(spec, pipeline, self._backend.name,
+                                                          paths)
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
         write_atomically(target / "provenance.json", lambda handle: handle.write(json.dumps(

@@ -128,10 +128,10 @@ class Router:
             self._store.audit(sender, AuditEvent.RESULT_ASSESSED,
                               f"job {job}: reject ({title})", now)
         if found:
-            self._store.set_route(key, "assessed", "rejection note for job(s) "
-                                  + ", ".join(map(str, sorted(found))))
+            jobs = ", ".join(map(str, sorted(found)))
+            self._store.set_route(key, "assessed", f"rejection note for job(s) {jobs}")
             log.info("series %s rev %d: a rejection note for the results of job(s) %s",
-                     key.series_instance_uid, key.revision, ", ".join(map(str, sorted(found))))
+                     key.series_instance_uid, key.revision, jobs)
         return bool(found)
 
     def route_pending(self) -> int:
