@@ -139,6 +139,20 @@ def drift(settings: Settings, store: JobStore, now: float,
             for name in names]
 
 
+_polled: dict[int, tuple[float, list[PipelineDrift]]] = {}  # store -> (when, reports)
+
+
+def drift_polled(settings: Settings, store: JobStore, now: float) -> list[PipelineDrift]:
+    """:func:`drift` of every pipeline for what is polled (``/readyz``, ``/metrics``): computed
+    at most every ``drift.check_interval_s``, not on each probe and scrape (it reads up to
+    ``MAX_JOBS`` job summaries per pipeline)."""
+    cached = _polled.get(id(store))
+    if cached is None or now - cached[0] >= settings.drift.check_interval_s:
+        cached = (now, drift(settings, store, now))
+        _polled[id(store)] = cached
+    return cached[1]
+
+
 class DriftWatch:
     """Logs a warning when a pipeline's drifted features change (checked after its jobs, at
     most every ``drift.check_interval_s`` per pipeline)."""
@@ -153,10 +167,10 @@ class DriftWatch:
         if now - self._checked.get(pipeline, -math.inf) < settings.drift.check_interval_s:
             return []
         self._checked[pipeline] = now
-        report = drift(settings, self._store, now, pipeline)[0] if any(
-            p.name == pipeline for p in settings.pipelines) else None
-        if report is None:
+        reports = drift(settings, self._store, now, pipeline)
+        if not reports:  # no longer configured
             return []
+        report = reports[0]
         if report.drifted and report.drifted != self._drifted.get(pipeline):
             log.warning("pipeline %s has drifted from its baseline (%d jobs): %s", pipeline,
                         report.baseline_jobs, ", ".join(

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from node.jobs.drift import drift
+from node.jobs.drift import drift_polled
 from node.operations import readiness
 from node.web.context import WebContext
 
@@ -32,5 +32,5 @@ def readyz(request: Request) -> JSONResponse:
     if not failed:
         body["warnings"] = {f"drift {d.pipeline}": "drifted: " + ", ".join(
             f"{name} PSI {d.psi[name]:.2f}" for name in d.drifted)
-            for d in drift(context.settings, context.store, time.time()) if d.drifted}
+            for d in drift_polled(context.settings, context.store, time.time()) if d.drifted}
     return JSONResponse(body, status_code=503 if failed else 200)

@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from node import __version__
 from node.domain import JobState
-from node.jobs.drift import drift
+from node.jobs.drift import drift_polled
 from node.jobs.shadow import summarise
 from node.operations import readiness
 from node.store import outbox
@@ -95,7 +95,7 @@ class StoreCollector:
             "outputs against its baseline, per feature", labels=["pipeline", "feature"])
         drifted = GaugeMetricFamily("ainode_drift_features", "Features of a pipeline at or "
                                     "above drift.psi_warning", labels=["pipeline"])
-        for report in drift(self._context.settings, self._context.store, time.time()):
+        for report in drift_polled(self._context.settings, self._context.store, time.time()):
             for feature, value in report.psi.items():
                 index.add_metric([report.pipeline, feature], value)
             drifted.add_metric([report.pipeline], len(report.drifted))
