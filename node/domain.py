@@ -106,6 +106,17 @@ class SeriesAttributes:
     image_type: str
     instance_count: int
     slice_thickness_mm: float | None
+    slide: SlideAttributes | None = None  # a whole slide (SM): what its headers say
+
+
+@dataclass(frozen=True, slots=True)
+class SlideAttributes:
+    """What routing rules may look at of a whole slide (no patient data)."""
+
+    image_types: tuple[str, ...] = ()
+    specimens: tuple[str, ...] = ()
+    stains: tuple[str, ...] = ()
+    optical_paths: tuple[str, ...] = ()
 
 
 class JobState(StrEnum):

@@ -136,9 +136,9 @@ def present_labels(labels: NDArray[np.uint8], label_names: tuple[str, ...]) -> l
 
 def series_number(kind: str, revision: int = 1) -> int:
     """Series numbers that sort the results after the source in viewers and tell the
-    results of each revision of the source apart: 9001-9003 for the first (SEG, SR, SC),
+    results of each revision of the source apart: 9001-9004 for the first (SEG, SR, SC, ANN),
     9011-9013 for the second, and so on."""
-    return {"seg": 9001, "sr": 9002, "sc": 9003}[kind] + 10 * (max(revision, 1) - 1)
+    return {"seg": 9001, "sr": 9002, "sc": 9003, "ann": 9004}[kind] + 10 * (max(revision, 1) - 1)
 
 
 def stamp_series_created(dataset: Dataset, when: dt.datetime) -> None:

@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
+    MicroscopyBulkSimpleAnnotationsStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
@@ -27,7 +28,8 @@ from node.settings import Pipeline, SegmentSpec
 
 # the SOP class of each result kind (highdicom's Segmentation, Comprehensive3DSR, SCImage)
 RESULT_SOP_CLASSES = {"seg": SegmentationStorage, "sr": Comprehensive3DSRStorage,
-                      "sc": SecondaryCaptureImageStorage}
+                      "sc": SecondaryCaptureImageStorage,
+                      "ann": MicroscopyBulkSimpleAnnotationsStorage}
 
 
 def is_urgent(pipeline: Pipeline, findings: Findings,

@@ -46,6 +46,7 @@ PROCEDURES = {  # CID 100 Quantitative Diagnostic Imaging Procedures
     # generic concept that every edition has
     "CR": Code("363679005", "SCT", "Imaging procedure"),
     "DX": Code("363679005", "SCT", "Imaging procedure"),
+    "SM": Code("363679005", "SCT", "Imaging procedure"),  # a slide: no CID 100 concept
 }
 MAX_OUTLINE_POINTS = 256
 measure: Any = _measure  # scikit-image is untyped

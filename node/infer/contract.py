@@ -20,6 +20,38 @@ class ContractError(ValueError):
     """A parameter is not what the contract says (its message names the parameter)."""
 
 
+class SlideTiling(BaseModel):
+    """How a whole-slide model sees a slide (``ainode_wsi``): RGB tiles of ``tile_size``
+    pixels at ``pixel_spacing_um`` (or the objective's ``magnification``, 10 µm / it), ``overlap``
+    pixels shared by neighbours, only where there is tissue (``tissue_only``: at least
+    ``min_tissue`` of the tile) and at most ``batch_tiles`` tiles decoded at once. The network
+    gets [N, 3, tile_size, tile_size] float32 RGB in [0, 1] and returns [N, F] scores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pixel_spacing_um: float | None = Field(None, gt=0)
+    magnification: float | None = Field(None, gt=0)
+    tile_size: int = Field(224, ge=8, le=4096)
+    overlap: int = Field(0, ge=0)
+    tissue_only: bool = True
+    min_tissue: float = Field(0.25, ge=0, le=1)
+    batch_tiles: int = Field(64, ge=1, le=4096)
+
+    @property
+    def spacing_mm(self) -> float:
+        """The pixel spacing the model asks for, in mm (a 10x objective: 1 µm)."""
+        if self.pixel_spacing_um is not None:
+            return self.pixel_spacing_um / 1000.0
+        return 0.01 / (self.magnification or 10.0)
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap(cls, value: int, info: Any) -> int:
+        if value >= info.data.get("tile_size", 224):
+            raise ValueError("overlap must be smaller than tile_size")
+        return value
+
+
 class ModelParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,6 +76,8 @@ class ModelParameters(BaseModel):
     input_kind: str | None = None  # what the input is (hounsfield, mr_signal): documentation
     stages: dict[str, str] = Field(
         default_factory=dict, description="a staged model's networks: role -> model name")
+    wsi: SlideTiling | None = Field(
+        None, description="a whole-slide model: a classifier of tiles (see SlideTiling)")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -76,6 +110,9 @@ def model_parameters(parameters: Mapping[str, str], model: str) -> ModelParamete
         first = exc.errors()[0]
         where = PREFIX + ".".join(str(part) for part in first["loc"])
         raise ContractError(f"{model}: {where}: {first['msg']}") from exc
+    if contract.wsi is not None and contract.output_kind != "classification":
+        raise ContractError(f"{model}: ainode_wsi needs ainode_output_kind classification "
+                            "(one score per class for each tile)")
     unknown = sorted(set(contract.segments) - set(contract.findings))
     if unknown:
         raise ContractError(f"{model}: ainode_segments names unknown labels {', '.join(unknown)}")

@@ -27,6 +27,10 @@ each a network) is a Python model (``backend: "python"``, ``<v>/model.py``) whos
 infer)`` computes what passes from one stage to the next (a crop from the first stage's output,
 say) and calls ``infer(role, tensor)`` for each network: on Triton through BLS, so every network
 runs on the server; embedded through the worker's own sessions. One file, both backends.
+
+A whole-slide model (``ainode_wsi``, see :class:`node.infer.contract.SlideTiling`) classifies
+RGB tiles of a slide: :mod:`node.infer.tiles` feeds it, the ``classification`` labels name the
+classes.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
 
-from node.infer.contract import FINDING_KINDS, ContractError, model_parameters
+from node.infer.contract import FINDING_KINDS, ContractError, SlideTiling, model_parameters
 
 # the file Triton loads per platform or backend when config.pbtxt names none
 DEFAULT_FILES = {"pytorch_libtorch": "model.pt", "pytorch": "model.pt", "python": "model.py"}
@@ -83,6 +87,11 @@ class ModelSpec:
     threshold: float = 0.5  # classification: a finding is present from this probability
     stages: dict[str, str] = field(default_factory=dict)  # role -> model: a staged model
     available: tuple[int, ...] = ()  # every numbered version directory of the model
+    wsi: SlideTiling | None = None  # a whole-slide model: how it tiles a slide
+
+    @property
+    def is_slide_model(self) -> bool:
+        return self.wsi is not None
 
     @property
     def exact_version(self) -> str:
@@ -189,5 +198,6 @@ def load_model_spec(repository: Path, name: str, version: int | None = None) -> 
         threshold=contract.threshold,
         stages=contract.stages,
         available=tuple(versions),
+        wsi=contract.wsi,
     )
 

@@ -109,9 +109,10 @@ def model_input(volume: Volume, layout: str) -> MetaTensor:
     return MetaTensor(torch.from_numpy(volume.voxels)[None], affine=torch.eye(4))
 
 
-def _activate(scores: torch.Tensor, activation: str) -> torch.Tensor:
+def activate(scores: torch.Tensor, activation: str, dim: int = 0) -> torch.Tensor:
+    """The model's declared activation over ``dim`` (the classes)."""
     if activation == "softmax":
-        return torch.softmax(scores.float(), dim=0)
+        return torch.softmax(scores.float(), dim=dim)
     if activation == "sigmoid":
         return torch.sigmoid(scores.float())
     return scores
@@ -149,7 +150,7 @@ def run_classifier(
     if scores.ndim != 2 or scores.shape != (1, len(model.labels)):
         raise ModelConfigError(f"{model.name}: a classifier must output [1, {len(model.labels)}]"
                                f" scores, got {tuple(scores.shape)}")
-    probabilities = _activate(scores[0], model.activation)
+    probabilities = activate(scores[0], model.activation)
     return {name: round(float(p), 4) for name, p in zip(model.labels, probabilities,
                                                           strict=True)}
 
@@ -182,7 +183,7 @@ def _predict_on_source_grid(
         prediction = predictor(batch)[0]
     started = times.add("infer", started)
 
-    prediction = _activate(prediction, model.activation)
+    prediction = activate(prediction, model.activation)
     if model.invert == "labels":  # argmax, then back to the source grid by nearest neighbour
         prediction = torch.from_numpy(
             labels_from(np.asarray(prediction), model.output_kind)[None].astype(np.float32))

@@ -9,26 +9,22 @@ records both. torch and MONAI are imported by the first job, not when this modul
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from node.domain import Finding, Findings, Job, SeriesKey
+from node.domain import Finding, Findings, Job
 from node.encode.common import (
     Provenance,
     count_labels,
     series_number,
-    stamp_series_created,
 )
 from node.encode.outputs import (
     encode_findings_report,
@@ -42,12 +38,11 @@ from node.infer.backend import Backend, InferenceFailed
 from node.infer.repository import ModelConfigError, ModelNotFound, ModelSpec, load_model_spec
 from node.infer.segments import effective_segments
 from node.jobs import provenance
+from node.jobs.results import JobResult, ResultObject, result_dir, write_results
 from node.runtime import logs
 from node.settings import RESEARCH_PREFIX, Pipeline, Settings
 from node.store.durable import write_atomically
-from node.store.layout import DataDir
 from node.store.outbox import ResultToSend
-from node.store.spool import path_component
 
 # what a retry cannot fix: the job fails at once with the reason
 PERMANENT_ERRORS = (ModelNotFound, ModelConfigError, VolumeError, InferenceFailed, EncodeError)
@@ -57,24 +52,6 @@ log = logging.getLogger(__name__)
 
 NOTICE_KIND = "notify"  # the outbox kind of a notification
 RESEARCH_KIND = "research"  # the outbox kind of a research export (one per series)
-
-
-@dataclass(frozen=True, slots=True)
-class ResultObject:
-    """One result file a job wrote (a SEG, SR or SC), before it is addressed to peers."""
-
-    kind: str
-    path: str
-    sop_instance_uid: str
-    priority: int
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What a job produced: its summary (stored with the job) and its result objects."""
-
-    summary: dict[str, Any]
-    objects: list[ResultObject] = field(default_factory=list)
 
 
 def research_exports(pipeline: Pipeline, series_uid: str) -> list[ResultToSend]:
@@ -124,19 +101,6 @@ def _patient_header(paths: list[str]) -> Dataset | None:
                                specific_tags=list(logs.PATIENT_ATTRIBUTES))
     except Exception:  # unreadable: the load reports it, redaction has nothing to add
         return None
-
-
-def result_dir(data_dir: Path, key: SeriesKey, pipeline: str) -> Path:
-    """Where a job's files go. The series UID comes from received data: it is used only as a
-    safe path component (a hash when it is not a well-formed UID), never as given."""
-    return (
-        DataDir(data_dir).results(key.series_instance_uid) / str(key.revision)
-        / path_component(pipeline)
-    )
-
-
-def _save_dataset(dataset: Dataset, handle: BinaryIO) -> None:
-    dataset.save_as(handle, enforce_file_format=True)
 
 
 def _finding(voxels: int, volume: Volume, min_ml: float) -> Finding:
@@ -204,6 +168,10 @@ class JobExecutor:
         spec = load_model_spec(self._settings.inference.model_repository, job.model,
                                pipeline.version)
         self._backend.check(spec)
+        if spec.is_slide_model:
+            from node.jobs.slides import execute_slide
+
+            return execute_slide(job, paths, spec, pipeline, self._backend, self._settings)
         volume = self._load(paths)
         times.add("load", started)
         summary: dict[str, Any] = {
@@ -311,23 +279,13 @@ class JobExecutor:
                 urgent,
             )
         summary["seconds"]["encode"] = round(time.perf_counter() - started, 3)
-        created = dt.datetime.now()
-        for dataset in objects.values():
-            stamp_series_created(dataset, created)
         if job.series.revision > 1:
             log.info("series %s revision %d: its %s results (series numbers %s) supersede "
                      "those of revision(s) 1-%d", job.series.series_instance_uid,
                      job.series.revision, "/".join(k.upper() for k in objects),
                      ", ".join(str(series_number(k, job.series.revision)) for k in objects),
                      job.series.revision - 1)
-        written: list[ResultObject] = []
-        for kind, dataset in objects.items():
-            path = target / f"{kind}.dcm"
-            write_atomically(path, functools.partial(_save_dataset, dataset))
-            summary["outputs"][kind] = str(dataset.SOPInstanceUID)
-            written.append(ResultObject(kind, str(path), str(dataset.SOPInstanceUID),
-                                        10 if urgent else 0))
-        return written
+        return write_results(objects, target, summary, urgent)
 
     def _pipeline(self, name: str) -> Pipeline:
         for pipeline in self._settings.pipelines:

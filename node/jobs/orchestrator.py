@@ -23,8 +23,9 @@ from node.infer.backend import Backend, BackendUnavailable
 from node.infer.repository import ModelConfigError, ModelNotFound
 from node.jobs.assessments import verdicts_from_notes
 from node.jobs.drift import DriftWatch
-from node.jobs.execute import PERMANENT_ERRORS, JobResult, addressed, research_exports
-from node.jobs.rules import route
+from node.jobs.execute import PERMANENT_ERRORS, addressed, research_exports
+from node.jobs.results import JobResult
+from node.jobs.rules import route, with_slide
 from node.jobs.shadow import compare
 from node.jobs.workers import Executor, InProcessExecutor, JobTimedOut, WorkerDied
 from node.runtime import metrics
@@ -94,6 +95,8 @@ class Router:
             return 0
         if attributes.modality == "KO" and self._rejection_notes(key, attributes.calling_ae):
             return 0
+        if attributes.modality == "SM":
+            attributes = with_slide(attributes, self._store.instance_paths(key))
         matched = route(attributes, self._settings.pipelines)
         if not matched:
             self._store.set_route(key, "skipped", "no pipeline matched")

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 from node.domain import Job
 from node.infer.backend import Backend, InferenceFailed
-from node.jobs.execute import PERMANENT_ERRORS, JobExecutor, JobResult
+from node.jobs.execute import PERMANENT_ERRORS, JobExecutor
+from node.jobs.results import JobResult
 from node.runtime.process import die_with_parent
 from node.settings import Settings
 

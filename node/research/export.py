@@ -37,6 +37,7 @@ from node.store.durable import write_atomically
 from node.store.index import InstanceIndex
 from node.store.jobs import JobStore
 from node.store.layout import DataDir, data_dir
+from node.store.outbox import RESULT_KINDS as RESULT_KINDS_ON_DISK
 from node.store.spool import path_component
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _results(data_dir: Path, series_uid: str) -> list[_Source]:
     if not revisions:
         return []
     return [_Source(path, path.stem) for path in sorted(revisions[-1].glob("*/*.dcm"))
-            if path.stem in ("seg", "sr", "sc")]
+            if path.stem in RESULT_KINDS_ON_DISK]
 
 
 class Exporter:

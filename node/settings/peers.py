@@ -86,7 +86,7 @@ class Peer(_Password, _Token):
     host: str
     port: int = Field(ge=1, le=65535)
     dicomweb_url: str | None = None
-    results: list[Literal["seg", "sr", "sc"]] | None = Field(
+    results: list[Literal["seg", "sr", "sc", "ann"]] | None = Field(
         None, description="result kinds this peer wants (e.g. [sc] for a viewer without SEG)"
     )
     iocm: bool = Field(

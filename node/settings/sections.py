@@ -66,6 +66,9 @@ class MatchRule(_Strict):
 
     Text conditions are shell-style patterns (``*``, ``?``, ``[..]``), case-insensitive;
     ``image_type`` is matched against the values joined by backslashes (``ORIGINAL\\PRIMARY*``).
+    A whole slide (``modality: SM``) matches ``image_type`` when one of its images does, and
+    ``specimen`` (identifier or short description), ``stain`` (substances of its staining
+    steps) and ``optical_path`` (description or illumination) when one of its values does.
     """
 
     called_ae: str | None = None
@@ -79,6 +82,9 @@ class MatchRule(_Strict):
     max_instances: int | None = Field(None, ge=1)
     min_slice_thickness_mm: float | None = Field(None, ge=0)
     max_slice_thickness_mm: float | None = Field(None, ge=0)
+    specimen: str | list[str] | None = None
+    stain: str | list[str] | None = None
+    optical_path: str | list[str] | None = None
 
 
 class CodeSpec(_Strict):
@@ -135,7 +141,7 @@ class Pipeline(_Strict):
         "live", description="shadow: runs on every series the pipeline shadow_of runs on, "
                             "delivers nothing, and is compared with it")
     shadow_of: str | None = Field(None, description="the live pipeline a shadow runs beside")
-    outputs: list[Literal["seg", "sr", "sc", "research"]] = ["seg", "sr"]
+    outputs: list[Literal["seg", "sr", "sc", "ann", "research"]] = ["seg", "sr"]
     research: str | None = Field(
         None, description="the research[] entry the output kind research exports the series to")
     destinations: list[str] = []

@@ -18,7 +18,7 @@ from node.store.requeue import requeue_rows
 
 QUEUED, SENT, DEAD, SUPERSEDED = "queued", "sent", "dead", "superseded"
 STATES = (QUEUED, SENT, DEAD, SUPERSEDED)
-RESULT_KINDS = ("seg", "sr", "sc")  # the DICOM result objects a job writes (<kind>.dcm)
+RESULT_KINDS = ("seg", "sr", "sc", "ann")  # the DICOM result objects a job writes (<kind>.dcm)
 
 
 @dataclass(frozen=True, slots=True)

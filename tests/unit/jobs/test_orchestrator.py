@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from node.domain import Job
-from node.jobs.execute import JobResult, ResultObject
 from node.jobs.orchestrator import Orchestrator
+from node.jobs.results import JobResult, ResultObject
 from node.settings import Settings
 from tests.support.node import store_with_ct
 
