@@ -90,6 +90,7 @@ class StoreOutcome:
     duplicate: bool
     instance_count: int
     expected_count: int | None
+    whole_slide: bool = False  # a level (or label, overview) of a slide: PS3.3 A.32.8
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,10 +67,19 @@ def missing_codes(settings: Settings) -> list[str]:
             continue
         if not pipeline.outputs:
             continue
-        if spec.is_classifier and set(pipeline.outputs) - {"sr", "research"}:
+        if spec.is_slide_model and set(pipeline.outputs) - {"ann", "seg", "sr", "research"}:
+            problems.append(
+                f"pipelines.{index} ({pipeline.name}): model {spec.name} is a whole-slide "
+                f"model: its outputs can be [ann, seg, sr]")
+        elif spec.is_classifier and not spec.is_slide_model \
+                and set(pipeline.outputs) - {"sr", "research"}:
             problems.append(
                 f"pipelines.{index} ({pipeline.name}): model {spec.name} is a classification"
                 f" model: it has no image to segment or draw, so its outputs can only be [sr]")
+        elif "ann" in pipeline.outputs and not spec.is_slide_model:
+            problems.append(
+                f"pipelines.{index} ({pipeline.name}): output ann (microscopy annotations) "
+                f"needs a whole-slide model; {spec.name} is not one")
         for rule in pipeline.urgent_if:
             subject = rule.finding if rule.finding is not None else rule.label
             if subject not in spec.findings or (

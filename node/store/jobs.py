@@ -29,6 +29,7 @@ from node.domain import (
     SeriesSummary,
     StoreOutcome,
 )
+from node.imaging.slide import WSI_SOP_CLASS
 from node.store.database import Connection, Database, SQLiteDatabase
 from node.store.lease import claim_rows
 from node.store.schema import migrate
@@ -254,6 +255,7 @@ class JobStore:
             duplicate=duplicate,
             instance_count=count,
             expected_count=expected,
+            whole_slide=ref.sop_class_uid == WSI_SOP_CLASS,
         )
 
     def newest_revision(self, series_uid: str, state: SeriesState) -> int | None:

@@ -1,7 +1,10 @@
 """Series completeness: quiet period, expected instance count, association release.
 
 A series revision is complete at the first of: ``quiet_seconds`` without a new instance; its
-expected count (0020,1209) reached; the sending association released (when enabled). Each is
+expected count (0020,1209) reached; the sending association released (when enabled). A whole
+slide (PS3.3 A.32.8) is one series whose levels can each take minutes to arrive (a 4 GB level):
+the quiet rule does not complete it while an association that sent part of it is still open
+on this receiver, so the pyramid is not cut between levels. Each is
 decided in the job store, so instances of one series that reach different receivers (several
 processes or nodes on one store) still form one series: a quiet revision is completed only if
 no instance arrived meanwhile, and a release completes it only when no association on any
@@ -48,6 +51,7 @@ class SeriesAssembler:
         self._clock = clock
         self._on_complete = on_complete
         self._by_association: dict[int, set[SeriesKey]] = {}
+        self._slides_open: dict[int, set[SeriesKey]] = {}  # association -> slides it sends
         self._lock = threading.Lock()
 
     def _association(self, association_id: int) -> str:
@@ -59,6 +63,8 @@ class SeriesAssembler:
             keys = self._by_association.setdefault(association_id, set())
             joined = outcome.series not in keys
             keys.add(outcome.series)
+            if outcome.whole_slide:
+                self._slides_open.setdefault(association_id, set()).add(outcome.series)
         if joined and self._policy.complete_on_release:
             self._store.sender_joined(outcome.series, self._association(association_id))
         expected = outcome.expected_count
@@ -69,6 +75,7 @@ class SeriesAssembler:
         """An association closed; on a normal release its series may be complete."""
         with self._lock:
             keys = self._by_association.pop(association_id, set())
+            self._slides_open.pop(association_id, None)
         if not self._policy.complete_on_release:
             return
         name = self._association(association_id)
@@ -82,10 +89,13 @@ class SeriesAssembler:
     def sweep(self) -> list[SeriesKey]:
         """Complete every revision quiet for ``quiet_seconds``; returns those completed now."""
         cutoff = self._clock() - self._policy.quiet_seconds
+        with self._lock:
+            still_sending = set().union(*self._slides_open.values())
         return [
             key
             for key in self._store.quiet_series(cutoff)
-            if self._complete(key, CompletionReason.QUIET, received_before=cutoff)
+            if key not in still_sending
+            and self._complete(key, CompletionReason.QUIET, received_before=cutoff)
         ]
 
     def _complete(

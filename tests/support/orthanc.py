@@ -21,6 +21,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+WSI_PLUGIN = "/usr/share/orthanc/plugins/libOrthancWSI.so"  # Debian orthanc-wsi: slide viewer
 
 
 @dataclass
@@ -64,8 +65,10 @@ class Orthanc:
 @contextlib.contextmanager
 def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: int,
                   users: dict[str, str] | None = None,
-                  dicomweb_servers: dict[str, Any] | None = None) -> Iterator[Orthanc]:
-    """``dicomweb_servers``: Orthanc's DICOMweb client's servers (``DicomWeb.Servers``)."""
+                  dicomweb_servers: dict[str, Any] | None = None,
+                  plugins: tuple[str, ...] = ()) -> Iterator[Orthanc]:
+    """``dicomweb_servers``: Orthanc's DICOMweb client's servers (``DicomWeb.Servers``);
+    ``plugins``: more plugins to load (e.g. :data:`WSI_PLUGIN`)."""
     require(ORTHANC)
     storage = tmp_path / f"orthanc-{dicom_port}"
     config = {
@@ -74,7 +77,7 @@ def start_orthanc(tmp_path: Path, http_port: int, dicom_port: int, node_port: in
         "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
         "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "HttpServerEnabled": True,
-        "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).exists() else [],
+        "Plugins": [p for p in (DICOMWEB_PLUGIN, *plugins) if Path(p).exists()],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
                      "SeriesMetadata": "Full", "Servers": dicomweb_servers or {}},
         "DicomModalities": {"ainode": ["AINODE", "127.0.0.1", node_port]},

@@ -54,6 +54,23 @@ def test_quiet_period_completes_once(store: JobStore) -> None:
     assert (summary.state, summary.instance_count) == ("complete", 3)
 
 
+def test_a_slide_is_not_cut_between_levels_while_its_sender_is_still_sending(
+        store: JobStore) -> None:
+    """A whole slide's next level may take minutes to arrive: the quiet rule waits for the
+    association that sends it; a CT beside it completes as usual."""
+    clock = Clock()
+    assembler, completed = make(store, clock)
+    slide = InstanceRef("8.1", "1.2.840.10008.5.1.4.1.1.77.1.6", "4.5.6", "1.2",
+                        "1.2.840.10008.1.2", "SM", "/spool/8.1.dcm", 10, "MOD", "AINODE", None)
+    assembler.instance_recorded(store.record_instance(slide, clock()), 3)
+    assembler.instance_recorded(store.record_instance(ref("9.1"), clock()), 4)
+    clock.now += 60
+    assert assembler.sweep() == [SeriesKey("1.2.3", 1)]  # the CT: quiet
+    assembler.association_ended(3, released=True)
+    assert assembler.sweep() == [SeriesKey("4.5.6", 1)]  # the slide, once its sender is done
+    assert [reason for _, reason in completed] == [CompletionReason.QUIET] * 2
+
+
 def test_expected_count_completes_early(store: JobStore) -> None:
     clock = Clock()
     assembler, completed = make(store, clock)

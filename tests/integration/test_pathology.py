@@ -1,0 +1,195 @@
+"""Whole slides: Orthanc (with its WSI plugin) -> node (the README's pathology pipeline) ->
+Orthanc. A real stained slide comes back with annotations, a SEG and an SR that lie on its
+tissue and agree with an independent computation of the model (scikit-image's ``rgb2hed``); a
+synthetic 50,176 x 50,176 slide is processed within bounded memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import yaml
+from skimage.color import rgb2hed
+
+from node.imaging.slide import describe_slide
+from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
+from tests.support.environment import ROOT, free_port, require, wait_for
+from tests.support.node import NodeProcess, ct_body_node_sections
+from tests.support.orthanc import WSI_PLUGIN, Orthanc, start_orthanc
+from tests.support.slides import Slide, in_tissue, large_slide, stained_slide
+
+pytestmark = pytest.mark.integration
+
+SPARSE_BELOW, DENSE_ABOVE, STEEPNESS = 0.015, 0.025, 400.0  # models/wsi_stain_density.py
+MAX_RSS_MB = 2048
+
+
+def readme_pipelines() -> list[dict[str, Any]]:
+    """The README's pathology pipeline, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Pathology (whole-slide images)", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return list(yaml.safe_load(snippet)["pipelines"])
+
+
+def send_through_orthanc(pacs: Orthanc, node: NodeProcess, slide: Slide, results: int,
+                         timeout: float) -> None:
+    study = pacs.upload(slide.files)
+    pacs.api("/modalities/ainode/store", json.dumps({"Resources": [study],
+                                                      "Synchronous": True}))
+    assert wait_for(lambda: node.query(
+        "SELECT COUNT(*) FROM outbox WHERE state='sent'") == [(results,)], timeout, 0.5), (
+        node.query("SELECT id, pipeline, state, error FROM jobs"), node.log()[-3000:])
+
+
+def results_in_pacs(pacs: Orthanc, slide: Slide) -> dict[str, pydicom.Dataset]:
+    """The node's ANN, SEG and SR for the slide, as Orthanc holds them."""
+    found = pacs.series_by_modality(slide.study_uid)
+    return {kind: fetch(pacs, slide.study_uid, series)[0]
+            for kind, modality in (("ann", "ANN"), ("seg", "SEG"), ("sr", "SR"))
+            for series in found.get(modality, [])}
+
+
+def tile_boxes(ann: pydicom.Dataset, base: pydicom.Dataset) -> dict[str, list[Any]]:
+    """Per class group: each polygon back in base-level pixels as (row0, col0, row1, col1),
+    with its probability."""
+    annotations = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(ann)
+    to_pixels = hd.spatial.ReferenceToImageTransformer.for_image(base,
+                                                                 for_total_pixel_matrix=True)
+    boxes: dict[str, list[Any]] = {}
+    for group in annotations.get_annotation_groups():
+        label = str(group.label).split(" ")[0]
+        if label == "tissue":
+            continue
+        names, values, _ = group.get_measurements()
+        probabilities = values[:, [n.meaning for n in names].index("Class probability")]
+        for polygon, probability in zip(group.get_graphic_data(
+                coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD3D),
+                probabilities, strict=True):
+            pixels = to_pixels(np.asarray(polygon)) + 0.5  # corners: half a pixel before
+            columns, rows = pixels[:, 0], pixels[:, 1]
+            boxes.setdefault(label, []).append(
+                (round(rows.min()), round(columns.min()), round(rows.max()), round(columns.max()),
+                 float(probability)))
+    return boxes
+
+
+def reference_class(tile: Any) -> tuple[int, float, float]:
+    """The model computed independently: mean haematoxylin of rgb2hed, soft thresholds."""
+    density = float(rgb2hed(tile)[..., 0].mean())
+    scores = np.array([STEEPNESS * (SPARSE_BELOW - density), 0.0,
+                       STEEPNESS * (density - DENSE_ABOVE)])
+    probabilities = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    label = int(np.argmax(probabilities))
+    return label, float(probabilities[label]), density
+
+
+def test_a_stained_slide_comes_back_with_annotations_seg_and_sr_on_its_tissue(
+    tmp_path: Path, node_factory: Any,
+) -> None:
+    require(DCIODVFY)
+    slide = stained_slide(tmp_path / "slide")
+    http_port, pacs_port = free_port(), free_port()
+    sections = ct_body_node_sections(pacs_port)
+    pipelines = readme_pipelines()
+    assert pipelines[0]["match"] == {"modality": "SM", "stain": "*hematoxylin*"}
+    # a stain the slide was not given: this pipeline must not run
+    pipelines.append({**pipelines[0], "name": "eosin-only",
+                      "match": {"modality": "SM", "stain": "*eosin*"}})
+    sections["pipelines"] = pipelines
+    node = node_factory(**sections).start()
+    with start_orthanc(tmp_path, http_port, pacs_port, node.port,
+                       plugins=(WSI_PLUGIN,)) as pacs:
+        send_through_orthanc(pacs, node, slide, 3, 180)
+        # the PACS's own slide viewer (orthanc-wsi) sees the pyramid the node read
+        (found,) = pacs.api("/tools/lookup", slide.series_uid)
+        series_id = found["ID"]
+        pyramid = pacs.api(f"/wsi/pyramids/{series_id}")
+        assert (pyramid["TotalWidth"], pyramid["TotalHeight"]) == (1536, 1536)
+        results = results_in_pacs(pacs, slide)
+    assert sorted(results) == ["ann", "seg", "sr"]
+    assert node.query("SELECT pipeline, state FROM jobs") == [("slide-stain-density", "done")]
+    for dataset in results.values():
+        assert dciodvfy_errors(dataset, tmp_path) == [], dataset.SOPClassUID.name
+        assert "wsi_stain_density 1.0.0" in dataset.SeriesDescription
+        assert "not for primary diagnosis" in dataset.SeriesDescription
+        assert dataset.StudyInstanceUID == slide.study_uid
+    (summary,) = [json.loads(row[0]) for row in node.query("SELECT result FROM jobs")]
+
+    levels = describe_slide([str(f) for f in slide.files]).levels
+    base = pydicom.dcmread(levels[0].path, stop_before_pixels=True)
+    pixels = hd.imread(levels[0].path).get_total_pixel_matrix(dtype=np.uint8)
+    top, left, bottom, right = slide.tissue_box
+
+    # ANN: every tile on the tissue, of the class and probability computed independently
+    boxes = tile_boxes(results["ann"], base)
+    labels = ["sparse", "moderate", "dense"]
+    assert sum(len(b) for b in boxes.values()) == summary["slide"]["tiles_classified"] > 30
+    borderline = 0
+    for label, items in boxes.items():
+        assert len(items) == summary["slide"]["classes"][label]["tiles"]
+        for row0, col0, row1, col1, probability in items:
+            assert (row1 - row0, col1 - col0) == (64, 64)
+            assert top - 64 < row0 and row1 < bottom + 64 and left - 64 < col0 \
+                and col1 < right + 64, (label, row0, col0)
+            expected, expected_probability, density = reference_class(
+                pixels[row0:row1, col0:col1])
+            if min(abs(density - SPARSE_BELOW), abs(density - DENSE_ABOVE)) < 1e-4:
+                borderline += 1
+                continue
+            assert labels[expected] == label, (row0, col0, density)
+            assert probability == pytest.approx(expected_probability, abs=1e-3)
+    assert borderline <= 2
+
+    # SEG: on the base level's grid, every labelled pixel on the tissue
+    seg = hd.seg.Segmentation.from_dataset(results["seg"])
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] \
+        .ReferencedSOPInstanceUID == base.SOPInstanceUID
+    labelled = seg.get_total_pixel_matrix(combine_segments=True)
+    assert labelled.shape == (1536, 1536)
+    rows, columns = np.nonzero(labelled)
+    assert rows.min() >= top - 8 and rows.max() < bottom + 8
+    assert columns.min() >= left - 8 and columns.max() < right + 8
+    assert len(rows) >= 0.4 * (bottom - top) * (right - left)
+
+    # SR: the tissue area and the shares, as the job measured them
+    sr = hd.sr.Comprehensive3DSR.from_dataset(results["sr"])
+    (group,) = sr.content.get_image_measurement_groups()
+    measured = {m.name.meaning: float(m.value) for m in group.get_measurements()}
+    assert measured["Area"] == pytest.approx(summary["slide"]["tissue_area_mm2"], abs=1e-3)
+    assert 0.1 < measured["Area"] <= 0.262  # the tissue is at most the 0.512 mm square
+    shares = [measured[f"Share of tissue: {label}"] for label in labels]
+    assert sum(shares) == pytest.approx(100.0, abs=0.05)
+
+
+def test_a_50k_slide_is_processed_in_bounded_memory(tmp_path: Path,
+                                                    node_factory: Any) -> None:
+    template = stained_slide(tmp_path / "template").files[0]
+    slide = large_slide(tmp_path / "large", template)
+    http_port, pacs_port = free_port(), free_port()
+    sections = ct_body_node_sections(pacs_port)
+    sections["pipelines"] = readme_pipelines()
+    node = node_factory(**sections).start()
+    with start_orthanc(tmp_path, http_port, pacs_port, node.port) as pacs:
+        send_through_orthanc(pacs, node, slide, 3, 420)
+        results = results_in_pacs(pacs, slide)
+    (summary,) = [json.loads(row[0]) for row in node.query("SELECT result FROM jobs")]
+    assert summary["slide"]["levels"][0][:2] == [50_176, 50_176]
+    assert summary["peak_rss_mb"] < MAX_RSS_MB, summary["peak_rss_mb"]
+    # tiles only where there is tissue: the two ellipses cover 3 % of the slide
+    assert summary["slide"]["tiles_classified"] < 0.05 * summary["slide"]["tiles_total"]
+    base = pydicom.dcmread(slide.files[0], stop_before_pixels=True)
+    boxes = tile_boxes(results["ann"], base)
+    centres = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+                        for items in boxes.values() for b in items])
+    assert len(centres) == summary["slide"]["tiles_classified"]
+    inside = in_tissue(centres[:, 0], centres[:, 1], 50_176)
+    assert inside.mean() > 0.97, inside.mean()
+    # the SEG lies on the 1/16 level (3,136 x 3,136 pixels, 8 µm)
+    seg = hd.seg.Segmentation.from_dataset(results["seg"])
+    assert (int(seg.TotalPixelMatrixRows), int(seg.TotalPixelMatrixColumns)) == (3136, 3136)
