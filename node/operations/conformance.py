@@ -201,8 +201,8 @@ def statement(settings: Settings) -> str:
         "## 3 Objects created",
         "",
         "Every result series has its Series Date and Time (when it was made) and a Series Number "
-        "that tells the revisions of its source series apart: 9001 (SEG), 9002 (SR), 9003 (SC) "
-        "for the first, plus 10 for each later revision (a series re-sent with more images), "
+        "that tells the revisions of its source series apart: 9001 (SEG), 9002 (SR), 9003 (SC), "
+        "9004 (ANN) for the first, plus 10 for each later revision (a series re-sent with more images), "
         "whose Series Description also says \"rev N\".",
         "",
         "### 3.1 Segmentation (PS3.3 A.51)",
@@ -228,11 +228,20 @@ def statement(settings: Settings) -> str:
         "RGB images of source slices with the segments burned in, a banner naming the model, "
         "version and \"not for primary diagnosis\"; Burned In Annotation YES.",
         "",
-        "### 3.4 Coded terms of the installed models",
+        "### 3.4 Microscopy Bulk Simple Annotations (PS3.3 A.87), for whole slides",
+        "",
+        "For a whole slide (VL Whole Slide Microscopy Image, PS3.3 A.32.8) a whole-slide "
+        "model's tiles as POLYGON annotations in the slide's 3D coordinates, one annotation "
+        "group per class with the class probability, tissue share and area per tile "
+        "(probability and tissue share in the private coding scheme 99AINODE), and the tissue "
+        "outline; the slide's SEG is BINARY, TILED_SPARSE, on one pyramid level's total pixel "
+        "matrix; its SR a TID 1501 group with the tissue area and each class's share (UCUM %).",
+        "",
+        "### 3.5 Coded terms of the installed models",
         "",
         *_table(["Model", "Label", "Category", "Type", "Version"], _codes(settings)),
         "",
-        "### 3.5 De-identified copies (research export, PS3.15 Annex E)",
+        "### 3.6 De-identified copies (research export, PS3.15 Annex E)",
         "",
         "`ainode export` and a pipeline's `research` output write copies of received instances"
         " and of the node's SEG and SR under the Basic Application Level Confidentiality "

@@ -23,7 +23,7 @@ import skimage
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from tests.support.environment import require
 
@@ -125,8 +125,8 @@ def in_tissue(rows: NDArray[np.float64], columns: NDArray[np.float64],
 def large_slide(folder: Path, template: Path, size: int = 50_176, tile: int = 256,
                 spacing_um: float = 0.5) -> Slide:
     """A synthetic slide of ``size`` x ``size`` pixels: a base level and a 1/16 level, each
-    one TILED_FULL instance (JPEG baseline tiles). ``template``: an instance of
-    :func:`stained_slide` whose header the levels start from."""
+    one TILED_FULL instance (JPEG baseline tiles). ``template``: a slide instance (e.g. of
+    :func:`stained_slide`) whose header the levels start from."""
     folder.mkdir(parents=True, exist_ok=True)
     header = pydicom.dcmread(template, stop_before_pixels=True)
     ihc = ihc_image()
@@ -152,7 +152,13 @@ def large_slide(folder: Path, template: Path, size: int = 50_176, tile: int = 25
                       for x in range(0, per_side * tile, tile)]
         dataset = pydicom.Dataset()
         dataset.update(header)
-        dataset.file_meta = header.file_meta
+        dataset.file_meta = pydicom.dataset.FileMetaDataset(header.file_meta)
+        dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        dataset.PhotometricInterpretation = "YBR_FULL_422"
+        dataset.SamplesPerPixel, dataset.PlanarConfiguration = 3, 0
+        dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+        dataset.PixelRepresentation = 0
+        dataset.LossyImageCompression = "01"
         for keyword in ("PerFrameFunctionalGroupsSequence", "ConcatenationUID",
                         "SOPInstanceUIDOfConcatenationSource", "InConcatenationNumber",
                         "ConcatenationFrameOffsetNumber"):

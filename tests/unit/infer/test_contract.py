@@ -28,3 +28,18 @@ def test_a_valid_contract_reads_typed_values_and_ignores_other_tools_parameters(
 def test_a_wrong_parameter_is_refused_by_name(parameters: dict[str, str], named: str) -> None:
     with pytest.raises(ContractError, match=named):
         model_parameters({**BASE, **parameters}, "ct_body_seg")
+
+
+def test_a_whole_slide_model_says_how_it_tiles_and_is_a_tile_classifier() -> None:
+    tiling = '{"magnification": 20, "tile_size": 256, "overlap": 32}'
+    contract = model_parameters({**BASE, "ainode_labels": '["tumour", "stroma"]',
+                                 "ainode_output_kind": "classification",
+                                 "ainode_wsi": tiling}, "m")
+    assert contract.wsi is not None and contract.wsi.spacing_mm == pytest.approx(0.0005)
+    assert (contract.wsi.tile_size, contract.wsi.overlap, contract.wsi.tissue_only) == (
+        256, 32, True)
+    with pytest.raises(ContractError, match="ainode_wsi needs ainode_output_kind"):
+        model_parameters({**BASE, "ainode_wsi": tiling}, "m")
+    with pytest.raises(ContractError, match="overlap must be smaller"):
+        model_parameters({**BASE, "ainode_output_kind": "classification",
+                          "ainode_wsi": '{"tile_size": 64, "overlap": 64}'}, "m")

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from node.domain import SeriesAttributes, SeriesKey
+from node.domain import SeriesAttributes, SeriesKey, SlideAttributes
 from node.jobs.rules import route
 from node.settings import MatchRule, Pipeline
 
@@ -58,3 +58,36 @@ def test_every_matching_pipeline_in_order() -> None:
     second = Pipeline(name="b", match=MatchRule(modality="MR"), model="m2")
     third = Pipeline(name="c", match=MatchRule(), model="m3")
     assert [p.name for p in route(CT, [first, second, third])] == ["a", "c"]
+
+
+SLIDE = replace(CT, modality="SM", sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.6",
+                image_type="ORIGINAL\\PRIMARY\\LABEL\\NONE", slide=SlideAttributes(
+                    image_types=("ORIGINAL\\PRIMARY\\LABEL\\NONE",
+                                 "ORIGINAL\\PRIMARY\\VOLUME\\NONE"),
+                    specimens=("S-1", "human tissue, IHC"),
+                    stains=("3,3'-diaminobenzidine", "hematoxylin stain"),
+                    optical_paths=("Brightfield illumination",)))
+
+
+@pytest.mark.parametrize(
+    ("match", "expected"),
+    [
+        ({"modality": "SM", "stain": "*hematoxylin*"}, True),
+        ({"modality": "SM", "stain": ["*eosin*", "*diaminobenzidine*"]}, True),
+        ({"modality": "SM", "stain": "*eosin*"}, False),
+        ({"specimen": "*IHC*"}, True),
+        ({"specimen": "S-2"}, False),
+        ({"optical_path": "brightfield*"}, True),
+        ({"optical_path": "*fluorescence*"}, False),
+        ({"image_type": "*\\VOLUME\\*"}, True),  # any of the slide's images
+        ({"image_type": "*\\OVERVIEW\\*"}, False),
+    ],
+)
+def test_a_slide_is_routed_by_its_stain_specimen_optical_path_and_images(
+        match: dict[str, object], expected: bool) -> None:
+    assert bool(route(SLIDE, [pipeline(**match)])) is expected
+
+
+def test_slide_conditions_never_match_a_series_that_is_not_a_slide() -> None:
+    assert route(CT, [pipeline(stain="*")]) == []
+    assert route(CT, [pipeline(image_type="ORIGINAL*")])
