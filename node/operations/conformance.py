@@ -202,8 +202,8 @@ def statement(settings: Settings) -> str:
         "",
         "Every result series has its Series Date and Time (when it was made) and a Series Number "
         "that tells the revisions of its source series apart: 9001 (SEG), 9002 (SR), "
-        "9003 (SC), 9004 (ANN) for the first, plus 10 for each later revision (a series re-sent with more images), "
-        "whose Series Description also says \"rev N\".",
+        "9003 (SC), 9004 (ANN) for the first, plus 10 for each later revision (a series "
+        "re-sent with more images), whose Series Description also says \"rev N\".",
         "",
         "### 3.1 Segmentation (PS3.3 A.51)",
         "",
