@@ -8,8 +8,10 @@
   tissue of each tile of that class. TILED_SPARSE (each frame's position given, empty frames
   left out) rather than TILED_FULL: dciodvfy (dicom3tools as packaged) does not know that
   TILED_FULL may omit the per-frame groups and reports every such SEG as an error.
-- **SR** (TID 1500): one measurement group (TID 1501) for the slide: tissue area in mm², and per
-  class the share of the classified tissue (%) and its area.
+- **SR** (TID 1500): planar ROI groups (TID 1410), each region a 3D polygon in the slide's
+  Frame of Reference (what slide viewers draw, OHIF's microscopy mode among them): the slide's
+  (the box around its tissue) with the tissue area in mm² and per class the share of the
+  classified tissue (%) and its area, then each tissue region's outline and area.
 
 Every object names the model and its version and says it is not for primary diagnosis.
 """
@@ -37,6 +39,8 @@ from node.settings import SegmentSpec
 SEG_MAX_PIXELS = 25_000_000
 SEG_TILE = 256
 MAX_OUTLINE_POINTS = 512
+MAX_SR_REGIONS = 20  # tissue regions outlined in the SR, largest first
+MIN_SR_REGION_MM2 = 0.001  # smaller specks are counted in the tissue area, not outlined
 PERCENT = Code("%", "UCUM", "percent")
 NO_UNITS = Code("1", "UCUM", "no units")
 TISSUE = Code("85756007", "SCT", "Tissue")
@@ -241,11 +245,68 @@ def _lab(rgb: Any) -> tuple[float, float, float]:
     return float(lab[0]), float(lab[1]), float(lab[2])
 
 
+def tissue_regions(results: TileResults, base_header: Dataset
+                   ) -> list[tuple[NDArray[np.float64], float]]:
+    """The largest tissue regions (at most ``MAX_SR_REGIONS``, none below
+    ``MIN_SR_REGION_MM2``): each outline closed, in 3D slide coordinates (mm), and its area
+    (mm², what the outline encloses)."""
+    source = header_only(base_header)
+    to_slide = hd.spatial.ImageToReferenceTransformer.for_image(source,
+                                                                for_total_pixel_matrix=True)
+    spacing = [float(v) for v in
+               source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+    regions = []
+    for outline in _tissue_outlines(results, results.base_level):
+        columns, rows = outline[:, 0], outline[:, 1]
+        pixels = 0.5 * abs(float(np.dot(columns, np.roll(rows, 1))
+                                 - np.dot(rows, np.roll(columns, 1))))
+        closed = np.vstack([outline, outline[:1]])
+        regions.append((to_slide(closed), pixels * spacing[0] * spacing[1]))
+    regions.sort(key=lambda region: -region[1])
+    return [region for region in regions if region[1] >= MIN_SR_REGION_MM2][:MAX_SR_REGIONS]
+
+
+def tissue_extent(results: TileResults, base_header: Dataset) -> NDArray[np.float64]:
+    """The box around the slide's tissue (all of it when none was found) as a closed 3D polygon
+    in slide coordinates (mm)."""
+    mask = results.tissue_map.mask
+    rows, columns = np.nonzero(mask) if mask.any() else (
+        np.array([0, mask.shape[0] - 1]), np.array([0, mask.shape[1] - 1]))
+    scale = (results.base_level.rows / mask.shape[0], results.base_level.columns / mask.shape[1])
+    top, bottom = rows.min() * scale[0] - 0.5, (rows.max() + 1) * scale[0] - 0.5
+    left, right = columns.min() * scale[1] - 0.5, (columns.max() + 1) * scale[1] - 0.5
+    corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom],
+                        [left, top]], dtype=np.float64)
+    to_slide = hd.spatial.ImageToReferenceTransformer.for_image(header_only(base_header),
+                                                                for_total_pixel_matrix=True)
+    extent: NDArray[np.float64] = to_slide(corners)
+    return extent
+
+
 def build_slide_sr(base_header: Dataset, evidence: list[Dataset], tissue_area_mm2: float,
-                   summary: list[ClassSummary], provenance: Provenance) -> Dataset:
-    """TID 1500 with one TID 1501 group for the slide: tissue area, share and area per class."""
+                   summary: list[ClassSummary], regions: list[tuple[NDArray[np.float64], float]],
+                   extent: NDArray[np.float64], provenance: Provenance) -> Dataset:
+    """TID 1500 of TID 1410 planar ROI groups, each region a 3D polygon in the slide's Frame of
+    Reference (what slide viewers draw; OHIF's microscopy mode needs an image region in every
+    group): the slide's group first (``extent``: the box around its tissue; tissue area,
+    share and area per class), then one per tissue region (its outline and area)."""
     source = header_only(base_header)
     algorithm = provenance.sr_algorithm()
+    groups: list[Any] = []
+    for number, (outline, area) in enumerate(regions, start=1):
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=provenance.uid(f"tracking-tissue-{number}"),
+                identifier=f"{provenance.model_name} tissue {number}"),
+            referenced_region=hd.sr.ImageRegion3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+                graphic_data=outline,
+                frame_of_reference_uid=source.FrameOfReferenceUID),
+            finding_type=TISSUE,
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(codes.SCT.Area, round(area, 4), SQUARE_MM,
+                                            algorithm_id=algorithm)],
+        ))
     measurements = [hd.sr.Measurement(codes.SCT.Area, round(tissue_area_mm2, 4), SQUARE_MM,
                                       algorithm_id=algorithm)]
     for item in summary:
@@ -255,15 +316,16 @@ def build_slide_sr(base_header: Dataset, evidence: list[Dataset], tissue_area_mm
         measurements.append(hd.sr.Measurement(
             Code(f"area-{item.label}"[:16], "99AINODE", f"Tissue area: {item.label}"),
             item.area_mm2, SQUARE_MM, algorithm_id=algorithm))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=provenance.uid("tracking-slide"),
             identifier=f"{provenance.model_name} slide"),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+            graphic_data=extent,
+            frame_of_reference_uid=source.FrameOfReferenceUID),
         finding_type=TISSUE,
         algorithm_id=algorithm,
         measurements=measurements,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID)],
     )
-    return measurement_report([source], evidence, [group], provenance)
+    return measurement_report([source], evidence, [group, *groups], provenance)

@@ -26,6 +26,8 @@ from node.encode.slide import (
     class_map,
     seg_level,
     summarise,
+    tissue_extent,
+    tissue_regions,
 )
 from node.imaging.slide import check_pyramid, describe_slide
 from node.infer.backend import Backend
@@ -126,5 +128,7 @@ def _encode(level_header: Dataset, base_header: Dataset, results: Any, classes: 
             objects["seg"] = seg
     if "sr" in wanted:
         objects["sr"] = build_slide_sr(base_header, list(objects.values()),
-                                       results.tissue_map.area_mm2, per_class, made_by)
+                                       results.tissue_map.area_mm2, per_class,
+                                       tissue_regions(results, base_header),
+                                       tissue_extent(results, base_header), made_by)
     return objects

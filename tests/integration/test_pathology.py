@@ -1,11 +1,14 @@
 """Whole slides: Orthanc (with its WSI plugin) -> node (the README's pathology pipeline) ->
 Orthanc. A real stained slide comes back with annotations, a SEG and an SR that lie on its
-tissue and agree with an independent computation of the model (scikit-image's ``rgb2hed``); a
-synthetic 50,176 x 50,176 slide is processed within bounded memory."""
+tissue and agree with an independent computation of the model (scikit-image's ``rgb2hed``),
+and OHIF's microscopy mode in Chromium draws the SR's regions over that tissue; a synthetic
+50,176 x 50,176 slide is processed within bounded memory."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +17,17 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
+from PIL import Image
 from skimage.color import rgb2hed
 
 from node.imaging.slide import describe_slide
 from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
 from tests.support.environment import ROOT, free_port, require, wait_for
 from tests.support.node import NodeProcess, ct_body_node_sections
+from tests.support.ohif_page import CHROMIUM, ohif_browser
 from tests.support.orthanc import WSI_PLUGIN, Orthanc, start_orthanc
 from tests.support.slides import Slide, in_tissue, large_slide, stained_slide
+from tests.support.viewer_site import OHIF_DIST, ohif_site
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +95,80 @@ def reference_class(tile: Any) -> tuple[int, float, float]:
     return label, float(probabilities[label]), density
 
 
+GREEN_ROI = ((0, 100), (180, 256), (0, 100))  # how OHIF's microscopy mode strokes SR regions
+
+
+def _green(rgb: Any) -> Any:
+    (r0, r1), (g0, g1), (b0, b1) = GREEN_ROI
+    return ((rgb[..., 0] >= r0) & (rgb[..., 0] < r1) & (rgb[..., 1] >= g0)
+            & (rgb[..., 1] < g1) & (rgb[..., 2] >= b0) & (rgb[..., 2] < b1))
+
+
+def drawn_over_tissue_in_ohif(orthanc_http_port: int, slide: Slide, tmp_path: Path) -> None:
+    """OHIF's microscopy mode (Chromium) shows the slide; opening the node's SR (as a user
+    does from the study panel) draws its regions: every stroke on the stained tissue as the
+    screen shows it, the box around the tissue on all four of its sides."""
+    require(CHROMIUM)
+    require(str(OHIF_DIST / "index.html"))  # `make viewer-deps`
+    with ohif_site(orthanc_http_port) as url, ohif_browser(url, tmp_path) as page:
+        page.page.goto(f"{url}/microscopy?StudyInstanceUIDs={slide.study_uid}")
+        page.page.wait_for_function(
+            "() => window.services && window.services.displaySetService.getActiveDisplaySets()"
+            ".some(ds => ds.Modality === 'SR')"
+            " && document.querySelector('.ol-viewport canvas')", timeout=90_000)
+        viewport = page.page.locator(".ol-viewport").first.bounding_box()
+        inset = page.page.locator(".ol-overviewmap").first.bounding_box()
+        before = settled_screen(page)
+        page.page.evaluate(
+            "async () => { const ds = window.services.displaySetService.getActiveDisplaySets()"
+            ".find(ds => ds.Modality === 'SR'); await ds.load(ds.getSourceDisplaySet()); }")
+        page.page.wait_for_function(
+            "() => window.services.displaySetService.getActiveDisplaySets()"
+            ".some(ds => ds.Modality === 'SR' && ds.isLoaded)", timeout=60_000)
+        after = settled_screen(page)
+        page.save("slide-sr.png")
+        errors = page.viewer_errors()
+    assert errors == [], errors
+    # the stained tissue on screen, before any region is drawn (viewport only, not the inset)
+    highest, lowest = before.max(axis=2), before.min(axis=2)
+    stained = (highest - lowest) / np.maximum(highest, 1) > 0.15
+    shown = np.zeros(stained.shape, dtype=bool)
+    edge = 8  # the active viewport's (blue) frame is drawn just inside it
+    shown[round(viewport["y"]) + edge:round(viewport["y"] + viewport["height"]) - edge,
+          round(viewport["x"]) + edge:round(viewport["x"] + viewport["width"]) - edge] = True
+    if inset:
+        shown[round(inset["y"]):round(inset["y"] + inset["height"]) + 1,
+              round(inset["x"]):round(inset["x"] + inset["width"]) + 1] = False
+    rows, columns = np.nonzero(stained & shown)
+    top, bottom, left, right = rows.min(), rows.max(), columns.min(), columns.max()
+    assert not _green(before).any()
+    strokes = _green(after) & shown
+    ys, xs = np.nonzero(strokes)
+    assert len(ys) > 1000, len(ys)
+    slack = 10  # pixels on screen (the box is ~280): the palest stained rim is not tissue
+    near = ((ys >= top - slack) & (ys <= bottom + slack) & (xs >= left - slack)
+            & (xs <= right + slack))
+    assert near.mean() >= 0.9, near.mean()  # the rest: the regions' area labels beside them
+    for band in (strokes[top - slack:top + slack, left:right],
+                 strokes[bottom - slack:bottom + slack, left:right],
+                 strokes[top:bottom, left - slack:left + slack].T,
+                 strokes[top:bottom, right - slack:right + slack].T):
+        assert band.any(axis=0).mean() > 0.8  # the tissue's box, drawn along each side
+
+
+def settled_screen(page: Any) -> Any:
+    """The page as rendered, once two captures a moment apart agree."""
+    previous = None
+    for _ in range(40):
+        time.sleep(0.5)
+        capture = np.asarray(Image.open(io.BytesIO(page.page.screenshot())).convert("RGB"),
+                             dtype=np.int16)
+        if previous is not None and np.array_equal(capture, previous):
+            return capture
+        previous = capture
+    return previous
+
+
 def test_a_stained_slide_comes_back_with_annotations_seg_and_sr_on_its_tissue(
     tmp_path: Path, node_factory: Any,
 ) -> None:
@@ -112,6 +192,7 @@ def test_a_stained_slide_comes_back_with_annotations_seg_and_sr_on_its_tissue(
         pyramid = pacs.api(f"/wsi/pyramids/{series_id}")
         assert (pyramid["TotalWidth"], pyramid["TotalHeight"]) == (1536, 1536)
         results = results_in_pacs(pacs, slide)
+        drawn_over_tissue_in_ohif(http_port, slide, tmp_path)
     assert sorted(results) == ["ann", "seg", "sr"]
     assert node.query("SELECT pipeline, state FROM jobs") == [("slide-stain-density", "done")]
     for dataset in results.values():
@@ -159,10 +240,22 @@ def test_a_stained_slide_comes_back_with_annotations_seg_and_sr_on_its_tissue(
 
     # SR: the tissue area and the shares, as the job measured them
     sr = hd.sr.Comprehensive3DSR.from_dataset(results["sr"])
-    (group,) = sr.content.get_image_measurement_groups()
-    measured = {m.name.meaning: float(m.value) for m in group.get_measurements()}
+    groups = sr.content.get_planar_roi_measurement_groups()
+    slide_group, *region_groups = groups
+    assert slide_group.tracking_identifier == "wsi_stain_density slide"
+    measured = {m.name.meaning: float(m.value) for m in slide_group.get_measurements()}
     assert measured["Area"] == pytest.approx(summary["slide"]["tissue_area_mm2"], abs=1e-3)
     assert 0.1 < measured["Area"] <= 0.262  # the tissue is at most the 0.512 mm square
+    # each tissue region's outline on the tissue, its area no more than the whole
+    to_pixels = hd.spatial.ReferenceToImageTransformer.for_image(base,
+                                                                 for_total_pixel_matrix=True)
+    assert 1 <= len(region_groups) <= 20
+    for group in region_groups:
+        outline = to_pixels(np.asarray(group.roi.value))
+        assert outline[:, 1].min() > top - 8 and outline[:, 1].max() < bottom + 8
+        assert outline[:, 0].min() > left - 8 and outline[:, 0].max() < right + 8
+        (area,) = [float(m.value) for m in group.get_measurements() if m.name.meaning == "Area"]
+        assert 0.001 <= area <= measured["Area"] * 1.05
     shares = [measured[f"Share of tissue: {label}"] for label in labels]
     assert sum(shares) == pytest.approx(100.0, abs=0.05)
 
