@@ -20,7 +20,11 @@ import yaml
 from PIL import Image
 from skimage.color import rgb2hed
 
-from node.imaging.slide import describe_slide
+from node.imaging.slide import check_pyramid, describe_slide
+from node.infer.embedded import EmbeddedBackend
+from node.infer.repository import load_model_spec
+from node.infer.tiles import run_slide_model
+from node.infer.triton import TritonBackend
 from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch
 from tests.support.environment import ROOT, free_port, require, wait_for
 from tests.support.node import NodeProcess, ct_body_node_sections
@@ -286,3 +290,20 @@ def test_a_50k_slide_is_processed_in_bounded_memory(tmp_path: Path,
     # the SEG lies on the 1/16 level (3,136 x 3,136 pixels, 8 µm)
     seg = hd.seg.Segmentation.from_dataset(results["seg"])
     assert (int(seg.TotalPixelMatrixRows), int(seg.TotalPixelMatrixColumns)) == (3136, 3136)
+
+
+def test_triton_classifies_the_tiles_as_the_embedded_backend_does(
+        tmp_path: Path, triton_grpc_url: str) -> None:
+    """The same slide through the real tritonserver (make triton-up) and in-process."""
+    slide = stained_slide(tmp_path / "slide")
+    levels = check_pyramid(describe_slide([str(f) for f in slide.files]))
+    model = load_model_spec(ROOT / "model_repository", "wsi_stain_density")
+    results = {}
+    for backend in (EmbeddedBackend(), TritonBackend(triton_grpc_url)):
+        backend.check(model)
+        results[backend.name] = run_slide_model(levels, model, backend)
+        backend.close()
+    embedded, triton = results["embedded"], results["triton"]
+    assert len(embedded.boxes) > 30
+    assert np.array_equal(embedded.boxes, triton.boxes)
+    assert np.allclose(embedded.probabilities, triton.probabilities, atol=1e-5)
