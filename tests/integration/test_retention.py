@@ -22,7 +22,7 @@ def test_a_settled_series_is_removed_and_the_removal_audited(node_factory: Any) 
     assert result.returncode == 0, result.stderr
     assert wait_for(lambda: node.query("SELECT action FROM audit WHERE action='deleted'"),
                     60), (node.query("SELECT * FROM series"), node.log()[-2000:])
-    assert node.stored_files() == []
+    assert wait_for(lambda: node.stored_files() == [], 30, 0.1), node.stored_files()
     assert node.query("SELECT COUNT(*) FROM instances") == [(0,)]
     assert node.query("SELECT route_state, purged_at IS NOT NULL FROM series") == [
         ("skipped", 1)]

@@ -4,7 +4,9 @@ raw C-STORE, HTTP; the sample CT pipeline."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from tests.support.environment import (
     STORESCU,
     ct_files,
     free_port,
+    wait_for,
     wait_port,
 )
 
@@ -66,9 +69,15 @@ class NodeProcess:
                 self.proc.wait()
 
     def kill(self) -> None:
+        """SIGKILL the node; returns once its role processes are gone too (they die with
+        it, but a busy machine may take a moment): until then its port may still answer,
+        and a restart would seem to listen before its own recovery has run."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        if not self.roles or "receiver" in self.roles:
+            assert wait_for(lambda: not _port_open(self.port), 30, 0.05), \
+                "the killed node's receiver still listens"
 
     @property
     def alive(self) -> bool:
@@ -87,7 +96,21 @@ class NodeProcess:
             return db.execute(sql, args).fetchall()
 
     def stored_files(self) -> list[Path]:
-        return sorted((self.data_dir / "spool").glob("*/*/*.dcm"))
+        """Instance files in the spool (<study>/<series>/*.dcm); folders that the node
+        removes meanwhile (retention) are skipped, not an error."""
+        spool = self.data_dir / "spool"
+        found = []
+        for folder, _, names in os.walk(spool):
+            if len(Path(folder).relative_to(spool).parts) == 2 \
+                    and not folder.startswith(str(spool / ".tmp")):
+                found.extend(Path(folder) / name for name in names if name.endswith(".dcm"))
+        return sorted(found)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def http_call(port: int, path: str, body: Any = None, method: str | None = None,
