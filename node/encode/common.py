@@ -28,6 +28,20 @@ NOTICE = "not for primary diagnosis"
 UID_NAMESPACE = uuid.UUID("5b0b6a3e-6f3c-5d7e-9a51-a1c0de0a1de0")  # ainode's, for uuid5
 
 
+def warm_up() -> None:
+    """Load what highdicom reads on its first object in a process: the standard's IOD, module
+    and attribute tables (JSON, ~0.55 s), so a worker does it when it starts, not inside the
+    first job's encoding. They are private to highdicom: if they move, this does nothing."""
+    try:
+        from highdicom import _standard_utils as standard
+    except ImportError:  # pragma: no cover - a highdicom that reorganised its modules
+        return
+    for table in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        load = getattr(standard, table, None)
+        if callable(load):
+            load()
+
+
 def name_uid(*parts: str) -> str:
     """A UID that is the same for the same ``parts``: a name-based (SHA-1) UUID as a ``2.25.``
     UID (PS3.5 B.2)."""

@@ -85,8 +85,12 @@ class InProcessExecutor(JobExecutor):
     """Jobs in the node's own process (``isolation: thread``)."""
 
     def warm_up(self) -> None:
-        """Load torch + MONAI before the first series needs them."""
+        """Load torch + MONAI, and highdicom's standard tables, before the first series
+        needs them."""
         import node.infer.runner  # noqa: F401
+        from node.encode import common
+
+        common.warm_up()
 
 
 def _portable(exc: BaseException) -> BaseException:

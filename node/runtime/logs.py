@@ -186,9 +186,61 @@ class QuietNetworkErrors(logging.Filter):
 FILTERS = (QuietNetworkErrors, RedactPatientValues, MaskCredentials)
 
 
-def configure(level: str = "info", role: str | None = None) -> None:
-    """Log to stderr at ``level`` (each line naming the process's ``role``, when it runs one);
-    capture warnings; redact patient values and mask credentials in every line."""
+LOG_FORMAT_ENV = "AINODE_LOG_FORMAT"  # "json" or "text": what role and worker processes inherit
+FORMATS = ("text", "json")
+_JOB = re.compile(r"\bjob (\d+)\b")
+_SERIES = re.compile(r"\bseries ([0-9][0-9.]{0,63})(?: rev (\d+))?")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, the fields a log aggregator indexes: ``time`` (UTC, ISO
+    8601), ``level``, ``role``, ``logger``, ``event`` (the message, already redacted and
+    masked by the filters), ``job_id``, ``series_uid`` and ``revision`` when the message
+    names them, ``exception`` (the traceback, redacted alike). Never a patient's value: the
+    same filters run before this formatter as before the text one."""
+
+    def __init__(self, role: str | None) -> None:
+        super().__init__()
+        self._role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+        import json
+
+        event = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "role": self._role,
+            "logger": record.name,
+            "event": event,
+        }
+        job = _JOB.search(event)
+        if job:
+            entry["job_id"] = int(job.group(1))
+        series = _SERIES.search(event)
+        if series:
+            entry["series_uid"] = series.group(1).rstrip(".")
+            if series.group(2):
+                entry["revision"] = int(series.group(2))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str = "info", role: str | None = None, log_format: str | None = None
+              ) -> None:
+    """Log to stderr at ``level`` (each line naming the process's ``role``, when it runs one),
+    as text or one JSON object per line (``log_format``, default ``$AINODE_LOG_FORMAT``, else
+    text); capture warnings; redact patient values and mask credentials in every line."""
+    import os
+
+    chosen = (log_format or os.environ.get(LOG_FORMAT_ENV) or "text").lower()
     where = f"[{role}] " if role else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -197,6 +249,8 @@ def configure(level: str = "info", role: str | None = None) -> None:
     )
     logging.captureWarnings(True)
     for handler in logging.getLogger().handlers:
+        if chosen == "json":
+            handler.setFormatter(JsonFormatter(role))
         for kind in FILTERS:
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())

@@ -58,3 +58,16 @@ def rejection_reason(why: str) -> str:
     if "hosts" in why or "address" in why:
         return "wrong_host"
     return "other"
+
+
+def _initialise_series() -> None:
+    """The labelled counters that alert rules and dashboards compute rates of, present at 0
+    from the start: Prometheus's ``increase``/``rate`` cannot see the first increment of a
+    series that appears already at 1 (so "nothing received" rules stay right)."""
+    for transport in ("dimse", "stow"):
+        INSTANCES_RECEIVED.labels(transport)
+    for outcome in ("done", "failed"):
+        JOBS_FINISHED.labels(outcome)
+
+
+_initialise_series()

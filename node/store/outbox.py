@@ -214,6 +214,13 @@ class Outbox:
         studies = dict.fromkeys(("study", str(r[0])) for r in rows)
         return [*studies, *dict.fromkeys(("series", str(r[1])) for r in rows)]
 
+    def oldest_queued_at(self) -> float | None:
+        """When the oldest result still waiting for delivery was queued (None: none waits)."""
+        with self._store.reading() as db:
+            row = db.execute("SELECT MIN(created_at) FROM outbox WHERE state=?",
+                             (QUEUED,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def counts(self) -> dict[str, int]:
         """Items by state (every state, 0 when none)."""
         with self._store.reading() as db:

@@ -66,8 +66,21 @@ class StoreCollector:
                          + counts.get(JobState.RUNNING.value, 0))
         depth.add_metric(["outbox"], by_state.get(outbox.QUEUED, 0))
         yield depth
+        settings = self._context.settings
         yield GaugeMetricFamily("ainode_disk_free_bytes", "Free bytes under node.data_dir",
-                                value=readiness.free_bytes(self._context.settings))
+                                value=readiness.free_bytes(settings))
+        yield GaugeMetricFamily(
+            "ainode_disk_floor_bytes", "node.min_free_disk_mb: below it instances are refused",
+            value=settings.node.min_free_disk_mb * 1024 * 1024)
+        oldest = Outbox(store).oldest_queued_at()
+        yield GaugeMetricFamily(
+            "ainode_outbox_oldest_queued_age_seconds", "How long the oldest result still "
+            "waiting for delivery has waited (0 when none waits)",
+            value=max(time.time() - oldest, 0.0) if oldest is not None else 0.0)
+        yield GaugeMetricFamily(
+            "ainode_backend_ready", "1 when the inference backend can run jobs (Triton live "
+            "and its pipelines' models ready; always 1 for the embedded backend)",
+            value=0.0 if readiness.check_triton(settings) else 1.0)
         yield self._shadow()
         yield from self._drift()
         assessed = CounterMetricFamily(

@@ -45,6 +45,7 @@ class NodeProcess:
     roles: tuple[str, ...] = ()  # `serve --role ...`; all roles (supervised) when empty
     env: dict[str, str] = field(default_factory=dict)  # e.g. AINODE__STORE__URL
     log_level: str = "info"
+    arguments: tuple[str, ...] = ()  # more `serve` options, e.g. ("--log-format", "json")
 
     def start(self) -> NodeProcess:
         ainode = str(Path(sys.executable).parent / "ainode")
@@ -52,7 +53,7 @@ class NodeProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [ainode, "serve", "--config", str(self.config_path), *roles,
-                 "--log-level", self.log_level],
+                 "--log-level", self.log_level, *self.arguments],
                 stdout=log, stderr=subprocess.STDOUT, env={**DCMTK_ENV, **self.env},
             )
         if not self.roles or "receiver" in self.roles:

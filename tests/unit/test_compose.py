@@ -125,3 +125,29 @@ def test_the_multi_node_profile_shares_one_store_and_one_data_volume() -> None:
     gpu = services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert {"ainode-db", "ainode-shared"} <= set(compose["volumes"])
+
+
+def test_the_monitoring_profile_runs_prometheus_with_the_alerts_and_grafana_with_the_dashboard(
+) -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    entrypoint = " ".join(prometheus["entrypoint"])
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus-compose.yml").read_text())
+    assert "--config.file=/etc/prometheus/prometheus-compose.yml" in entrypoint
+    assert config["rule_files"] == ["ainode-rules.yml"]
+    (scrape,) = config["scrape_configs"]
+    settings = load_settings(ROOT / "config" / "node.yaml",
+                             environ=_environment(services["ainode"]))
+    assert scrape["static_configs"][0]["targets"] == [f"ainode:{settings.node.http_port}"]
+    # the token reaches Prometheus through the file its entrypoint writes, never the config
+    assert scrape["authorization"]["credentials_file"] in entrypoint
+    assert "${AINODE_HTTP_TOKEN:?" in prometheus["environment"]["AINODE_HTTP_TOKEN"]
+    assert "./deploy/grafana/ainode.json:/var/lib/grafana/dashboards/ainode.json:ro" in \
+        grafana["volumes"]
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/ainode.yml")
+                              .read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert json.loads((ROOT / "deploy/grafana/ainode.json").read_text())["uid"] == "ainode"

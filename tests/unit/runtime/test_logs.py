@@ -49,3 +49,44 @@ def test_a_peer_network_error_logged_by_pynetdicom_is_one_warning_line() -> None
     formatted = logging.Formatter("%(levelname)s %(message)s").format(stalled)
     assert formatted == "WARNING network error: TimeoutError: timed out"
     assert defect.exc_info is not None and defect.levelno == logging.ERROR  # others untouched
+
+
+def test_json_lines_carry_the_indexed_fields_and_no_patient_value() -> None:
+    """--log-format json: one object per line with time, level, role, logger, event and the
+    job and series the message names; the patient's values are redacted as in text."""
+    import io
+    import json
+
+    from pydicom import Dataset
+
+    from node.runtime.logs import FILTERS, JsonFormatter, redacting
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("worker"))
+    for kind in FILTERS:
+        handler.addFilter(kind())
+    logger = logging.getLogger("node.jobs.orchestrator")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    patient = Dataset()
+    patient.PatientName, patient.PatientID = "Doe^Jane", "MRN-777123"
+    try:
+        with redacting(patient):
+            logger.info("job %d (ct-body on ct_body_seg) done for series %s rev %d; %s", 12,
+                        "1.2.840.113619.2.55.3", 2, "MRN-777123 Doe")
+            try:
+                raise ValueError("bad value for Doe^Jane")
+            except ValueError:
+                logger.exception("job 13 failed")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["level"] == "info" and first["role"] == "worker"
+    assert first["logger"] == "node.jobs.orchestrator"
+    assert (first["job_id"], first["series_uid"], first["revision"]) == (
+        12, "1.2.840.113619.2.55.3", 2)
+    assert first["time"].endswith("Z") and "T" in first["time"]
+    assert second["job_id"] == 13 and "ValueError" in second["exception"]
+    text = stream.getvalue()
+    assert "MRN-777123" not in text and "Doe^Jane" not in text
