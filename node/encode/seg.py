@@ -41,13 +41,15 @@ def segment_specs(
     return [segments[label_names[v]] for v in values]
 
 
-def _descriptions(
-    names: list[str], specs: list[SegmentSpec], provenance: Provenance
+def segment_descriptions(
+    names: list[str], specs: list[SegmentSpec], provenance: Provenance, label_suffix: str = ""
 ) -> list[hd.seg.SegmentDescription]:
+    """One Segment Description per label, numbered from 1, tracked by the label's name
+    (``label_suffix`` is added to the Segment Label only, e.g. " tissue")."""
     return [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=name,
+            segment_label=f"{name}{label_suffix}"[:64],
             segmented_property_category=code(spec.category),
             segmented_property_type=code(spec.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -95,7 +97,8 @@ def build_seg(
     for number, value in enumerate(values, start=1):
         remapped[labels == value] = number
     names = [label_names[value] for value in values]
-    return _segmentation(sources, remapped, "binary", _descriptions(names, specs, provenance),
+    return _segmentation(sources, remapped, "binary",
+                         segment_descriptions(names, specs, provenance),
                          provenance), values
 
 
@@ -116,5 +119,6 @@ def build_probability_seg(
     specs = segment_specs(findings, shown, segments)
     stacked = np.stack([maps[index] for index in shown], axis=-1)  # [frames, rows, cols, segs]
     names = [findings[index] for index in shown]
-    return _segmentation(sources, stacked, "fractional", _descriptions(names, specs, provenance),
+    return _segmentation(sources, stacked, "fractional",
+                         segment_descriptions(names, specs, provenance),
                          provenance), shown

@@ -30,7 +30,7 @@ from pydicom.sr.coding import Code
 from skimage import measure as _measure
 
 from node.encode.common import Provenance, header_only
-from node.encode.seg import code
+from node.encode.seg import code, segment_descriptions
 from node.encode.sr import SQUARE_MM, measurement_report
 from node.imaging.slide import SlideLevel
 from node.infer.tiles import TileResults
@@ -203,21 +203,11 @@ def build_slide_seg(level_header: Dataset, class_pixels: NDArray[np.uint8],
     if not present:
         return None
     renumbered = np.zeros(len(labels) + 1, dtype=np.uint8)
-    descriptions = []
     for number, value in enumerate(present, start=1):
         renumbered[value + 1] = number
-        spec = segments[labels[value]]
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=f"{labels[value]} tissue"[:64],
-            segmented_property_category=code(spec.category),
-            segmented_property_type=code(spec.type),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=provenance.algorithm(),
-            tracking_uid=provenance.uid(f"tracking-{labels[value]}"),
-            tracking_id=f"{provenance.model_name} {labels[value]}",
-            display_color=hd.color.CIELabColor(*_lab(spec.color)) if spec.color else None,
-        ))
+    names = [labels[value] for value in present]
+    descriptions = segment_descriptions(names, [segments[name] for name in names], provenance,
+                                        label_suffix=" tissue")
     pixels = renumbered[class_pixels][None]
     seg = hd.seg.Segmentation(
         source_images=[header_only(level_header)],
@@ -236,13 +226,6 @@ def build_slide_seg(level_header: Dataset, class_pixels: NDArray[np.uint8],
     )
     seg.PatientOrientation = ""  # Type 2C (General Image): a slide has no patient axes
     return cast(Dataset, seg)
-
-
-def _lab(rgb: Any) -> tuple[float, float, float]:
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(np.asarray(rgb, dtype=np.float64).reshape(1, 1, 3) / 255.0)[0, 0]
-    return float(lab[0]), float(lab[1]), float(lab[2])
 
 
 def tissue_regions(results: TileResults, base_header: Dataset
