@@ -276,20 +276,27 @@ def build_slide_sr(base_header: Dataset, evidence: list[Dataset], tissue_area_mm
     source = header_only(base_header)
     algorithm = provenance.sr_algorithm()
     groups: list[Any] = []
-    for number, (outline, area) in enumerate(regions, start=1):
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+
+    def region_group(name: str, polygon: NDArray[np.float64],
+                     measurements: list[hd.sr.Measurement]) -> Any:
+        """A TID 1410 group: the tissue within ``polygon`` (3D, the slide's Frame of
+        Reference) and what was measured of it."""
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=provenance.uid(f"tracking-tissue-{number}"),
-                identifier=f"{provenance.model_name} tissue {number}"),
+                uid=provenance.uid(f"tracking-{name}"),
+                identifier=f"{provenance.model_name} {name.replace('-', ' ')}"),
             referenced_region=hd.sr.ImageRegion3D(
                 graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-                graphic_data=outline,
+                graphic_data=polygon,
                 frame_of_reference_uid=source.FrameOfReferenceUID),
             finding_type=TISSUE,
             algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(codes.SCT.Area, round(area, 4), SQUARE_MM,
-                                            algorithm_id=algorithm)],
-        ))
+            measurements=measurements,
+        )
+
+    for number, (outline, area) in enumerate(regions, start=1):
+        groups.append(region_group(f"tissue-{number}", outline, [hd.sr.Measurement(
+            codes.SCT.Area, round(area, 4), SQUARE_MM, algorithm_id=algorithm)]))
     measurements = [hd.sr.Measurement(codes.SCT.Area, round(tissue_area_mm2, 4), SQUARE_MM,
                                       algorithm_id=algorithm)]
     for item in summary:
@@ -299,16 +306,5 @@ def build_slide_sr(base_header: Dataset, evidence: list[Dataset], tissue_area_mm
         measurements.append(hd.sr.Measurement(
             Code(f"area-{item.label}"[:16], "99AINODE", f"Tissue area: {item.label}"),
             item.area_mm2, SQUARE_MM, algorithm_id=algorithm))
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=provenance.uid("tracking-slide"),
-            identifier=f"{provenance.model_name} slide"),
-        referenced_region=hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=extent,
-            frame_of_reference_uid=source.FrameOfReferenceUID),
-        finding_type=TISSUE,
-        algorithm_id=algorithm,
-        measurements=measurements,
-    )
+    group = region_group("slide", extent, measurements)
     return measurement_report([source], evidence, [group, *groups], provenance)

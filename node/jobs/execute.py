@@ -174,14 +174,8 @@ class JobExecutor:
             return execute_slide(job, paths, spec, pipeline, self._backend, self._settings)
         volume = self._load(paths)
         times.add("load", started)
-        summary: dict[str, Any] = {
-            "model": spec.name,
-            "model_version": spec.exact_version,
-            "model_repository_version": spec.triton_version,
-            "backend": self._backend.name,
-            "inputs_profile": provenance.inputs_profile(
-                volume.headers[0] if volume.headers else None),
-        }
+        summary = provenance.summary_head(spec, self._backend.name,
+                                          volume.headers[0] if volume.headers else None)
         summary["provenance"], inputs = provenance.record(spec, pipeline, self._backend.name,
                                                           paths)
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)

@@ -86,6 +86,18 @@ def inputs_profile(header: Any) -> dict[str, Any]:
     }
 
 
+def summary_head(spec: ModelSpec, backend: str, header: Any) -> dict[str, Any]:
+    """What every job's summary starts with: the model, its versions, the backend and the
+    input's profile (``header``: the first instance's, or None)."""
+    return {
+        "model": spec.name,
+        "model_version": spec.exact_version,
+        "model_repository_version": spec.triton_version,
+        "backend": backend,
+        "inputs_profile": inputs_profile(header),
+    }
+
+
 def record(spec: ModelSpec, pipeline: Pipeline, backend: str, paths: list[str]
            ) -> tuple[dict[str, Any], dict[str, str]]:
     """The job summary's ``provenance`` and the per-instance input digests."""

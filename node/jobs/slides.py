@@ -57,13 +57,7 @@ def execute_slide(job: Job, paths: list[str], spec: ModelSpec, pipeline: Pipelin
     base = levels[0]
     base_header = slide.header(base)
     times.add("load", started)
-    summary: dict[str, Any] = {
-        "model": spec.name,
-        "model_version": spec.exact_version,
-        "model_repository_version": spec.triton_version,
-        "backend": backend.name,
-        "inputs_profile": provenance.inputs_profile(base_header),
-    }
+    summary = provenance.summary_head(spec, backend.name, base_header)
     summary["provenance"], inputs = provenance.record(spec, pipeline, backend.name, paths)
     target = result_dir(settings.node.data_dir, job.series, job.pipeline)
     target.mkdir(parents=True, exist_ok=True)
