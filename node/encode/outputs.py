@@ -11,6 +11,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
+from scipy import ndimage
 
 from node.domain import Findings
 from node.encode.common import (
@@ -127,6 +128,8 @@ def encode_outputs(
     seg = _with_orientation(seg, volume)
     if "seg" in pipeline.outputs:
         outputs["seg"] = seg
+    # where each label lies: its masks and counts are taken within that box only
+    boxes = ndimage.find_objects(labels, max_label=max(values, default=0))
     if "sr" in pipeline.outputs:
         specs = segment_specs(label_names, values, segments)
         segment_findings = [
@@ -134,9 +137,10 @@ def encode_outputs(
                 number,
                 label_names[value],
                 spec,
-                labels == value,
+                labels[boxes[value - 1]] == value,
                 findings[label_names[value]].volume_ml,
                 findings[label_names[value]].present,
+                boxes[value - 1],
             )
             for number, (value, spec) in enumerate(zip(values, specs, strict=True), start=1)
         ]
@@ -148,7 +152,8 @@ def encode_outputs(
     if "sc" in pipeline.outputs:
         # the slice where the most specific finding (highest label present) is largest
         focus = max(values)
-        k = int(np.argmax((labels == focus).sum(axis=(1, 2))))
+        box = boxes[focus - 1]
+        k = (box[0].start or 0) + int(np.argmax((labels[box] == focus).sum(axis=(1, 2))))
         colours = {value: segments[label_names[value]].color for value in values}
         caption = _caption(provenance, [
             f"{label_names[v]} {findings[label_names[v]].size_text()}" for v in values], urgent)

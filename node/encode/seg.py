@@ -93,9 +93,9 @@ def build_seg(
     if not values:
         raise EncodeError("the label map is empty: there is nothing to segment")
     specs = segment_specs(label_names, values, segments)
-    remapped = np.zeros(labels.shape, dtype=np.uint8)
-    for number, value in enumerate(values, start=1):
-        remapped[labels == value] = number
+    numbers = np.zeros(256, dtype=np.uint8)  # label value -> segment number, one pass
+    numbers[values] = np.arange(1, len(values) + 1)
+    remapped = numbers[labels]
     names = [label_names[value] for value in values]
     return _segmentation(sources, remapped, "binary",
                          segment_descriptions(names, specs, provenance),

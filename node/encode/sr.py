@@ -59,9 +59,17 @@ class SegmentFinding:
     segment_number: int
     label: str
     spec: SegmentSpec
-    mask: NDArray[np.bool_]  # on the source grid, [slice, row, column]
+    mask: NDArray[np.bool_]  # within ``box`` of the source grid, [slice, row, column]
     volume_ml: float | None  # None for a radiograph: it has no volume
     present: bool
+    box: tuple[slice, ...]  # where ``mask`` lies on the source grid
+
+    def largest_slice(self, shape: tuple[int, ...]) -> tuple[int, NDArray[np.bool_]]:
+        """The source slice where the segment is largest, and its whole mask there."""
+        within = int(np.argmax(self.mask.sum(axis=(1, 2))))
+        whole = np.zeros(shape[1:], dtype=bool)
+        whole[self.box[1:]] = self.mask[within]
+        return (self.box[0].start or 0) + within, whole
 
 
 def _largest_region(mask_slice: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -116,7 +124,7 @@ def build_sr(
             codes.DCM.Finding, codes.SCT.Present if finding.present else codes.SCT.Absent
         )
         evaluations = [presence, priority]
-        values = intensities[finding.mask]
+        values = intensities[finding.box][finding.mask]
         if finding.volume_ml is not None:
             groups.append(
                 hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -139,8 +147,8 @@ def build_sr(
                     qualitative_evaluations=evaluations,
                 )
             )
-        largest = int(np.argmax(finding.mask.sum(axis=(1, 2))))
-        region = _largest_region(finding.mask[largest])
+        largest, largest_mask = finding.largest_slice(intensities.shape)
+        region = _largest_region(largest_mask)
         source = sources[largest]
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

@@ -30,7 +30,7 @@ from node.domain import Job
 from node.infer.backend import Backend, InferenceFailed
 from node.jobs.execute import PERMANENT_ERRORS, JobExecutor
 from node.jobs.results import JobResult
-from node.runtime.process import die_with_parent
+from node.runtime.process import die_with_parent, worker_allocator_env
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class ProcessExecutor:
             return self._connection
         self._stop_process(graceful=False)
         parent, child = self._context.Pipe()
+        worker_allocator_env()
         process = self._context.Process(
             target=_serve, name=f"ainode-{self._name}",
             args=(self._settings, logging.getLogger().getEffectiveLevel(), child), daemon=True)

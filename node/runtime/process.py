@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -13,3 +14,23 @@ def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# glibc malloc for worker processes (mallopt(3) M_MMAP_THRESHOLD / M_TRIM_THRESHOLD, read
+# from the environment when a process starts). A CT job allocates arrays of 35-140 MB many
+# times over (scores, label maps, masks, component maps); by default each is a fresh mmap
+# whose pages fault in again on every use (with numpy's transparent huge page advice, up to
+# 0.6 s per 100 MB on a virtual machine). From the heap, freed pages are kept mapped and
+# reused: measured on a 2-core VM, 1.5-2.5 s less per CT job. Freed memory up to the trim
+# threshold stays with the process, which keeps its models loaded anyway.
+WORKER_ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+}
+
+
+def worker_allocator_env() -> None:
+    """Put :data:`WORKER_ALLOCATOR_ENV` in this process's environment, where processes
+    started from now on (the spawned workers) inherit it; values an operator set win."""
+    for name, value in WORKER_ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)

@@ -18,6 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from node.runtime.process import WORKER_ALLOCATOR_ENV
 from tests.support.environment import CT_DIR, ECHOSCU, ROOT, STORESCU, ct_files, require, wait_for
 from tests.support.node import child_processes, role_processes, storescu
 
@@ -109,6 +110,8 @@ def test_a_worker_process_killed_mid_job_is_replaced_and_the_job_finishes(
         node.query("SELECT * FROM jobs"), node.log()[-2000:])
     (worker,) = worker_processes(node.proc.pid)
     assert loaded_model_libraries(worker), "the worker process runs the model"
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    assert {f"{k}={v}".encode() for k, v in WORKER_ALLOCATOR_ENV.items()} <= set(environ)
     os.kill(worker, signal.SIGKILL)
     assert wait_for(lambda: node.query("SELECT state FROM jobs") == [("done",)], 180, 0.2), (
         node.query("SELECT * FROM jobs"), node.log()[-3000:])

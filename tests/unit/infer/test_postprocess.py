@@ -9,8 +9,15 @@ import pytest
 import torch
 from monai.transforms.compose import Compose
 from monai.transforms.post.array import KeepLargestConnectedComponent, RemoveSmallObjects
+from scipy import ndimage
 
-from node.infer.runner import foreground_box, labels_from, postprocess_labels
+from node.infer.runner import (
+    SMALL_OBJECTS_ONE_BY_ONE,
+    foreground_box,
+    labels_from,
+    postprocess_labels,
+    remove_small_objects,
+)
 
 
 def _blobs(shift: int) -> np.ndarray:
@@ -65,3 +72,49 @@ def test_labels_are_the_argmax_of_the_scores_ties_to_the_lower_label(channels: i
     labels = labels_from(scores, "probabilities")
     assert labels.dtype == np.uint8 and labels.shape == (6, 7, 8)
     assert np.array_equal(labels, np.argmax(scores, axis=0))
+
+
+def _speckled(seed: int, labels: int, density: float) -> np.ndarray:
+    """Random blobs of every size (and label values 1..``labels``): many components, some
+    touching only diagonally, some larger than the thresholds below."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((20, 48, 48)) < density
+    noise[5:12, 10:30, 10:25] = True  # one object of 2,100 voxels
+    values = rng.integers(1, labels + 1, size=noise.shape).astype(np.uint8)
+    return np.where(noise, values, 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("labels", "density"), [(1, 0.05), (1, 0.3), (3, 0.05), (2, 0.5)])
+@pytest.mark.parametrize("options", [
+    {"min_size": 3},
+    {"min_size": 300},
+    {"min_size": 5, "connectivity": 2},
+    {"min_size": 5, "connectivity": 3},
+    {"min_size": 40, "independent_channels": False},
+    {"min_size": 2500},  # everything goes
+])
+def test_remove_small_objects_gives_what_monai_gives(seed: int, labels: int, density: float,
+                                                     options: dict[str, int]) -> None:
+    """The scipy path of RemoveSmallObjects against MONAI's own transform on the same map:
+    binary and multi-label maps, each connectivity, labels kept apart or not, with few and with
+    thousands of small objects (the one-pass branch)."""
+    speckled = _speckled(seed, labels, density)
+    transform = RemoveSmallObjects(**options)
+    expected = _whole(speckled, Compose([transform]))
+    assert np.array_equal(remove_small_objects(speckled, transform), expected)
+    assert np.array_equal(postprocess_labels(speckled, Compose([transform])), expected)
+
+
+def test_many_small_objects_take_the_one_pass_branch() -> None:
+    speckled = np.concatenate([_speckled(0, 1, 0.05), _speckled(1, 1, 0.05)])
+    _, count = ndimage.label(speckled > 0)
+    assert count > SMALL_OBJECTS_ONE_BY_ONE  # the branch above is exercised
+    transform = RemoveSmallObjects(min_size=2)
+    assert np.array_equal(remove_small_objects(speckled, transform),
+                          _whole(speckled, Compose([transform])))
+
+
+def test_a_map_of_one_value_is_returned_as_it_is() -> None:
+    ones = np.ones((4, 5, 6), dtype=np.uint8)
+    assert remove_small_objects(ones, RemoveSmallObjects(min_size=1000)) is ones
