@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,8 @@ class JobExecutor:
         self._settings = settings
         self._backend = backend
         self._last: tuple[tuple[str, ...], Volume] | None = None
+        # the label map (tens of MB) is written while the results are encoded
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-map")
 
     def _load(self, paths: list[str]) -> Volume:
         key = tuple(str(path) for path in paths)
@@ -151,6 +155,7 @@ class JobExecutor:
                                             version))
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self._backend.close()
 
     def execute(self, job: Job, paths: list[str]) -> JobResult:
@@ -183,6 +188,7 @@ class JobExecutor:
         write_atomically(target / "provenance.json", lambda handle: handle.write(json.dumps(
             {**summary["provenance"], "input_files": inputs}, indent=1).encode()))
         maps: NDArray[np.float32] | None = None
+        label_map: Future[int] | None = None
         if spec.is_classifier:
             probabilities = run_classifier(volume, spec, self._backend, times)
             labels = np.zeros((0,), dtype=np.uint8)  # a classifier draws nothing
@@ -204,7 +210,8 @@ class JobExecutor:
                         for value, name in enumerate(spec.labels) if value > 0}
             summary["label_values"] = {name: value for value, name in enumerate(spec.labels)
                                        if value > 0}
-            write_atomically(target / "labels.npy", lambda handle: np.save(handle, labels))
+            label_map = self._writer.submit(write_atomically, target / "labels.npy",
+                                            lambda handle: np.save(handle, labels))
         summary["labels"] = {name: finding.as_json() for name, finding in findings.items()}
         summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
         write_atomically(
@@ -217,7 +224,13 @@ class JobExecutor:
             target / "summary.json",
             lambda handle: handle.write(json.dumps(summary, indent=1).encode()),
         )
-        objects = self._encode(job, volume, labels, spec, summary, findings, target, maps)
+        try:
+            objects = self._encode(job, volume, labels, spec, summary, findings, target, maps)
+        finally:
+            if label_map is not None:  # on disk before the job reports it
+                wait_for([label_map])
+        if label_map is not None:
+            label_map.result()  # its error, if writing failed
         summary["result_dir"] = str(target)
         return JobResult(summary, objects)
 

@@ -141,7 +141,7 @@ class SQLiteDatabase(Database):
     def column_names(self, db: Connection, table: str) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
-    def watch(self, wakes: dict[str, threading.Event], interval_s: float = 0.2) -> None:
+    def watch(self, wakes: dict[str, threading.Event], interval_s: float = 0.05) -> None:
         """A thread with its own connection: ``PRAGMA data_version`` changes when another
         connection commits; then every channel is woken (the woken loops find their work).
         Every channel is also woken once as the watch begins."""
