@@ -177,16 +177,16 @@ class JobExecutor:
             from node.jobs.slides import execute_slide
 
             return execute_slide(job, paths, spec, pipeline, self._backend, self._settings)
+        # the inputs' digests (70 MB for a CT) are taken while the series loads and the
+        # model runs, and recorded before anything is encoded
+        recorded = self._writer.submit(provenance.record, spec, pipeline, self._backend.name,
+                                       paths)
         volume = self._load(paths)
         times.add("load", started)
         summary = provenance.summary_head(spec, self._backend.name,
                                           volume.headers[0] if volume.headers else None)
-        summary["provenance"], inputs = provenance.record(spec, pipeline, self._backend.name,
-                                                          paths)
         target = result_dir(self._settings.node.data_dir, job.series, job.pipeline)
         target.mkdir(parents=True, exist_ok=True)
-        write_atomically(target / "provenance.json", lambda handle: handle.write(json.dumps(
-            {**summary["provenance"], "input_files": inputs}, indent=1).encode()))
         maps: NDArray[np.float32] | None = None
         label_map: Future[int] | None = None
         if spec.is_classifier:
@@ -212,6 +212,9 @@ class JobExecutor:
                                        if value > 0}
             label_map = self._writer.submit(write_atomically, target / "labels.npy",
                                             lambda handle: np.save(handle, labels))
+        summary["provenance"], inputs = recorded.result()
+        write_atomically(target / "provenance.json", lambda handle: handle.write(json.dumps(
+            {**summary["provenance"], "input_files": inputs}, indent=1).encode()))
         summary["labels"] = {name: finding.as_json() for name, finding in findings.items()}
         summary["seconds"] = {k: round(v, 3) for k, v in times.seconds.items()}
         write_atomically(

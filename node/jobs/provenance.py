@@ -19,16 +19,21 @@ _CHUNK = 1 << 20
 _file_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)  # releases the GIL: other threads of the job run meanwhile
+    return digest.hexdigest()
+
+
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, remembered while it is unchanged (size and modification time)."""
+    """SHA-256 of a model's file, remembered while it is unchanged (size and modification
+    time)."""
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _file_digests:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(_CHUNK):
-                digest.update(block)
-        _file_digests[key] = digest.hexdigest()
+        _file_digests[key] = _sha256(path)
     return _file_digests[key]
 
 
@@ -53,8 +58,9 @@ def pipeline_digest(pipeline: Pipeline) -> str:
 
 
 def input_digests(paths: list[str]) -> dict[str, str]:
-    """file name -> SHA-256 of each input instance file."""
-    return {Path(path).name: file_digest(Path(path)) for path in paths}
+    """file name -> SHA-256 of each input instance file (not remembered: each series is
+    read once, and a worker process would otherwise keep every digest it ever took)."""
+    return {Path(path).name: _sha256(Path(path)) for path in paths}
 
 
 def combined(digests: dict[str, str]) -> str:
