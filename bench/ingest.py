@@ -287,6 +287,11 @@ def main() -> None:
             for peer in peers[1:]:
                 entry[f"ratio_{peer}_over_storescp"] = round(
                     entry[f"{peer}_instances_per_s"] / entry["storescp_instances_per_s"], 3)
+            if args.bare_pynetdicom:  # issue 29's measure: the node against its ceiling
+                for peer in variants:
+                    entry[f"ratio_{peer}_over_pynetdicom_bare"] = round(
+                        entry[f"{peer}_instances_per_s"]
+                        / entry["pynetdicom_bare_instances_per_s"], 3)
             if args.busy_workers:
                 entry["ratio_busy_over_idle"] = round(
                     entry["ainode_busy_instances_per_s"] / entry["ainode_instances_per_s"], 3)

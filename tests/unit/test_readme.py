@@ -149,3 +149,18 @@ def test_the_readme_profiles_table_is_the_code() -> None:
         o.strip() for o in options.split(",") if o.strip() not in ("", "none"))
         for name, options in rows}
     assert documented == DEID_PROFILES
+
+
+def test_the_readme_speed_targets_are_the_benchmarks_own_figures() -> None:
+    """The table of issue 29's targets is what bench/report.py makes of the JSON kept in
+    bench/results/ (the benchmarks' output as it came out): no figure is typed by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", README.parent / "bench"
+                                                  / "report.py")
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rendered = report.table()
+    assert report.readme_block(README.read_text()) == rendered
+    assert len(report.rows()) == 6  # every target: 2 end to end, 2 receive, 2 load (stores)
