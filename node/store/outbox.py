@@ -93,7 +93,13 @@ class Outbox:
     ) -> dict[str, list[OutboxItem]]:
         """Ready items grouped by destination, urgent first, then oldest, each leased to this
         sender for ``lease_s`` (another sender on the store skips them; if this one dies, they
-        are ready again when the lease runs out)."""
+        are ready again when the lease runs out). Looks first without writing (see
+        :meth:`node.store.queue.JobQueue.claim`)."""
+        with self._store.reading() as db:
+            if db.execute("SELECT 1 FROM outbox WHERE state=? AND not_before<=? AND"
+                          " (lease_until IS NULL OR lease_until<?) LIMIT 1",
+                          (QUEUED, now, now)).fetchone() is None:
+                return {}
         with self._store.transaction() as db:
             rows = claim_rows(
                 db, self._store.database,

@@ -74,7 +74,15 @@ class JobQueue:
         """The next ready job (urgent first, then oldest), leased for ``lease_s`` seconds.
 
         Jobs that already used ``max_attempts`` counted attempts (e.g. each one killed its
-        worker) are failed here instead of being run again."""
+        worker) are failed here instead of being run again. Looks first without writing: the
+        workers wake whenever another process commits (each received instance, on SQLite), and
+        a write transaction each time would queue behind, and hold up, the receiver's."""
+        with self._store.reading() as db:
+            ready = db.execute("SELECT 1 FROM jobs WHERE (state=? AND not_before<=?) OR"
+                               " (state=? AND lease_until<?) LIMIT 1",
+                               (QUEUED, now, RUNNING, now)).fetchone()
+        if ready is None:
+            return None
         with self._store.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state=?, owner=NULL, lease_until=NULL, updated_at=?,"

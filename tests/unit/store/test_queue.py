@@ -220,3 +220,28 @@ def test_listing_by_state_reaches_past_the_newest_rows(new_store: NewStore) -> N
     outbox.put(old.id, ResultToSend("PACS", "/r/b.dcm", "5.2", "sr", 0), now=8)
     assert outbox.items(1)[0][4] == "queued"
     assert [i[3] for i in outbox.items(1, "dead")] == ["5.1"]
+
+
+def test_looking_for_work_when_there_is_none_takes_no_write_lock(tmp_path: Path) -> None:
+    """Workers and senders look for work whenever another process commits (each received
+    instance): with nothing ready, neither takes SQLite's write lock, so neither waits for,
+    nor holds up, the receiver's writes. Here another connection holds the write lock while
+    they look; with work ready they do wait for it (the busy timeout), as they must."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    q, outbox = JobQueue(store), Outbox(store)
+    receiver = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+    receiver.execute("PRAGMA busy_timeout=0")
+    receiver.execute("BEGIN IMMEDIATE")  # the receiver, indexing an instance
+    try:
+        assert q.claim(now=10, lease_s=100) is None
+        assert outbox.ready(now=10) == {}
+    finally:
+        receiver.execute("ROLLBACK")
+    assert q.enqueue(KEY, [("ct-body", "ct_body_seg")], now=11) == 1
+    receiver.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.database._db.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+        q.claim(now=12, lease_s=100)  # work is ready: it needs the write lock
+    receiver.execute("ROLLBACK")
+    job = q.claim(now=12, lease_s=100)
+    assert job is not None and job.pipeline == "ct-body"
