@@ -263,7 +263,7 @@ def remove_small_objects(labels: NDArray[np.uint8],
     return result
 
 
-def _fast(transform: Any) -> bool:
+def _has_scipy_path(transform: Any) -> bool:
     """Whether ``transform`` has the scipy path above (sizes in voxels)."""
     return isinstance(transform, RemoveSmallObjects) and not transform.by_measure
 
@@ -278,7 +278,7 @@ def postprocess_labels(labels: NDArray[np.uint8], postprocess: Compose) -> NDArr
         return labels
     cropped = labels[box].copy()  # some MONAI transforms act in place
     for transform in postprocess.transforms:
-        if _fast(transform):
+        if _has_scipy_path(transform):
             cropped = remove_small_objects(cropped, transform)
             continue
         with warnings.catch_warnings():  # MONAI 1.6 still passes scikit-image's old min_size

@@ -133,8 +133,9 @@ class JobExecutor:
         self._settings = settings
         self._backend = backend
         self._last: tuple[tuple[str, ...], Volume] | None = None
-        # the label map (tens of MB) is written while the results are encoded
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-map")
+        # the job's background I/O: the inputs' digests are taken while the series loads and
+        # the model runs, and the label map (tens of MB) is written while results are encoded
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-io")
 
     def _load(self, paths: list[str]) -> Volume:
         key = tuple(str(path) for path in paths)
