@@ -28,19 +28,19 @@ behaviour stays) if the pynetdicom internals it relies on are not there.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import logging
+import os
 import queue
 import select
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from node.dicom.files import stamp_association
+from node.store.durable import temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -173,31 +173,53 @@ def _stamp_file_meta(messages: Any) -> None:
     messages._ainode_stamped = True
 
 
-def _bounded_temporary_file(directory: Path, limit_bytes: int, **kwargs: Any) -> Any:
-    """A temporary file (as pynetdicom's chunked receive opens it) that stops writing once
-    ``limit_bytes`` have come: the rest of an oversized data set is read off the wire and
-    dropped, and ``ainode_too_large`` tells the C-STORE handler to refuse it."""
-    options = {**kwargs, "dir": directory, "prefix": "rx-", "suffix": ".part"}
-    handle: Any = tempfile.NamedTemporaryFile(**options)  # noqa: SIM115 - pynetdicom closes it
-    handle.ainode_too_large = False
-    write_to_disk = handle.file.write
-    received = 0
+class ReceivedFile:
+    """The file pynetdicom's chunked receive writes one data set into, in place of its
+    ``NamedTemporaryFile``: a new file in the spool's temporary folder under a name no other
+    writer uses (:func:`node.store.durable.temporary_name`), without ``NamedTemporaryFile``'s
+    random names and wrapper (7 % of the DUL thread's samples in a py-spy profile; 402
+    instances from one sender: median 1.78 -> 1.71 s, within this machine's noise).
 
-    def write(data: bytes) -> int:
-        nonlocal received
-        received += len(data)
-        if limit_bytes and received > limit_bytes:
-            handle.ainode_too_large = True
+    It stops writing once ``limit_bytes`` have come (0: no limit): the rest of an oversized
+    data set is read off the wire and dropped, and :attr:`too_large` tells the C-STORE handler
+    to refuse it. pynetdicom writes, flushes :attr:`file` after each fragment, and closes and
+    unlinks it after the handler returns (the handler has renamed it by then).
+    """
+
+    def __init__(self, directory: Path, limit_bytes: int) -> None:
+        path = temporary_name(directory / "rx.dcm", directory)
+        self.file: BinaryIO = open(path, "xb")  # noqa: SIM115 - pynetdicom closes it
+        self.name = str(path)
+        self.too_large = False
+        self._limit = limit_bytes
+        self._received = 0
+
+    def write(self, data: bytes) -> int:
+        self._received += len(data)
+        if self._limit and self._received > self._limit:
+            self.too_large = True
             return len(data)
-        return int(write_to_disk(data))
+        return self.file.write(data)
 
-    handle.write = write
-    return handle
+    def sync(self) -> None:
+        """Flush and ``fdatasync`` what was written, through the open handle."""
+        self.file.flush()
+        os.fdatasync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def received_file(request: Any) -> ReceivedFile | None:
+    """The file a C-STORE request's data set was received into (see :func:`stream_to`)."""
+    handle = getattr(request, "_dataset_file", None)
+    return handle if isinstance(handle, ReceivedFile) else None
 
 
 def too_large(request: Any) -> bool:
     """Whether the C-STORE request's data set went past the limit given to :func:`stream_to`."""
-    return bool(getattr(getattr(request, "_dataset_file", None), "ainode_too_large", False))
+    handle = received_file(request)
+    return handle is not None and handle.too_large
 
 
 def stream_to(directory: Path, limit_bytes: int = 0) -> bool:
@@ -212,8 +234,7 @@ def stream_to(directory: Path, limit_bytes: int = 0) -> bool:
         ):
             log.warning("pynetdicom internals differ from 3.0: receiving into memory")
             return False
-        messages.NamedTemporaryFile = functools.partial(
-            _bounded_temporary_file, directory, limit_bytes)
+        messages.NamedTemporaryFile = lambda **_: ReceivedFile(directory, limit_bytes)
         _stamp_file_meta(messages)
         config.STORE_RECV_CHUNKED_DATASET = True
     except (ImportError, AttributeError) as exc:
