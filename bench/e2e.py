@@ -12,7 +12,9 @@ period and the backend's time in the model's calls (``backend``; transforms, a s
 window's tiling and blending, loading, encoding and delivery all count as the node's).
 Each round first sends a copy of the CT (new UIDs) and waits for its results, so the figures
 are those of a running node (worker processes started, models loaded); that first study's
-total is reported too (``cold_total``).
+total is reported too (``cold_total``). The same run's floor per model (``floor_<model>``):
+its job's load, transforms and encoding, which run one after another, plus Orthanc's own time
+to accept its result files from dcmtk's storescu (``pacs_accept_storescu_<model>``).
 
     .venv/bin/python bench/e2e.py [--rounds 3] [--quiet-seconds 2] [--pipelines both --workers 2]
 """
@@ -62,9 +64,12 @@ def copy_with_new_uids(source: Path, target: Path) -> list[Path]:
     return copies
 
 
+STORESCU = "/usr/bin/storescu"
+
+
 def send_series(port: int, files: list[Path]) -> float:
     """storescu ``files`` to the node; the time of the last response."""
-    subprocess.run(["/usr/bin/storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
+    subprocess.run([STORESCU, "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
                     str(port), *map(str, files)], env=ENV, check=True, capture_output=True)
     return time.time()
 
@@ -94,6 +99,18 @@ def last_result(db: Path, folder: Path) -> float:
         (sent,) = conn.execute("SELECT MAX(o.updated_at) FROM outbox o JOIN jobs j ON "
                                "o.job_id = j.id WHERE j.series_uid = ?", (series_uid,)).fetchone()
     return float(sent)
+
+
+def pacs_accept_seconds(db: Path, job_id: int, pacs_port: int) -> float:
+    """Seconds dcmtk's storescu takes to send a job's result files to Orthanc: the PACS's
+    own share of the delivery, which no sender can go below."""
+    with sqlite3.connect(db) as conn:
+        paths = [row[0] for row in conn.execute(
+            "SELECT path FROM outbox WHERE job_id = ? ORDER BY id", (job_id,))]
+    started = time.perf_counter()
+    subprocess.run([STORESCU, "-R", "-aec", "ORTHANC", "127.0.0.1", str(pacs_port), *paths],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 def one_round(work: Path, quiet: float, pipelines: list[str], workers: int) -> dict[str, float]:
@@ -137,7 +154,7 @@ def one_round(work: Path, quiet: float, pipelines: list[str], workers: int) -> d
                              .SeriesInstanceUID)
             (completed,) = conn.execute("SELECT completed_at FROM series WHERE series_uid = ?",
                                         (series_uid,)).fetchone()
-            jobs = conn.execute("SELECT j.result, j.updated_at, MAX(o.updated_at), j.model "
+            jobs = conn.execute("SELECT j.result, j.updated_at, MAX(o.updated_at), j.model, j.id "
                                 "FROM jobs j "
                                 "JOIN outbox o ON o.job_id = j.id WHERE o.state = 'sent' "
                                 "AND j.series_uid = ? GROUP BY j.id", (series_uid,)).fetchall()
@@ -165,6 +182,14 @@ def one_round(work: Path, quiet: float, pipelines: list[str], workers: int) -> d
             model = job[3]
             stages[f"node_seconds_{model}"] = (job[2] - last_response - stages["quiet_period"]
                                                - float(job_seconds.get("backend", 0.0)))
+            # the same run's floor: what the job does in sequence before its results are in
+            # Orthanc (load, transforms, encoding) plus Orthanc's own time to accept those
+            # result files from dcmtk's storescu (sent again: Orthanc answers duplicates too)
+            accept = pacs_accept_seconds(db, job[4], pacs_port)
+            stages[f"pacs_accept_storescu_{model}"] = accept
+            stages[f"floor_{model}"] = accept + sum(
+                float(job_seconds.get(stage, 0.0))
+                for stage in ("load", "preprocess", "postprocess", "encode"))
         stages["slowest_backend"] = float(seconds.get("backend", 0.0))
         stages["cold_total"] = cold_total
         return stages

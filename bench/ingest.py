@@ -5,6 +5,9 @@ Sends the 134-slice CT, then 402 instances (3 copies with new UIDs), with TCP_NO
 every dcmtk process, alternating peers each round. ainode runs with its shipped durability
 (fsync before every acknowledgement). Prints one JSON object: medians per peer and workload,
 the ratio ainode/storescp, and the peak RSS of each ainode process (supervisor and roles).
+Each round also times the node's own durable write of each CT slice (``durable_write_ms``:
+temporary, fdatasync, rename, directory fsync) on the same file system; with one sender this
+gives the ceiling of any receiver that keeps the fsync over bare pynetdicom.
 
 ``--senders N``: N storescu processes at once, each with its own 402 instances (new UIDs),
 against ``storescp --fork`` and the node (add ``--variant
@@ -189,6 +192,23 @@ def run_ainode(batches: list[list[Path]], work: Path, env: dict[str, str],
     return elapsed, rss
 
 
+def durable_write_ms(files: list[Path], work: Path) -> float:
+    """Median ms the node's own durable write (node.store.spool.Spool.write: temporary file,
+    fdatasync, rename, directory fsync) takes per CT slice on this file system: the part of
+    each acknowledgement that no receiver keeping the fsync can skip."""
+    from node.store.spool import Spool
+
+    spool = Spool(work / "floor-spool")
+    contents = [f.read_bytes() for f in files]
+    seconds = []
+    for index, content in enumerate(contents):
+        started = time.perf_counter()
+        spool.write(spool.path_for("1.2", "1.2.3", f"1.2.3.{index}"), (content,))
+        seconds.append(time.perf_counter() - started)
+    shutil.rmtree(spool.root)
+    return statistics.median(seconds) * 1000
+
+
 def wait_listeners(port: int, count: int, timeout: float = 60) -> bool:
     """Whether ``count`` sockets listen on ``port`` (receiver processes sharing it)."""
     deadline = time.monotonic() + timeout
@@ -255,7 +275,9 @@ def main() -> None:
             peers.append("ainode_busy")
         times: dict[str, dict[str, list[float]]] = {k: {p: [] for p in peers} for k in workloads}
         rss: dict[str, dict[str, float]] = {}
+        write_ms: list[float] = []
         for round_no in range(args.rounds):
+            write_ms.append(durable_write_ms(series[0], work))
             for name, batches in workloads.items():
                 order = peers if round_no % 2 == 0 else peers[::-1]
                 for peer in order:
@@ -295,7 +317,14 @@ def main() -> None:
             if args.busy_workers:
                 entry["ratio_busy_over_idle"] = round(
                     entry["ainode_busy_instances_per_s"] / entry["ainode_instances_per_s"], 3)
+            if args.bare_pynetdicom and name == "ct134":  # one sender: one write at a time
+                # the most a receiver that fsyncs as the node does could reach over bare
+                # pynetdicom if everything else it does cost nothing
+                bare = entry["pynetdicom_bare_seconds_median"]
+                entry["ceiling_ratio_with_durable_write"] = round(
+                    bare / (bare + instances * statistics.median(write_ms) / 1000), 3)
             result["workloads"][name] = entry  # type: ignore[index]
+        result["durable_write_ms_median"] = round(statistics.median(write_ms), 3)
         result["peak_rss_mb"] = rss
         print(json.dumps(result, indent=2))
 

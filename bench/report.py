@@ -49,8 +49,13 @@ def _met(value: bool) -> str:
     return "yes" if value else "**no**"
 
 
-def rows() -> list[tuple[str, str, str, str, str]]:
-    """(measure, target, before, measured, met) per target of the issue."""
+def _floor(figures: dict[str, Any], key: str, unit: str = " s") -> str:
+    return f"{figures[key]:.2f}{unit}" if key in figures else "-"
+
+
+def rows() -> list[tuple[str, str, str, str, str, str]]:
+    """(measure, target, before, measured, the same run's floor or ceiling, met) per
+    target of the issue."""
     body = _load("e2e-body.json")["seconds_median"]
     both = _load("e2e-both.json")["seconds_median"]
     ingest = _load("ingest.json")["workloads"]
@@ -61,15 +66,16 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     table = [
         ("ct_body_seg alone: last result in Orthanc - quiet period - backend time",
          "<= 1.0 s", BEFORE["ct_body_seg"], f"{body['node_seconds_ct_body_seg']:.2f} s",
-         _met(body["node_seconds_ct_body_seg"] <= 1.0)),
+         _floor(body, "floor_ct_body_seg"), _met(body["node_seconds_ct_body_seg"] <= 1.0)),
         ("ct_lesion_unet beside ct_body_seg (2 workers): the same",
          "<= 2.0 s", BEFORE["ct_lesion_unet"], f"{both['node_seconds_ct_lesion_unet']:.2f} s",
-         _met(both["node_seconds_ct_lesion_unet"] <= 2.0)),
+         _floor(both, "floor_ct_lesion_unet"), _met(both["node_seconds_ct_lesion_unet"] <= 2.0)),
         ("receive, 1 sender (134 CT slices, 1 receiver process): node / bare pynetdicom",
-         ">= 0.8", BEFORE["one_sender"], f"{one:.2f}", _met(one >= 0.8)),
+         ">= 0.8", BEFORE["one_sender"], f"{one:.2f}",
+         _floor(ingest["ct134"], "ceiling_ratio_with_durable_write", ""), _met(one >= 0.8)),
         (f"receive, 4 senders ({ingest[four_name]['instances']} instances, 4 receiver "
          "processes): node / bare pynetdicom", ">= 0.8", BEFORE["four_senders"], f"{four:.2f}",
-         _met(four >= 0.8)),
+         "-", _met(four >= 0.8)),
     ]
     for store, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
         if store not in load:
@@ -82,14 +88,14 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             f"{figures['studies_per_hour_median']:.0f} /h, "
             f"p95 {figures['latency_p95_s_median']:.0f} s, "
             f"lost {figures['instances_lost_max']}, "
-            f"duplicates {figures['duplicate_results_max']}",
+            f"duplicates {figures['duplicate_results_max']}", "-",
             _met(bool(figures["within_target"]))))
     return table
 
 
 def table() -> str:
     lines = ["| measure (medians of 3 rounds, this 2-core machine) | target | before | now "
-             "| met |", "|---|---|---|---|---|"]
+             "| floor / ceiling, same run | met |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows()]
     return "\n".join(lines)
 

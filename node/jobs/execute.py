@@ -232,7 +232,11 @@ class JobExecutor:
             objects = self._encode(job, volume, labels, spec, summary, findings, target, maps)
         finally:
             if label_map is not None:  # on disk before the job reports it
+                waited = time.perf_counter()
                 wait_for([label_map])
+                seconds = summary["seconds"]
+                seconds["write"] = round(seconds.get("write", 0.0) + time.perf_counter()
+                                         - waited, 3)
         if label_map is not None:
             label_map.result()  # its error, if writing failed
         summary["result_dir"] = str(target)
@@ -296,7 +300,10 @@ class JobExecutor:
                      job.series.revision, "/".join(k.upper() for k in objects),
                      ", ".join(str(series_number(k, job.series.revision)) for k in objects),
                      job.series.revision - 1)
-        return write_results(objects, target, summary, urgent)
+        started = time.perf_counter()
+        written = write_results(objects, target, summary, urgent)
+        summary["seconds"]["write"] = round(time.perf_counter() - started, 3)
+        return written
 
     def _pipeline(self, name: str) -> Pipeline:
         for pipeline in self._settings.pipelines:

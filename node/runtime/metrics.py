@@ -34,7 +34,8 @@ JOBS_FINISHED = Counter(
     "ainode_jobs_finished", "Jobs that ended (done or failed)", ["outcome"])
 STAGE_SECONDS = Histogram(
     "ainode_stage_duration_seconds", "Time a job spends in each stage (load, preprocess,"
-    " infer, postprocess, encode; send: one batch to one destination)", ["stage"],
+    " infer, postprocess, encode, write: results durably on disk; send: one batch to one"
+    " destination)", ["stage"],
     buckets=STAGE_BUCKETS)
 TRITON_SECONDS = Histogram(
     "ainode_triton_request_duration_seconds", "Triton inference request latency",
@@ -44,7 +45,7 @@ RESULTS = Counter(
     " (sent, retry, dead)", ["kind", "outcome"])
 
 # the stages a job records (node.infer.runner.StageTimes, node.jobs.execute); "send" is the sender's
-JOB_STAGES = ("load", "preprocess", "infer", "postprocess", "encode")
+JOB_STAGES = ("load", "preprocess", "infer", "postprocess", "encode", "write")
 
 # the reasons an association is rejected, as labels (a fixed set)
 REJECTION_REASONS = ("unknown_caller", "wrong_host", "other", "silent", "too_many_waiting",
