@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from node.runtime.metrics import JOB_STAGES
 from tests.support.dicom_checks import DCIODVFY, dciodvfy_errors, fetch, one_segment_mask
 from tests.support.environment import (
     CT_DIR,
@@ -78,6 +79,9 @@ def test_seg_sr_sc_reach_orthanc_aligned_and_valid(tmp_path: Path, node_factory:
             "SELECT action, detail FROM audit"))  # the audit trail of what happened
         assert trail["association released"].startswith("from 127.0.0.1: 134 instance(s)")
         assert "ct-body on ct_body_seg 1.1.0" in trail["job done"]
+        ((result,),) = node.query("SELECT result FROM jobs")
+        seconds = json.loads(result)["seconds"]  # every stage the jobs page and metrics show
+        assert set(JOB_STAGES) <= set(seconds) and seconds["write"] > 0, seconds
         def sent_to_pacs() -> int:
             return sum(int(detail.split()[0]) for (detail,) in node.query(
                 "SELECT detail FROM audit WHERE action='results sent'")

@@ -64,3 +64,24 @@ def test_with_a_token_the_dashboard_asks_to_sign_in(make_client: Any) -> None:
     cookie = signed.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
     assert client.get("/ui/jobs").status_code == 200
+
+
+def test_the_jobs_page_shows_each_stage_under_its_own_heading(make_client: Any) -> None:
+    import re
+
+    from node.runtime.metrics import JOB_STAGES
+
+    client, context = make_client()
+    queue = JobQueue(context.store)
+    queue.enqueue(SeriesKey("1.2.3", 1), [("ct", "ct_body_seg")], now=1)
+    job = queue.claim(now=2, lease_s=60)
+    assert job is not None
+    seconds = {stage: index + 0.25 for index, stage in enumerate(JOB_STAGES)}
+    queue.complete(job, {"seconds": seconds}, now=3)
+    page = client.get("/ui/jobs").text
+    headings = re.findall(r"<th>([^<]*)</th>", page)
+    (row,) = re.findall(rf'<tr data-job="{job.id}"[^>]*>(.*?)</tr>', page, re.S)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert "write" in JOB_STAGES
+    for stage, value in seconds.items():
+        assert cells[headings.index(stage)] == f"{value:.2f} s", stage
