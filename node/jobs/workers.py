@@ -30,7 +30,7 @@ from node.domain import Job
 from node.infer.backend import Backend, InferenceFailed
 from node.jobs.execute import PERMANENT_ERRORS, JobExecutor
 from node.jobs.results import JobResult
-from node.runtime.process import die_with_parent, worker_allocator_env
+from node.runtime.process import die_with_parent, exempt_from_collection, worker_allocator_env
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def _serve(settings: Settings, log_level: int, connection: Connection) -> None:
     executor = InProcessExecutor(settings, make_backend(settings))
     executor.warm_up()
     _share_cores(settings)
+    exempt_from_collection()
     connection.send(("ready", None))
     while True:
         try:
