@@ -110,6 +110,22 @@ def encode_findings_report(
     return {"sr": keep_source_patient_name(report, volume.headers[0])}
 
 
+def counted_values(label_names: tuple[str, ...], findings: Findings) -> list[int] | None:
+    """Label values (> 0) with voxels (or pixels), from the findings' own counts, which the
+    job took from the same label map: a pass over the map (35 M voxels for a CT) less.
+    ``None`` when a finding carries no count."""
+    values = []
+    for value, name in enumerate(label_names[1:], start=1):
+        finding = findings.get(name)
+        count = None if finding is None else (
+            finding.voxels if finding.voxels is not None else finding.pixels)
+        if count is None:
+            return None
+        if count > 0:
+            values.append(value)
+    return values
+
+
 def encode_outputs(
     volume: Volume,
     labels: NDArray[np.uint8],
@@ -124,7 +140,8 @@ def encode_outputs(
     (the model's declaration with the pipeline's overrides)."""
     sources = _image_sources(volume)
     outputs: dict[str, Dataset] = {}
-    seg, values = build_seg(sources, labels, label_names, segments, provenance)
+    seg, values = build_seg(sources, labels, label_names, segments, provenance,
+                            counted_values(label_names, findings))
     seg = _with_orientation(seg, volume)
     if "seg" in pipeline.outputs:
         outputs["seg"] = seg

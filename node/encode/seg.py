@@ -87,9 +87,11 @@ def build_seg(
     label_names: tuple[str, ...],
     segments: dict[str, SegmentSpec],
     provenance: Provenance,
+    values: list[int] | None = None,
 ) -> tuple[Dataset, list[int]]:
-    """The SEG, and the model label value of each segment number (index + 1)."""
-    values = present_labels(labels, label_names)
+    """The SEG, and the model label value of each segment number (index + 1). ``values``:
+    the label values (> 0) present in ``labels``, when already counted."""
+    values = present_labels(labels, label_names) if values is None else values
     if not values:
         raise EncodeError("the label map is empty: there is nothing to segment")
     specs = segment_specs(label_names, values, segments)
