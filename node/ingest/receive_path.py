@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import queue
 import select
 import socket
@@ -200,11 +199,6 @@ class ReceivedFile:
             self.too_large = True
             return len(data)
         return self.file.write(data)
-
-    def sync(self) -> None:
-        """Flush and ``fdatasync`` what was written, through the open handle."""
-        self.file.flush()
-        os.fdatasync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
