@@ -23,12 +23,12 @@ def die_with_parent() -> None:
 # whose pages fault in again on every use (with numpy's transparent huge page advice, up to
 # 0.6 s per 100 MB on a virtual machine). From the heap, freed pages are kept mapped and
 # reused: on a 2-core VM a CT job alone went from 6.7 to 4.1 s (ct_body_seg) and from 12.4
-# to 9.6 s (ct_lesion_unet), one run each. Freed memory up to the trim
-# threshold stays with the process, which keeps its models loaded anyway. M_TOP_PAD: when more
-# than that is free at the top of the heap, glibc gives back all of it but the pad (128 kB by
-# default), and the next job's arrays fault in afresh: with 2 workers, ct_lesion_unet's
-# pre-processing took 1.3-1.4 s instead of 0.04-0.06 s in 2 of 5 runs on one day; with the pad at
-# 1 GiB, 0.12-0.17 s in 2 runs of 3.
+# to 9.6 s (ct_lesion_unet), one run each. Freed memory up to the trim threshold stays with
+# the process, which keeps its models loaded anyway. M_TOP_PAD: when more than that is free
+# at the top of the heap, glibc gives back all of it but the pad (128 kB by default), and the
+# next job's arrays fault in afresh: with 2 workers (bench/e2e.py --pipelines both, 3 rounds
+# per run), ct_lesion_unet's pre-processing took 1.3-1.4 s instead of 0.04-0.06 s in 2 of 5
+# runs on one day; with the pad at 1 GiB, 0.12-0.17 s in each of 3 runs.
 WORKER_ALLOCATOR_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
